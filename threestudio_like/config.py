@@ -1,0 +1,352 @@
+"""Typed configs: YAML + dotlist overrides -> validated dataclasses, plus schedules.
+
+Every part declares a ``Config`` dataclass. ``parse_structured`` converts a plain mapping
+into it, failing with the full key path on unknown keys (with the closest valid key) and
+on wrongly typed values. ``validate_experiment`` walks the whole experiment before any work
+starts: every ``X_type`` string is looked up in the registry and its sibling ``X`` mapping is
+checked against that class's ``Config``; a mapping with an ``otype`` key (tcnn-style encoding
+and network configs) is checked against the registered ``otype``'s ``Config``.
+
+Schedules: a value typed ``Schedule`` is a number, ``[start_step, start_value, end_value,
+end_step]`` (``[start_value, end_value, end_step]`` starts at step 0), or a list of
+``[step, value]`` pairs interpolated piecewise linearly. Evaluate with ``schedule_value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Optional, TypeVar, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from threestudio_like.registry import close_matches, find
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Bad configuration: says which key, what was wrong, and what would be right."""
+
+
+# --------------------------------------------------------------------------- resolvers
+def _register_resolvers() -> None:
+    """threestudio's interpolation helpers, so its YAML files parse unchanged."""
+    resolvers = {
+        "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b,
+        "basename": lambda p: os.path.basename(str(p)),
+        "rmspace": lambda s, sub: str(s).replace(" ", sub),
+        "tuple2": lambda s: [float(s), float(s)],
+        "gt0": lambda s: s > 0,
+        "not0": lambda s: s != 0,
+        "cmaxgt0": lambda s: (max(s) if isinstance(s, (list, ListConfig)) else s) > 0,
+        "shsdeg": lambda sh_degree: (sh_degree + 1) ** 2 * 3,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+_register_resolvers()
+
+
+# --------------------------------------------------------------------------- schedules
+SCHEDULE_MARK = "schedule"
+Schedule = Annotated[Any, SCHEDULE_MARK]
+"""A number, ``[start_step, start_value, end_value, end_step]`` or ``[[step, value], ...]``."""
+
+
+def check_schedule(value: Any, path: str) -> Any:
+    """Validate a schedule spec; returns it unchanged (numbers as float)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a number or a schedule list, got {value!r}")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):
+            if not all(len(v) == 2 and all(_is_number(x) for x in v) for v in value):
+                raise ConfigError(f"{path}: a piecewise schedule is a list of [step, value] pairs, got {value!r}")
+            steps = [v[0] for v in value]
+            if steps != sorted(steps):
+                raise ConfigError(f"{path}: piecewise schedule steps must increase, got {steps}")
+            return [list(v) for v in value]
+        if len(value) in (3, 4) and all(_is_number(v) for v in value):
+            return list(value)
+    raise ConfigError(
+        f"{path}: expected a number, [start_step, start_value, end_value, end_step], "
+        f"or a list of [step, value] pairs; got {value!r}"
+    )
+
+
+def schedule_value(spec: Any, step: int) -> float:
+    """The value of a schedule at a global step."""
+    if spec is None or _is_number(spec):
+        return spec if spec is None else float(spec)
+    if all(isinstance(v, (list, tuple)) for v in spec):
+        points = [(float(s), float(v)) for s, v in spec]
+    else:
+        if len(spec) == 3:
+            spec = [0, *spec]
+        start_step, start_value, end_value, end_step = (float(v) for v in spec)
+        points = [(start_step, start_value), (end_step, end_value)]
+    if step <= points[0][0]:
+        return points[0][1]
+    for (s0, v0), (s1, v1) in zip(points, points[1:]):
+        if step <= s1:
+            return v0 + (v1 - v0) * (step - s0) / max(s1 - s0, 1e-12)
+    return points[-1][1]
+
+
+def milestone_value(values: Any, milestones: list[int], step: int) -> Any:
+    """``values[i]`` once ``step`` passed ``milestones[i-1]``; a scalar is constant."""
+    if not isinstance(values, (list, tuple)):
+        return values
+    index = sum(step >= m for m in milestones)
+    return values[min(index, len(values) - 1)]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- typed parsing
+def to_container(data: Any) -> Any:
+    if isinstance(data, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(data, resolve=True)
+    return data
+
+
+def parse_structured(cls: type[T], data: Any = None, path: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, validating keys and value types."""
+    if isinstance(data, cls):
+        return data
+    data = to_container(data) or {}
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in data:
+        if key not in names:
+            matches = close_matches(str(key), names)
+            hint = f" Did you mean '{_join(path, matches[0])}'?" if matches else ""
+            raise ConfigError(
+                f"Unknown config key '{_join(path, key)}'.{hint} Valid keys here: {', '.join(names) or '(none)'}."
+            )
+    kwargs = {k: _coerce(v, hints[k], _join(path, k)) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *marks = typing.get_args(tp)
+        if SCHEDULE_MARK in marks:
+            return check_schedule(value, path)
+        return _coerce(value, base, path)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)}")
+    if typing.get_origin(tp) is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            matches = close_matches(str(value), [str(a) for a in allowed])
+            hint = f" Did you mean '{matches[0]}'?" if matches else ""
+            raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}.{hint}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return parse_structured(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if _is_number(value) and float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if _is_number(value):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+            return [_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[1] if args else Any
+        return {k: _coerce(v, item, _join(path, k)) for k, v in value.items()}
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# --------------------------------------------------------------------------- experiment
+@dataclass
+class ExperimentConfig:
+    """Top level of a run's YAML; names follow threestudio."""
+
+    name: str = "default"
+    description: str = ""
+    tag: str = ""
+    seed: int = 0
+    use_timestamp: bool = True
+    timestamp: Optional[str] = None
+    exp_root_dir: str = "outputs"
+    exp_dir: str = "outputs/default"
+    trial_name: str = "exp"
+    trial_dir: str = "outputs/default/exp"
+    n_gpus: int = 1
+    resume: Optional[str] = None
+
+    data_type: str = "random-camera-datamodule"
+    data: dict = field(default_factory=dict)
+    system_type: str = "dreamfusion-system"
+    system: dict = field(default_factory=dict)
+
+    trainer: dict = field(default_factory=dict)  # keyword arguments of lightning's Trainer
+    checkpoint: dict = field(default_factory=dict)  # keyword arguments of ModelCheckpoint
+
+
+def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: bool = False) -> DictConfig:
+    """Merge YAML files (or strings) and ``key=value`` overrides into one DictConfig."""
+    if from_string:
+        parts = [OmegaConf.create(y) for y in yamls]
+    else:
+        for y in yamls:
+            if not os.path.isfile(y):
+                raise ConfigError(f"Config file not found: {y}")
+        parts = [OmegaConf.load(y) for y in yamls]
+    overrides = cli_args or []
+    for arg in overrides:
+        if "=" not in arg:
+            raise ConfigError(f"Override '{arg}' is not of the form key=value (for example trainer.max_steps=100).")
+    merged = OmegaConf.merge(*parts, OmegaConf.from_dotlist(list(overrides)))
+    return merged
+
+
+def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
+    """Resolve interpolations, fill run directories, validate every part; returns the typed config."""
+    OmegaConf.resolve(cfg)
+    exp = parse_structured(ExperimentConfig, cfg)
+    exp.n_gpus = n_gpus
+    if exp.use_timestamp and exp.timestamp is None:
+        exp.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
+    tag = re.sub(r"[^\w\-@.,+]", "_", exp.tag)
+    exp.trial_name = tag + (exp.timestamp or "")
+    exp.exp_dir = os.path.join(exp.exp_root_dir, exp.name)
+    exp.trial_dir = os.path.join(exp.exp_dir, exp.trial_name)
+    validate_experiment(exp)
+    return exp
+
+
+def validate_experiment(exp: ExperimentConfig) -> None:
+    """Check every part's config now, so mistakes fail before any model loads."""
+    _validate_part(exp.data_type, exp.data, "data")
+    _validate_part(exp.system_type, exp.system, "system")
+    _validate_kwargs(exp.trainer, "trainer", _trainer_parameters())
+    _validate_kwargs(exp.checkpoint, "checkpoint", _checkpoint_parameters())
+
+
+def _validate_part(type_name: str, data: Any, path: str) -> None:
+    cls = find(type_name, key_path=f"{path}_type")
+    validate_against(cls.Config, data, path)
+
+
+def validate_against(config_cls: type, data: Any, path: str) -> Any:
+    """Parse ``data`` as ``config_cls`` and recurse into nested part configs."""
+    parsed = parse_structured(config_cls, data, path)
+    for f in dataclasses.fields(config_cls):
+        value = getattr(parsed, f.name)
+        if f.name.endswith("_type") and isinstance(value, str):
+            sibling = f.name[: -len("_type")]
+            if sibling in {g.name for g in dataclasses.fields(config_cls)}:
+                sub_cls = find(value, key_path=_join(path, f.name))
+                validate_against(sub_cls.Config, getattr(parsed, sibling), _join(path, sibling))
+        elif isinstance(value, dict) and "otype" in value:
+            validate_otype(value, _join(path, f.name))
+    return parsed
+
+
+def validate_otype(data: dict, path: str) -> Any:
+    """Parse a tcnn-style ``{otype: ..., ...}`` mapping against the registered otype's Config."""
+    cls = find(str(data["otype"]), key_path=_join(path, "otype"))
+    rest = {k: v for k, v in data.items() if k != "otype"}
+    return validate_against(cls.Config, rest, path)
+
+
+def _validate_kwargs(data: dict, path: str, allowed: list[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            matches = close_matches(key, allowed)
+            hint = f" Did you mean '{path}.{matches[0]}'?" if matches else ""
+            raise ConfigError(f"Unknown config key '{path}.{key}'.{hint}")
+
+
+def _trainer_parameters() -> list[str]:
+    from lightning.pytorch import Trainer
+
+    return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+
+
+def _checkpoint_parameters() -> list[str]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return [p for p in inspect.signature(ModelCheckpoint.__init__).parameters if p != "self"]
+
+
+def dump_config(path: str, cfg: Any) -> None:
+    """Write the parsed config as YAML (atomically)."""
+    from threestudio_like.utils.io import atomic_write_text
+
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+

@@ -1,0 +1,9 @@
+"""Imports every module that registers a part, so ``find`` sees them all."""
+
+# isort: off
+from threestudio_like.representations import encodings, networks, implicit_volume  # noqa: F401
+from threestudio_like import materials, backgrounds  # noqa: F401
+from threestudio_like.renderers import volume_renderer  # noqa: F401
+from threestudio_like.data import random_camera  # noqa: F401
+from threestudio_like.guidance import prompt_processor, sds  # noqa: F401
+from threestudio_like.systems import dreamfusion  # noqa: F401

@@ -1,0 +1,61 @@
+"""One string registry for every swappable part (geometry, renderer, guidance, ...).
+
+Configs name parts by string (``geometry_type: implicit-volume``); ``find`` turns the
+string back into the class, and an unknown name fails with the closest registered names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, TypeVar
+
+T = TypeVar("T", bound=type)
+
+_REGISTRY: dict[str, type] = {}
+
+
+class UnknownTypeError(KeyError):
+    """A config named a part type that nothing registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+def register(*names: str) -> Callable[[T], T]:
+    """Class decorator: ``@register("implicit-volume", "alias")``."""
+
+    def decorate(cls: T) -> T:
+        for name in names:
+            if name in _REGISTRY and _REGISTRY[name] is not cls:
+                raise ValueError(f"type name '{name}' is registered twice ({_REGISTRY[name]} and {cls})")
+            _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def close_matches(word: str, options: list[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, options, n=n, cutoff=0.5)
+
+
+def find(name: str, key_path: str = "") -> type:
+    """The class registered as ``name``; ``key_path`` (e.g. ``system.geometry_type``) goes into the error."""
+    _import_all_parts()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    where = f" (at {key_path})" if key_path else ""
+    matches = close_matches(name, sorted(_REGISTRY))
+    hint = f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+    raise UnknownTypeError(
+        f"Unknown type name '{name}'{where}.{hint} Registered types: {', '.join(sorted(_REGISTRY))}."
+    )
+
+
+def registered_names() -> list[str]:
+    _import_all_parts()
+    return sorted(_REGISTRY)
+
+
+def _import_all_parts() -> None:
+    # Importing the package modules runs their @register decorators.
+    import threestudio_like.parts  # noqa: F401

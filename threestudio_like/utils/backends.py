@@ -1,0 +1,49 @@
+"""Optional CUDA libraries, imported in one guarded place.
+
+Every part has a pure-PyTorch path that runs on any device. When a CUDA library imports
+and the tensors live on a CUDA device, ``backend: auto`` uses it; ``backend: torch`` forces
+the built-in path; naming a library that is missing is a clear error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+_INSTALL_HINTS = {
+    "tinycudann": "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch",
+    "nerfacc": "pip install nerfacc",
+    "nvdiffrast": "pip install git+https://github.com/NVlabs/nvdiffrast",
+}
+
+
+@lru_cache(maxsize=None)
+def optional_import(name: str) -> Optional[ModuleType]:
+    """The module, or None when it is not installed or fails to import (e.g. no CUDA)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:  # ImportError, or a CUDA library failing to load its kernels
+        return None
+
+
+def choose_backend(requested: str, library: str, device: torch.device | str) -> str:
+    """Resolve ``auto | torch | <library>`` to ``torch`` or ``library``."""
+    device = torch.device(device)
+    if requested == "torch":
+        return "torch"
+    available = device.type == "cuda" and optional_import(library) is not None
+    if requested == "auto":
+        return library if available else "torch"
+    if requested == library:
+        if not available:
+            why = "it is not installed" if optional_import(library) is None else "the device is not CUDA"
+            raise RuntimeError(
+                f"backend '{library}' was requested but {why}. Install it with `{_INSTALL_HINTS.get(library, 'pip install ' + library)}` "
+                f"on a CUDA machine, or set backend: auto (or torch) to use the built-in PyTorch path."
+            )
+        return library
+    raise ValueError(f"unknown backend '{requested}': use auto, torch or {library}")
