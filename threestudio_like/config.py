@@ -53,9 +53,10 @@ def _register_resolvers() -> None:
         "cmaxgt0": lambda s: (max(s) if isinstance(s, (list, ListConfig)) else s) > 0,
         "shsdeg": lambda sh_degree: (sh_degree + 1) ** 2 * 3,
     }
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            register(name, fn)
 
 
 _register_resolvers()
@@ -289,10 +290,13 @@ def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
 
 def validate_experiment(exp: ExperimentConfig) -> None:
     """Check every part's config now, so mistakes fail before any model loads."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     _validate_part(exp.data_type, exp.data, "data")
     _validate_part(exp.system_type, exp.system, "system")
-    _validate_kwargs(exp.trainer, "trainer", _trainer_parameters())
-    _validate_kwargs(exp.checkpoint, "checkpoint", _checkpoint_parameters())
+    exp.trainer = _validate_kwargs(exp.trainer, "trainer", Trainer.__init__)
+    exp.checkpoint = _validate_kwargs(exp.checkpoint, "checkpoint", ModelCheckpoint.__init__)
 
 
 def _validate_part(type_name: str, data: Any, path: str) -> None:
@@ -322,24 +326,30 @@ def validate_otype(data: dict, path: str) -> Any:
     return validate_against(cls.Config, rest, path)
 
 
-def _validate_kwargs(data: dict, path: str, allowed: list[str]) -> None:
-    for key in data:
+def _validate_kwargs(data: dict, path: str, fn: Any) -> dict:
+    """Check keyword arguments of a library callable by name and, where annotated simply, by type."""
+    allowed = [p for p in inspect.signature(fn).parameters if p != "self"]
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations in the library: check names only
+        hints = {}
+    checked = {}
+    for key, value in data.items():
         if key not in allowed:
             matches = close_matches(key, allowed)
             hint = f" Did you mean '{path}.{matches[0]}'?" if matches else ""
             raise ConfigError(f"Unknown config key '{path}.{key}'.{hint}")
+        checked[key] = _coerce(value, hints[key], _join(path, key)) if _is_simple(hints.get(key)) else value
+    return checked
 
 
-def _trainer_parameters() -> list[str]:
-    from lightning.pytorch import Trainer
-
-    return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
-
-
-def _checkpoint_parameters() -> list[str]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    return [p for p in inspect.signature(ModelCheckpoint.__init__).parameters if p != "self"]
+def _is_simple(tp: Any) -> bool:
+    """int / float / bool / str, or an Optional / Union of only those."""
+    if tp in (int, float, bool, str):
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return all(a is type(None) or a in (int, float, bool, str) for a in typing.get_args(tp))
+    return False
 
 
 def dump_config(path: str, cfg: Any) -> None:

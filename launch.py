@@ -1,0 +1,8 @@
+"""threestudio-compatible entry point: ``python launch.py --config X.yaml --train ...``."""
+
+import sys
+
+from threestudio_like.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

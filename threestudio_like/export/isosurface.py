@@ -1,0 +1,160 @@
+"""Density field -> closed triangle mesh by marching cubes.
+
+The field is sampled on a regular grid over the bounding box (in chunks, without
+gradients), surrounded by one extra layer of "empty" samples so the surface is closed even
+where the object touches the box, and triangulated with ``skimage.measure.marching_cubes``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Literal, Union
+
+import numpy as np
+import torch
+
+from threestudio_like.export.mesh import Mesh
+from threestudio_like.utils.typing import Float, Tensor
+
+DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N ..."]]
+Threshold = Union[float, Literal["auto"]]
+
+# "auto" ignores samples at or below this density when taking its starting statistic,
+# so a mostly empty box does not drag the level to ~0 (which would wrap the noise floor)
+EMPTY_DENSITY = 1e-5
+AUTO_MAX_TRIES = 8
+
+
+class EmptyIsosurfaceError(ValueError):
+    """The field has no surface at the requested (or any tried) level."""
+
+
+@torch.no_grad()
+def sample_grid(
+    density_fn: DensityFn, bbox: Float[Tensor, "2 3"], resolution: int, chunk: int = 2**18
+) -> Float[Tensor, "R R R"]:
+    """Field values at ``resolution``^3 grid nodes spanning ``bbox`` (corners included), indexed [x, y, z]."""
+    if resolution < 2:
+        raise ValueError(f"isosurface resolution must be at least 2 samples per axis, got {resolution}")
+    bbox = torch.as_tensor(bbox, dtype=torch.float32)
+    if bbox.shape != (2, 3) or bool((bbox[1] <= bbox[0]).any()):
+        raise ValueError(f"bbox must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, got {bbox.tolist()}")
+    n = resolution**3
+    values = torch.empty(n, dtype=torch.float32)
+    steps = (bbox[1] - bbox[0]) / (resolution - 1)
+    for start in range(0, n, chunk):
+        flat = torch.arange(start, min(start + chunk, n))
+        # build coordinates per chunk: a full 512^3 coordinate grid would not fit in memory
+        ijk = torch.stack([flat // (resolution * resolution), (flat // resolution) % resolution, flat % resolution], -1)
+        points = bbox[0] + ijk.float() * steps
+        out = density_fn(points.to(_fn_device(density_fn)))
+        values[start : start + flat.numel()] = out.reshape(flat.numel(), -1)[:, 0].float().cpu()
+    return values.reshape(resolution, resolution, resolution)
+
+
+def _fn_device(density_fn: DensityFn) -> torch.device:
+    """Device of the module behind ``density_fn`` (bound method or module), else CPU."""
+    owner = getattr(density_fn, "__self__", density_fn)
+    if isinstance(owner, torch.nn.Module):
+        for tensor in list(owner.parameters()) + list(owner.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def marching_cubes(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], level: float) -> Mesh:
+    """Closed surface where ``grid`` crosses ``level`` (inside = above), in world coordinates.
+
+    Raises ``EmptyIsosurfaceError`` when no sample lies above the level.
+    """
+    from skimage.measure import marching_cubes as skimage_marching_cubes
+
+    values = grid.detach().cpu().numpy().astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("the density field contains NaN or inf values; cannot extract an isosurface")
+    if not (values > level).any():
+        raise EmptyIsosurfaceError(f"no sample exceeds level {level:g}")
+    outside = min(float(values.min()), level) - 1.0
+    padded = np.pad(values, 1, mode="constant", constant_values=outside)
+    bbox = torch.as_tensor(bbox, dtype=torch.float64).cpu()
+    spacing = (bbox[1] - bbox[0]) / (grid.shape[0] - 1)
+    verts, faces, _, _ = skimage_marching_cubes(padded, level=level, spacing=tuple(spacing.tolist()))
+    # padding shifted the indices by one node; vertices in the padding layer are pulled
+    # back onto the box so the cap stays closed but never leaves bbox
+    v_pos = torch.as_tensor(verts, dtype=torch.float64) - spacing + bbox[0]
+    v_pos = torch.minimum(torch.maximum(v_pos, bbox[0]), bbox[1])
+    # skimage's winding depends on its gradient convention and on our [x, y, z] axis order
+    # (for this layout it comes out inward); the surface is closed, so the sign of the
+    # enclosed volume tells the orientation reliably whatever skimage version is installed
+    mesh = Mesh(v_pos.float(), torch.as_tensor(faces.astype(np.int64)))
+    return mesh if mesh.signed_volume() >= 0 else mesh.flip_faces()
+
+
+def extract_isosurface(
+    density_fn: DensityFn,
+    bbox: Float[Tensor, "2 3"],
+    resolution: int,
+    threshold: Threshold = "auto",
+    chunk: int = 2**18,
+) -> Mesh:
+    """Mesh of ``{x : density_fn(x) > threshold}`` inside ``bbox``; see module docstring.
+
+    ``threshold="auto"`` starts from the mean density of the occupied samples (those above
+    1e-5) and halves the distance to the lowest occupied value until the level yields a
+    non-empty, watertight surface.
+    """
+    grid = sample_grid(density_fn, bbox, resolution, chunk)
+    low, high = float(grid.min()), float(grid.max())
+    if threshold == "auto":
+        return _auto_isosurface(grid, bbox, low, high)
+    if isinstance(threshold, str):
+        raise ValueError(f'isosurface threshold must be a number or "auto", got {threshold!r}')
+    try:
+        return marching_cubes(grid, bbox, float(threshold))
+    except EmptyIsosurfaceError:
+        raise EmptyIsosurfaceError(
+            f"isosurface threshold {float(threshold):g} gives an empty mesh: the density over the box "
+            f"ranges from {low:g} to {high:g}. Use a threshold inside that range, or threshold: auto."
+        ) from None
+
+
+def _auto_isosurface(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], low: float, high: float) -> Mesh:
+    tried: list[float] = []
+    fallback: Mesh | None = None
+    for level in _auto_levels(grid, low, high):
+        tried.append(level)
+        mesh = marching_cubes(grid, bbox, level)
+        if mesh.n_faces > 0 and mesh.is_watertight:
+            return mesh
+        if fallback is None and mesh.n_faces > 0:
+            fallback = mesh
+    if fallback is not None:
+        warnings.warn(f"isosurface: no tried level ({_fmt(tried)}) gave a watertight mesh; returning an open one")
+        return fallback
+    raise EmptyIsosurfaceError(
+        f"the density field is empty: its maximum over the box is {high:g} (minimum {low:g}); "
+        f"levels tried: {_fmt(tried) or 'none (no sample above ' + format(EMPTY_DENSITY, 'g') + ')'}. "
+        "Check that the geometry was trained (or loaded from the right checkpoint) and that the "
+        "export bounding box covers the object, or pass an explicit small threshold."
+    )
+
+
+def _auto_levels(grid: Float[Tensor, "R R R"], low: float, high: float) -> list[float]:
+    """Candidate levels, best first: the mean occupied density, then halfway steps down to the
+    weakest occupied density, then between that and the field minimum (for binary fields)."""
+    occupied = grid[grid > EMPTY_DENSITY]
+    if occupied.numel() == 0:
+        return []
+    floor, start = float(occupied.min()), float(occupied.mean())
+    candidates = [floor + (start - floor) * 0.5**k for k in range(AUTO_MAX_TRIES - 1)]
+    candidates.append(0.5 * (low + floor))
+    levels: list[float] = []
+    for level in candidates:
+        # a level at the maximum has nothing above it; skip repeats of a collapsed range
+        if level < high and not any(math.isclose(level, seen) for seen in levels):
+            levels.append(level)
+    return levels
+
+
+def _fmt(levels: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in levels)

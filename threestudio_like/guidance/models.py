@@ -1,0 +1,274 @@
+"""Finding and loading frozen diffusion models, offline, one component at a time.
+
+A model is named by a local diffusers-format folder, a Hugging Face hub id (used only when it
+is already in the local cache: nothing is ever downloaded), or ``builtin:<name>`` for the
+models shipped inside the package. Components (UNet, text encoder, tokenizer, scheduler,
+optional VAE) load individually, so a guidance that needs only the UNet never pays for the
+text encoder. No VAE means the UNet works in pixel space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from threestudio_like.utils.backends import optional_import
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "priors", "weights")
+
+# Weight file stems: diffusers models and transformers models name their weights differently.
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+_TRANSFORMERS_WEIGHTS = "model"
+_TRANSFORMERS_BIN_WEIGHTS = "pytorch_model"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A diffusion model (or one of its parts) is not on this machine; the message says how to get it."""
+
+
+# --------------------------------------------------------------------------- locating a model
+def builtin_model_names() -> list[str]:
+    """Names usable as ``builtin:<name>`` (folders under ``threestudio_like/priors/weights``)."""
+    if not os.path.isdir(BUILTIN_WEIGHTS_DIR):
+        return []
+    return sorted(d for d in os.listdir(BUILTIN_WEIGHTS_DIR) if os.path.isdir(os.path.join(BUILTIN_WEIGHTS_DIR, d)))
+
+
+def _hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The local folder holding the model ``name_or_path`` (see module docstring); never downloads."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelNotFoundError(
+            f"pretrained_model_name_or_path must name a model (a local diffusers folder, a hub id, "
+            f"or builtin:<name>); got {name_or_path!r}."
+        )
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return _resolve_builtin(name_or_path[len(BUILTIN_PREFIX) :])
+    local = os.path.abspath(os.path.expanduser(name_or_path))
+    if os.path.isdir(local):
+        return local
+    return _resolve_hub_id(name_or_path, local)
+
+
+def _resolve_builtin(name: str) -> str:
+    available = builtin_model_names()
+    folder = os.path.join(BUILTIN_WEIGHTS_DIR, name)
+    if name and os.sep not in name and "/" not in name and os.path.isdir(folder):
+        return folder
+    listing = ", ".join(f"builtin:{n}" for n in available) if available else "none are installed"
+    raise ModelNotFoundError(
+        f"No builtin model named '{name}' (looked in {BUILTIN_WEIGHTS_DIR}). Available builtin models: {listing}. "
+        f"Use one of those, or set pretrained_model_name_or_path to a local diffusers folder or a downloaded hub id."
+    )
+
+
+def _resolve_hub_id(repo_id: str, local: str) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    cache = _hub_cache_dir()
+    try:
+        # local_files_only: look in the cache only, so a missing model fails at once instead of
+        # hanging on (or silently starting) a multi-gigabyte download.
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as error:
+        reason = "not a valid hub id" if isinstance(error, HFValidationError) else "no downloaded copy"
+        builtins = ", ".join(f"builtin:{n}" for n in builtin_model_names()) or "builtin:<name>"
+        raise ModelNotFoundError(
+            f"Diffusion model '{repo_id}' not found. Looked for a local folder {local} (does not exist) and "
+            f"for the Hugging Face model '{repo_id}' in the hub cache {cache} ({reason}; this program never "
+            f"downloads on its own). To fix: on a machine with network run `huggingface-cli download {repo_id}` "
+            f"and copy the cache here (or point HF_HOME / HF_HUB_CACHE at it), or set "
+            f"pretrained_model_name_or_path to a local diffusers folder or to a shipped model ({builtins})."
+        ) from None
+
+
+# --------------------------------------------------------------------------- loaded components
+@dataclass
+class DiffusionComponents:
+    """The frozen parts of a text-conditioned diffusion model. ``vae`` is None for pixel-space models."""
+
+    unet: Any
+    scheduler: Any
+    tokenizer: Any = None
+    text_encoder: Any = None
+    vae: Optional[Any] = None
+    path: str = ""
+
+    @property
+    def latent_space(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# Weak values: a component stays shared while some part uses it and is freed once none does
+# (e.g. the text encoder after the prompt processor has cached its embeddings).
+_CACHE: "weakref.WeakValueDictionary[tuple, Any]" = weakref.WeakValueDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_component_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _cached(key: tuple, load: Callable[[], Any]) -> Any:
+    with _CACHE_LOCK:
+        found = _CACHE.get(key)
+        if found is None:
+            found = load()
+            _CACHE[key] = found
+        return found
+
+
+def load_diffusion_components(
+    name_or_path: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    text_encoder: bool = True,
+    unet: bool = True,
+) -> DiffusionComponents:
+    """Load the parts of a model: tokenizer and scheduler always; text encoder / UNet on request; VAE if present.
+
+    Networks are frozen (no grad, eval mode) and placed on ``device`` in ``dtype``. Components
+    are shared within the process per (folder, device, dtype) while anything holds them.
+    """
+    root = resolve_model_path(name_or_path)
+    device = torch.device(device)
+    where = (root, str(device), str(dtype))
+    parts = DiffusionComponents(
+        unet=_cached((*where, "unet"), lambda: _load_unet(root, device, dtype)) if unet else None,
+        scheduler=_cached((root, "scheduler"), lambda: _load_scheduler(root)),
+        tokenizer=_cached((root, "tokenizer"), lambda: _load_tokenizer(root)),
+        text_encoder=(
+            _cached((*where, "text_encoder"), lambda: _load_text_encoder(root, device, dtype)) if text_encoder else None
+        ),
+        path=root,
+    )
+    if os.path.isdir(os.path.join(root, "vae")) and unet:
+        parts.vae = _cached((*where, "vae"), lambda: _load_vae(root, device, dtype))
+    return parts
+
+
+def _freeze(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """No gradients, eval mode, on ``device`` (dtype was set at load, which keeps any fp32-only layers)."""
+    module.requires_grad_(False)
+    module.eval()
+    return module.to(device=device)
+
+
+def _diffusers_load_options(folder: str, dtype: torch.dtype) -> dict[str, Any]:
+    options = {"torch_dtype": dtype, "local_files_only": True, **_weight_options(folder, (_DIFFUSERS_WEIGHTS,))}
+    if optional_import("accelerate") is None:
+        # Without accelerate diffusers falls back anyway; saying so up front avoids its warning.
+        options["low_cpu_mem_usage"] = False
+    return options
+
+
+def _subfolder(root: str, name: str, expected: str) -> str:
+    folder = os.path.join(root, name)
+    if not os.path.isdir(folder):
+        raise ModelNotFoundError(
+            f"The model folder {root} has no '{name}/' subfolder (expected {name}/{expected}). A diffusers-format "
+            f"model folder (as written by save_pretrained, or a hub snapshot) has unet/, text_encoder/, tokenizer/, "
+            f"scheduler/ and optionally vae/. If this is a partial download, download the model again."
+        )
+    return folder
+
+
+def _weight_options(folder: str, stems: tuple[str, ...]) -> dict[str, Any]:
+    """``use_safetensors`` / ``variant`` arguments for the weights actually present in ``folder``.
+
+    safetensors is preferred (it cannot run code); a folder with only ``.bin`` weights falls
+    back to them (both libraries read those with ``torch.load(weights_only=True)``).
+    """
+    files = os.listdir(folder)
+    safetensors = [f for f in files if f.endswith(".safetensors") or f.endswith(".safetensors.index.json")]
+    if safetensors:
+        plain = {f"{s}.safetensors" for s in stems} | {f"{s}.safetensors.index.json" for s in stems}
+        if plain & set(files):
+            return {"use_safetensors": True}
+        # Only a variant such as diffusion_pytorch_model.fp16.safetensors.
+        for f in safetensors:
+            pieces = f.split(".")
+            if len(pieces) >= 3 and pieces[0] in stems:
+                return {"use_safetensors": True, "variant": pieces[1]}
+        return {"use_safetensors": True}
+    if any(f.endswith(".bin") or f.endswith(".bin.index.json") for f in files):
+        return {"use_safetensors": False}
+    raise ModelNotFoundError(
+        f"No weights in {folder}: expected {stems[0]}.safetensors (or a .bin file). Download the model again or "
+        f"point pretrained_model_name_or_path at a complete diffusers folder."
+    )
+
+
+def _config_architecture(folder: str) -> Optional[str]:
+    with open(os.path.join(folder, "config.json")) as f:
+        architectures = json.load(f).get("architectures") or []
+    return architectures[0] if architectures else None
+
+
+def _load_unet(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    folder = _subfolder(root, "unet", f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors")
+    return _freeze(UNet2DConditionModel.from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
+
+
+def _load_vae(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    folder = _subfolder(root, "vae", f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors")
+    return _freeze(AutoencoderKL.from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
+
+
+def _load_text_encoder(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    import transformers
+
+    folder = _subfolder(root, "text_encoder", f"config.json and {_TRANSFORMERS_WEIGHTS}.safetensors")
+    # The class named in config.json (CLIPTextModel for every Stable Diffusion), but only a class
+    # that transformers itself defines: model folders never get to run their own code.
+    cls = getattr(transformers, _config_architecture(folder) or "CLIPTextModel", None) or transformers.CLIPTextModel
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    model = cls.from_pretrained(
+        folder,
+        local_files_only=True,
+        trust_remote_code=False,
+        **{dtype_key: dtype},
+        **_weight_options(folder, (_TRANSFORMERS_WEIGHTS, _TRANSFORMERS_BIN_WEIGHTS)),
+    )
+    return _freeze(model, device)
+
+
+def _load_tokenizer(root: str) -> Any:
+    from transformers import AutoTokenizer
+
+    folder = _subfolder(root, "tokenizer", "tokenizer_config.json with vocab.json and merges.txt")
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+
+
+def _load_scheduler(root: str) -> Any:
+    from diffusers import DDPMScheduler
+
+    # Training-time noising is DDPM whatever sampler the folder ships (SD ships PNDM):
+    # DDPMScheduler reads the shared beta settings from that config.
+    folder = _subfolder(root, "scheduler", "scheduler_config.json")
+    return DDPMScheduler.from_pretrained(folder, local_files_only=True)

@@ -1,0 +1,241 @@
+"""The Lift3D system: owns the parts, the shared losses, optimisation and saving.
+
+Recipes (DreamFusion, later Magic3D, ProlificDreamer, ...) subclass ``BaseLift3DSystem`` and
+write only their ``training_step``; regularisers, loss weighting, optimiser construction,
+validation / test outputs, export and checkpoint state live here once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from threestudio_like.config import ConfigError, Schedule, parse_structured, schedule_value
+from threestudio_like.registry import find
+from threestudio_like.systems.optim import build_optimizer, build_scheduler
+from threestudio_like.utils.io import save_image, save_video
+from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or a gradient became NaN / infinite; the last good checkpoint is kept."""
+
+
+class BaseLift3DSystem(pl.LightningModule):
+    @dataclass
+    class Config:
+        loggers: dict = field(default_factory=dict)  # accepted for threestudio configs; CSV metrics are always written
+        loss: dict[str, Schedule] = field(default_factory=dict)
+        optimizer: dict = field(default_factory=dict)
+        scheduler: Optional[dict] = None
+        weights: Optional[str] = None
+        weights_ignore_modules: Optional[list[str]] = None
+        cleanup_after_validation_step: bool = False
+        cleanup_after_test_step: bool = False
+
+        geometry_type: str = "implicit-volume"
+        geometry: dict = field(default_factory=dict)
+        material_type: str = "diffuse-with-point-light-material"
+        material: dict = field(default_factory=dict)
+        background_type: str = "neural-environment-map-background"
+        background: dict = field(default_factory=dict)
+        renderer_type: str = "nerf-volume-renderer"
+        renderer: dict = field(default_factory=dict)
+        guidance_type: str = "stable-diffusion-guidance"
+        guidance: dict = field(default_factory=dict)
+        prompt_processor_type: str = "stable-diffusion-prompt-processor"
+        prompt_processor: dict = field(default_factory=dict)
+        exporter_type: str = "mesh-exporter"
+        exporter: dict = field(default_factory=dict)
+
+    cfg: Config
+
+    def __init__(self, cfg: Any, save_dir: str = ".", resumed: bool = False) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg, "system")
+        for name in self.cfg.loss:
+            if not name.startswith("lambda_"):
+                raise ConfigError(f"system.loss.{name}: loss weights are named lambda_<loss>, e.g. lambda_sds.")
+        self.save_dir = save_dir
+        self.resumed = resumed
+        self.geometry = find(self.cfg.geometry_type)(self.cfg.geometry)
+        self.material = find(self.cfg.material_type)(self.cfg.material)
+        self.background = find(self.cfg.background_type)(self.cfg.background)
+        self.renderer = find(self.cfg.renderer_type)(
+            self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
+        )
+        # Guidance and prompts are built lazily: validation, test and export never load a diffusion model.
+        self._guidance: Optional[torch.nn.Module] = None
+        self._prompt_utils: Any = None
+        self._checked_loss_names = False
+        self.configure()
+
+    def configure(self) -> None:
+        """Recipe-specific parts (e.g. a trainable guidance critic) are built here."""
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def guidance(self) -> torch.nn.Module:
+        if self._guidance is None:
+            self._guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
+            self._guidance.to(self.device)
+        return self._guidance
+
+    @property
+    def prompt_utils(self) -> Any:
+        if self._prompt_utils is None:
+            processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+            self._prompt_utils = processor()
+        return self._prompt_utils
+
+    def parts(self) -> list[Any]:
+        parts = [self.geometry, self.material, self.background, self.renderer]
+        return parts + ([self._guidance] if self._guidance is not None else [])
+
+    def update_step(self, global_step: int) -> None:
+        for part in self.parts():
+            part.update_step(global_step)
+
+    def forward(self, batch: CameraBatch) -> RenderOutput:
+        return self.renderer(**batch)
+
+    # ------------------------------------------------------------------ losses
+    def lambda_(self, name: str) -> float:
+        """Weight of ``loss_<name>`` at the current step (0 when not configured)."""
+        spec = self.cfg.loss.get(f"lambda_{name}", 0.0)
+        return schedule_value(spec, self.global_step)
+
+    def regularisers(self, out: RenderOutput) -> dict[str, Tensor]:
+        """The losses every recipe shares; each is computed only while its weight is non-zero."""
+        losses: dict[str, Tensor] = {}
+        if self.lambda_("orient") > 0:
+            if "normal" not in out:
+                raise ConfigError(
+                    "system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type "
+                    "(analytic or finite_difference) and use a material that requires normals."
+                )
+            facing_camera = (out["normal"] * out["t_dirs"]).sum(-1, keepdim=True).clamp_min(0.0)
+            visible = (out["opacity"] > 0).sum().clamp_min(1)
+            losses["loss_orient"] = (out["weights"].detach() * facing_camera**2).sum() / visible
+        if self.lambda_("sparsity") > 0:
+            losses["loss_sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+        if self.lambda_("opaque") > 0:
+            opacity = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
+            losses["loss_opaque"] = F.binary_cross_entropy(opacity, opacity)
+        if self.lambda_("z_variance") > 0 and "z_variance" in out:
+            losses["loss_z_variance"] = out["z_variance"][out["opacity"] > 0.5].mean()
+        return losses
+
+    def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """Sum of ``lambda_X * loss_X``; logs every term and fails on NaN."""
+        if not self._checked_loss_names:
+            self._check_loss_names(losses)
+        total = torch.zeros((), device=self.device)
+        for name, value in losses.items():
+            weight = self.lambda_(name[len("loss_") :])
+            self.log(f"train/{name}", value.detach(), prog_bar=False)
+            if weight != 0:
+                total = total + weight * value
+        self.log("train/loss", total.detach(), prog_bar=True)
+        if not torch.isfinite(total):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingDivergedError(f"the loss became {total.item()} at step {self.global_step} ({terms}).")
+        return total
+
+    def _check_loss_names(self, losses: dict[str, Tensor]) -> None:
+        self._checked_loss_names = True
+        produced = {k[len("loss_") :] for k in losses} | {"orient", "sparsity", "opaque", "z_variance"}
+        produced |= set(self.extra_loss_names())
+        for key in self.cfg.loss:
+            if key[len("lambda_") :] not in produced:
+                raise ConfigError(
+                    f"system.loss.{key}: no loss named loss_{key[len('lambda_'):]} is computed by this recipe. "
+                    f"Available: {', '.join('lambda_' + p for p in sorted(produced))}."
+                )
+
+    def extra_loss_names(self) -> list[str]:
+        """Losses a recipe computes only at some steps (so the name check accepts them)."""
+        return []
+
+    def on_after_backward(self) -> None:
+        for name, param in self.named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise TrainingDivergedError(f"the gradient of {name} became NaN/inf at step {self.global_step}.")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer, lr_lambdas = build_optimizer(self, self.cfg.optimizer)
+        result: dict[str, Any] = {"optimizer": optimizer}
+        scheduler = build_scheduler(optimizer, self.cfg.scheduler, lr_lambdas)
+        if scheduler is not None:
+            result["lr_scheduler"] = scheduler
+        return result
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.update_step(self.global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # RNG restored so a resumed run draws the same noise / timesteps as an uninterrupted one.
+        rng = checkpoint.get("rng_state")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if torch.cuda.is_available() and rng.get("cuda"):
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self.update_step(checkpoint.get("global_step", 0))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_state"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    # ------------------------------------------------------------------ evaluation outputs
+    def validation_step(self, batch: CameraBatch, batch_idx: int) -> None:
+        with torch.random.fork_rng(devices=[]):  # keep the training RNG stream untouched
+            out = self(batch)
+        for i, index in enumerate(batch["index"].tolist()):
+            save_image(self._save_path(f"it{self.global_step}-{index}.png"), self._image_grid(out, i))
+
+    def test_step(self, batch: CameraBatch, batch_idx: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            out = self(batch)
+        for i, index in enumerate(batch["index"].tolist()):
+            save_image(self._save_path(f"it{self.global_step}-test", f"{index}.png"), self._image_grid(out, i))
+
+    def on_test_epoch_end(self) -> None:
+        folder = os.path.join(self.save_dir, f"it{self.global_step}-test")
+        frames = sorted((f for f in os.listdir(folder) if f.endswith(".png")), key=lambda f: int(f[:-4]))
+        import imageio.v3 as iio
+
+        images = [iio.imread(os.path.join(folder, f)) for f in frames]
+        path = save_video(self._save_path(f"it{self.global_step}-test.mp4"), images, fps=30)
+        print(f"Turntable video: {path}")
+
+    def export(self) -> list[str]:
+        """Extract the surface and write the configured mesh files; returns their paths."""
+        exporter = find(self.cfg.exporter_type)(self.cfg.exporter)
+        folder = os.path.join(self.save_dir, f"it{self.global_step}-export")
+        with torch.no_grad():
+            return exporter(self.geometry, self.material, folder)
+
+    def _save_path(self, *parts: str) -> str:
+        """A path under the run's save/ folder (parent folders created)."""
+        path = os.path.join(self.save_dir, *parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    @staticmethod
+    def _image_grid(out: RenderOutput, i: int) -> np.ndarray:
+        """rgb | normal | opacity side by side, float in [0, 1], (H, W*k, 3)."""
+        tiles = [out["comp_rgb"][i]]
+        if "comp_normal" in out:
+            tiles.append(out["comp_normal"][i])
+        tiles.append(out["opacity"][i].expand(*out["opacity"][i].shape[:-1], 3))
+        return torch.cat(tiles, dim=1).detach().float().clamp(0, 1).cpu().numpy()
+

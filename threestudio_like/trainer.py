@@ -1,0 +1,111 @@
+"""The Lightning trainer as this project configures it: atomic checkpoints, step progress bar,
+Ctrl-C that saves, CSV metrics, CPU fallback."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from tqdm import tqdm
+
+from threestudio_like.config import ExperimentConfig
+from threestudio_like.utils.io import atomic_path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file then renames, so a crash never leaves a torn checkpoint;
+    loads with ``weights_only=True`` so a checkpoint cannot run code."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        with atomic_path(str(path)) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if not os.path.isfile(str(path)):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return torch.load(str(path), map_location=map_location or "cpu", weights_only=True)
+
+
+class StepProgressBar(Callback):
+    """One bar over optimisation steps (works with endless camera streams), with steps/s and ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Optional[tqdm] = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(trainer.global_step - self.bar.n)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class GracefulInterrupt(Callback):
+    """First Ctrl-C: finish the current step, then stop (the CLI saves and runs the test stage).
+    A second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: finishing this step, saving a checkpoint, then rendering the test views "
+              "(press Ctrl-C again to abort now).", flush=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.interrupted:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tuple[Trainer, GracefulInterrupt]:
+    kwargs = dict(exp.trainer)
+    show_progress = kwargs.pop("enable_progress_bar", True)
+    if accelerator == "cpu" and str(kwargs.get("precision", "32")) in ("16", "16-mixed", "bf16-mixed", "bf16"):
+        # Half precision is a GPU speed-up; on the CPU it is slower and less accurate.
+        kwargs["precision"] = "32-true"
+    if "val_check_interval" in kwargs:
+        kwargs.setdefault("check_val_every_n_epoch", None)
+    interrupt = GracefulInterrupt()
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=os.path.join(exp.trial_dir, "ckpts"), **exp.checkpoint),
+        interrupt,
+    ]
+    if show_progress:
+        callbacks.append(StepProgressBar())
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        default_root_dir=exp.trial_dir,
+        logger=CSVLogger(exp.trial_dir, name="csv_logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+    return trainer, interrupt
