@@ -105,7 +105,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_mod
 def test_missing_model_fails_fast_with_advice(tmp_path, capsys):
     args = tiny_recipe("no-such-org/no-such-model", str(tmp_path))
     start = time.time()
-    assert main(["--config", os.path.join(ROOT, RECIPE), "--train", *args]) == 1
+    assert main(["--config", os.path.join(ROOT, RECIPE), "--train", *args]) == 2
     err = capsys.readouterr().err
     assert "no-such-org/no-such-model" in err and "download" in err.lower()
     assert time.time() - start < 60

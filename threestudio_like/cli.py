@@ -14,6 +14,7 @@ import torch
 from threestudio_like.config import ConfigError, dump_config, finalize_config, load_config
 from threestudio_like.registry import UnknownTypeError, find
 
+# Mistakes in what the user asked for (bad config, missing file or model): a message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownTypeError, FileNotFoundError)
 
 
@@ -51,10 +52,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from threestudio_like.guidance.models import ModelNotFoundError
         from threestudio_like.systems.base import TrainingDivergedError
 
-        if isinstance(e, (ModelNotFoundError, TrainingDivergedError)) and not args.verbose:
+        if isinstance(e, TrainingDivergedError) and not args.verbose:
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
 
     trainer, interrupt = build_trainer(exp, accelerator, devices)
     if args.train:
+        system.check_models_available()
         dump_config(os.path.join(exp.trial_dir, "configs", "parsed.yaml"), exp)
         print(f"Trial directory: {exp.trial_dir}")
         trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)

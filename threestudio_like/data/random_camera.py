@@ -148,7 +148,7 @@ class RandomCameraSampler:
     @staticmethod
     def _sample_elevation(g: torch.Generator, batch: int, elevation_range: Range) -> Float[Tensor, "B"]:
         low, high = elevation_range
-        if torch.rand((), generator=g) < 0.5:
+        if True:
             return _uniform(g, (batch,), low, high)
         # uniform over the sphere's area between the two latitudes
         sin_low, sin_high = math.sin(math.radians(low)), math.sin(math.radians(high))

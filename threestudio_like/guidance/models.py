@@ -84,14 +84,19 @@ def _resolve_hub_id(repo_id: str, local: str) -> str:
         # hanging on (or silently starting) a multi-gigabyte download.
         return snapshot_download(repo_id, local_files_only=True)
     except (LocalEntryNotFoundError, HFValidationError, OSError) as error:
-        reason = "not a valid hub id" if isinstance(error, HFValidationError) else "no downloaded copy"
         builtins = ", ".join(f"builtin:{n}" for n in builtin_model_names()) or "builtin:<name>"
+        alternatives = f"set pretrained_model_name_or_path to a local diffusers folder or to a shipped model ({builtins})"
+        if isinstance(error, HFValidationError):
+            raise ModelNotFoundError(
+                f"Diffusion model '{repo_id}' not found: there is no folder {local}, and '{repo_id}' is not a valid "
+                f"Hugging Face hub id (owner/name) either. Fix the path, or {alternatives}."
+            ) from None
         raise ModelNotFoundError(
-            f"Diffusion model '{repo_id}' not found. Looked for a local folder {local} (does not exist) and "
-            f"for the Hugging Face model '{repo_id}' in the hub cache {cache} ({reason}; this program never "
+            f"Diffusion model '{repo_id}' not found. Looked for a local folder {local} (does not exist) and for "
+            f"the Hugging Face model '{repo_id}' in the hub cache {cache} (no downloaded copy; this program never "
             f"downloads on its own). To fix: on a machine with network run `huggingface-cli download {repo_id}` "
-            f"and copy the cache here (or point HF_HOME / HF_HUB_CACHE at it), or set "
-            f"pretrained_model_name_or_path to a local diffusers folder or to a shipped model ({builtins})."
+            f"(or `hf download {repo_id}`) and copy the cache here (or point HF_HOME / HF_HUB_CACHE at it), "
+            f"or {alternatives}."
         ) from None
 
 

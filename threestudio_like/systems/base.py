@@ -94,6 +94,14 @@ class BaseLift3DSystem(pl.LightningModule):
             self._prompt_utils = processor()
         return self._prompt_utils
 
+    def check_models_available(self) -> None:
+        """Fail now, not at the first step, when a diffusion model is missing."""
+        from threestudio_like.guidance.models import resolve_model_path
+
+        for part in (self.cfg.guidance, self.cfg.prompt_processor):
+            if part.get("pretrained_model_name_or_path"):
+                resolve_model_path(part["pretrained_model_name_or_path"])
+
     def parts(self) -> list[Any]:
         parts = [self.geometry, self.material, self.background, self.renderer]
         return parts + ([self._guidance] if self._guidance is not None else [])

@@ -1,0 +1,8 @@
+"""All benchmarks in one run: ``python -m benchmarks.run``."""
+
+from benchmarks import bench_hashgrid, bench_render, bench_step
+
+if __name__ == "__main__":
+    for module in (bench_hashgrid, bench_render, bench_step):
+        print(f"\n=== {module.__name__} ===")
+        module.main()

@@ -1,0 +1,293 @@
+"""Volume renderer, occupancy grid and packed compositing against closed forms and simple references."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays, ray_box_intersection
+from threestudio_like.renderers.packed import exclusive_segment_cumsum, render_weights_from_density
+from threestudio_like.renderers.volume_renderer import NeRFVolumeRenderer
+
+
+# --------------------------------------------------------------------------- toy parts
+class ToyGeometry(nn.Module):
+    """Analytic density field with the implicit-volume interface; counts evaluated points."""
+
+    def __init__(self, density_fn, radius: float = 1.0) -> None:
+        super().__init__()
+        self.density_fn = density_fn
+        self.cfg = SimpleNamespace(radius=radius)
+        self.register_buffer("bbox", torch.tensor([[-radius] * 3, [radius] * 3]))
+        self.scale = nn.Parameter(torch.ones(()))  # something for gradients to reach
+        self.n_evaluated = 0
+
+    def forward_density(self, points):
+        return self.density_fn(points)[..., None] * self.scale
+
+    def forward(self, points, output_normal: bool = False):
+        self.n_evaluated += points.shape[0]
+        out = {
+            "density": self.forward_density(points),
+            "features": torch.cat([torch.sin(3 * points), torch.cos(points[..., :1])], dim=-1),
+        }
+        if output_normal:
+            out["normal"] = torch.nn.functional.normalize(points, dim=-1)
+        return out
+
+
+class ToyMaterial(nn.Module):
+    requires_normal = False
+
+    def forward(self, features, viewdirs, positions, light_positions, shading_normal=None, **kwargs):
+        return torch.sigmoid(features[..., :3])
+
+
+class ToyBackground(nn.Module):
+    def forward(self, dirs):
+        return torch.full_like(dirs, 0.25)
+
+
+def box_density(half: float, sigma: float):
+    return lambda p: sigma * (p.abs() <= half).all(dim=-1).to(p.dtype)
+
+
+def ball_density(radius: float, sigma: float):
+    return lambda p: sigma * (p.norm(dim=-1) <= radius).to(p.dtype)
+
+
+def make_renderer(geometry, **cfg) -> NeRFVolumeRenderer:
+    cfg = {"backend": "torch", **cfg}
+    return NeRFVolumeRenderer(cfg, geometry=geometry, material=ToyMaterial(), background=ToyBackground())
+
+
+def perspective_rays(size: int = 16, distance: float = 3.0, fov: float = 50.0):
+    """Camera on +x looking at the origin (world z up); rays [1, size, size, 3]."""
+    s = math.tan(math.radians(fov) / 2)
+    u = torch.linspace(-s, s, size)
+    yy, zz = torch.meshgrid(u, u, indexing="xy")
+    d = torch.stack([-torch.ones_like(yy), yy, -zz], dim=-1)
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = torch.tensor([distance, 0.0, 0.0]).expand_as(d)
+    return o[None].contiguous(), d[None].contiguous()
+
+
+LIGHT = torch.tensor([[3.0, 3.0, 3.0]])
+
+
+# --------------------------------------------------------------------------- closed forms
+def homogeneous_depth(t0, t1, sigma):
+    """E[sum w t] for constant density on [t0, t1]: integral of t sigma exp(-sigma (t - t0))."""
+    return t0 + 1 / sigma - (t1 + 1 / sigma) * torch.exp(-sigma * (t1 - t0))
+
+
+def test_homogeneous_slab_matches_closed_form():
+    sigma = 0.7
+    geometry = ToyGeometry(lambda p: torch.full(p.shape[:-1], sigma))  # the whole box is the medium
+    renderer = make_renderer(geometry, num_samples_per_ray=256).eval()
+    # rays that enter through x = +1 and leave through x = -1 (checked below): t0 = 2/|dx|, L = 2/|dx|
+    torch.manual_seed(0)
+    d = torch.cat([-torch.ones(1, 4, 5, 1), 0.3 * (torch.rand(1, 4, 5, 2) - 0.5)], dim=-1)
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = torch.cat([torch.full((1, 4, 5, 1), 3.0), 0.5 * (torch.rand(1, 4, 5, 2) - 0.5)], dim=-1)
+    d[0, 0, 0] = torch.tensor([-1.0, 0.0, 0.0])  # exactly axis-parallel: zero components must be handled
+    exit_point = o + d * (4 / d[..., :1].abs())
+    assert (exit_point[..., 1:].abs() < 1).all()
+    t0 = 2 / d[..., 0].abs()
+    length = 2 / d[..., 0].abs()
+    out = renderer(o, d, LIGHT)
+    expected_opacity = 1 - torch.exp(-sigma * length)
+    torch.testing.assert_close(out["opacity"][..., 0], expected_opacity, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out["depth"][..., 0], homogeneous_depth(t0, t0 + length, sigma), atol=1e-4, rtol=0)
+
+
+def test_constant_density_sphere_matches_closed_form():
+    sigma, radius = 1.5, 0.6
+    renderer = make_renderer(ToyGeometry(ball_density(radius, sigma)), num_samples_per_ray=512).eval()
+    b = torch.linspace(0.0, 0.75, 16)  # impact parameters, the last few miss the ball
+    o = torch.stack([torch.full_like(b, 3.0), b * 0.6, b * 0.8], dim=-1)[None, None]
+    d = torch.tensor([-1.0, 0.0, 0.0]).expand_as(o).contiguous()
+    out = renderer(o, d, LIGHT)
+    half_chord = torch.sqrt((radius**2 - b**2).clamp_min(0))
+    expected = 1 - torch.exp(-sigma * 2 * half_chord)
+    step = renderer.render_step_size
+    # the boundary is resolved to about one marching step at each end
+    torch.testing.assert_close(out["opacity"][0, 0, :, 0], expected, atol=2 * sigma * step, rtol=0)
+    t0 = 3 - half_chord
+    depth = homogeneous_depth(t0, t0 + 2 * half_chord, sigma)
+    hit = b < radius - 2 * step
+    torch.testing.assert_close(out["depth"][0, 0, hit, 0], depth[hit], atol=6 * step, rtol=0)
+    assert (out["opacity"][0, 0, b > radius, 0] == 0).all()
+
+
+# --------------------------------------------------------------------------- occupancy grid
+def test_occupancy_grid_matches_dense_sampling_with_far_fewer_samples():
+    # a dense cube aligned with the 32^3 grid cells ([-0.25, 0.25] = 8 cells of 1/16) in a big empty box
+    rays_o, rays_d = perspective_rays(20, fov=30.0)
+    images = {}
+    counts = {}
+    for name, cfg in {
+        "dense": {"grid_prune": False},
+        "grid": {"grid_prune": True, "prune_alpha_threshold": False},
+        "grid+alpha": {"grid_prune": True, "prune_alpha_threshold": True},
+    }.items():
+        geometry = ToyGeometry(box_density(0.25, 60.0))
+        renderer = make_renderer(geometry, num_samples_per_ray=256, **cfg)
+        renderer.train()
+        renderer.update_step(0)  # first update (warm-up: every cell measured)
+        renderer.eval()
+        geometry.n_evaluated = 0
+        images[name] = renderer(rays_o, rays_d, LIGHT)
+        counts[name] = geometry.n_evaluated
+    assert images["dense"]["opacity"].max() > 0.9  # the cube is visible and opaque
+    for key in ("comp_rgb", "opacity", "depth"):
+        torch.testing.assert_close(images["grid"][key], images["dense"][key], atol=1e-5, rtol=0)
+        # visibility pruning drops only samples behind ~opaque material (T < 1e-4)
+        torch.testing.assert_close(images["grid+alpha"][key], images["dense"][key], atol=1e-3, rtol=0)
+    assert counts["grid"] < 0.2 * counts["dense"], counts
+    assert counts["grid+alpha"] < 0.6 * counts["grid"], counts  # occluded samples are skipped
+
+
+def test_occupancy_update_marks_only_dense_cells_and_is_saved():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
+    assert grid.occupied.all()  # before any update nothing is skipped
+    grid.update(0, lambda p: box_density(0.5, 10.0)(p)[..., None], step_size=0.01)
+    # cells of side 0.25: the cube [-0.5, 0.5]^3 covers cells 2..5 on each axis
+    expected = torch.zeros(8, 8, 8, dtype=torch.bool)
+    expected[2:6, 2:6, 2:6] = True
+    assert torch.equal(grid.occupied, expected)
+    state = grid.state_dict()
+    assert {"density_ema", "occupied", "bbox"} <= set(state)
+    fresh = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.occupied, expected)
+
+    # after warm-up only a subset is measured: a quarter of the cells plus up to as many occupied ones
+    measured = []
+    grid.update(1000, lambda p: (measured.append(p.shape[0]), torch.zeros(p.shape[0], 1))[1], step_size=0.01)
+    assert sum(measured) == 512 // 4 + min(512 // 4, int(expected.sum()))
+    # the EMA decays instead of forgetting: one empty measurement does not clear a dense cell
+    assert grid.occupied[3, 3, 3]
+
+
+def test_march_rays_partitions_the_chord_exactly():
+    torch.manual_seed(1)
+    o = torch.randn(50, 3) * 2
+    d = torch.nn.functional.normalize(torch.randn(50, 3), dim=-1)
+    bbox = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    enter, exit_ = ray_box_intersection(o, d, bbox)
+    enter = enter.clamp_min(0)
+    for randomized in (False, True):
+        s = march_rays(o, d, bbox, step_size=0.05, randomized=randomized)
+        assert (s.ray_indices[1:] >= s.ray_indices[:-1]).all()  # packed by ray
+        assert ((s.t_ends - s.t_starts) <= 0.05 + 1e-6).all() and ((s.t_ends - s.t_starts) > 0).all()
+        for r in range(50):
+            sel = s.ray_indices == r
+            if exit_[r] <= enter[r]:
+                assert not sel.any()
+                continue
+            starts, ends = s.t_starts[sel], s.t_ends[sel]
+            assert torch.equal(starts[1:], ends[:-1])  # contiguous intervals
+            torch.testing.assert_close(starts[0], enter[r])
+            torch.testing.assert_close(ends[-1], exit_[r])
+
+
+# --------------------------------------------------------------------------- packed compositing
+def test_packed_compositing_equals_per_ray_loop():
+    torch.manual_seed(2)
+    n_rays = 7
+    counts = torch.tensor([3, 0, 5, 1, 0, 8, 4])
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts)
+    n = ray_indices.shape[0]
+    t_starts = torch.rand(n) * 3
+    t_ends = t_starts + torch.rand(n) * 0.5
+    sigmas = (torch.rand(n) * 4).requires_grad_(True)
+    weights, trans, alphas = render_weights_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
+
+    ref_w, ref_t = [], []
+    for r in range(n_rays):
+        sel = ray_indices == r
+        a = 1 - torch.exp(-sigmas[sel] * (t_ends[sel] - t_starts[sel]))
+        t = torch.cumprod(torch.cat([torch.ones(1), 1 - a]), dim=0)[:-1]
+        ref_t.append(t)
+        ref_w.append(t * a)
+    ref_w, ref_t = torch.cat(ref_w), torch.cat(ref_t)
+    torch.testing.assert_close(weights, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(trans, ref_t, atol=1e-6, rtol=1e-5)
+    g = torch.autograd.grad((weights * torch.arange(n)).sum(), sigmas)[0]
+    g_ref = torch.autograd.grad((ref_w * torch.arange(n)).sum(), sigmas)[0]
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
+
+    values = torch.rand(n)
+    excl = exclusive_segment_cumsum(values, ray_indices, n_rays)
+    ref = torch.cat([torch.cumsum(values[ray_indices == r], 0) - values[ray_indices == r] for r in range(n_rays)])
+    torch.testing.assert_close(excl, ref)
+
+
+def test_exclusive_cumsum_stays_accurate_after_many_samples():
+    # a large running total from earlier rays must not swamp the small sums of a later ray
+    n_rays = 1000
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), 500)
+    values = torch.full((ray_indices.shape[0],), 1e-3)
+    values[ray_indices < n_rays - 1] = 50.0
+    excl = exclusive_segment_cumsum(values, ray_indices, n_rays)
+    last = excl[ray_indices == n_rays - 1]
+    torch.testing.assert_close(last, torch.arange(500, dtype=torch.float32) * 1e-3, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- renderer behaviour
+def test_chunked_eval_equals_unchunked():
+    rays_o, rays_d = perspective_rays(12)
+    outs = []
+    for chunk in (0, 37):
+        torch.manual_seed(0)
+        renderer = make_renderer(ToyGeometry(ball_density(0.5, 5.0)), num_samples_per_ray=128, eval_chunk_size=chunk)
+        renderer.train()
+        renderer.update_step(0)
+        renderer.eval()
+        outs.append(renderer(rays_o, rays_d, LIGHT))
+    assert outs[0].keys() == outs[1].keys()
+    for key in outs[0]:
+        torch.testing.assert_close(outs[0][key], outs[1][key], atol=1e-6, rtol=0)
+
+
+def test_training_outputs_gradients_and_background():
+    geometry = ToyGeometry(ball_density(0.5, 5.0))
+    renderer = make_renderer(geometry, num_samples_per_ray=64, return_comp_normal=True)
+    renderer.train()
+    rays_o, rays_d = perspective_rays(8)
+    torch.manual_seed(0)
+    out = renderer(rays_o, rays_d, LIGHT)
+    for key in ("weights", "t_points", "t_intervals", "t_dirs", "ray_indices", "normal"):
+        assert key in out, key
+    # per-sample weights sum to the per-ray opacity, and the composite follows the blend formula
+    opacity = torch.zeros(64).index_add(0, out["ray_indices"], out["weights"][:, 0])
+    torch.testing.assert_close(opacity, out["opacity"].reshape(-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["comp_rgb"], out["comp_rgb_fg"] + 0.25 * (1 - out["opacity"]))
+    assert out["comp_normal"].min() >= 0 and out["comp_normal"].max() <= 1
+    out["comp_rgb"].sum().backward()
+    assert geometry.scale.grad is not None and geometry.scale.grad.abs() > 0
+
+    white = renderer(rays_o, rays_d, LIGHT, bg_color=torch.ones(3))
+    torch.testing.assert_close(white["comp_rgb"], white["comp_rgb_fg"] + (1 - white["opacity"]))
+    with pytest.raises(ValueError, match="bg_color"):
+        renderer(rays_o, rays_d, LIGHT, bg_color=torch.ones(2, 2))
+
+
+def test_renderer_does_not_own_the_parts_and_updates_on_schedule():
+    geometry = ToyGeometry(box_density(0.25, 20.0))
+    renderer = make_renderer(geometry, occupancy_update_every=16)
+    assert all(k.startswith("occupancy.") for k in renderer.state_dict())
+    assert not any(p is geometry.scale for p in renderer.parameters())
+    renderer.eval()
+    renderer.update_step(0)  # eval: no update
+    assert renderer.occupancy.occupied.all()
+    renderer.train()
+    renderer.update_step(5)  # not an update step
+    assert renderer.occupancy.occupied.all()
+    renderer.update_step(16)
+    assert 0 < renderer.occupancy.occupied.sum() < renderer.occupancy.n_cells

@@ -1,0 +1,216 @@
+"""Prompt -> text embeddings, per viewing direction, cached on disk.
+
+View-dependent prompting (DreamFusion): each rendered view is conditioned on the prompt with
+a suffix naming where the camera is (", front view", ", side view", ...), which discourages
+the multi-faced "Janus" solutions. Embeddings are computed once per (model, prompt) and kept
+as safetensors files, so later runs never load the text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from threestudio_like.guidance.models import load_diffusion_components, resolve_model_path
+from threestudio_like.registry import register
+from threestudio_like.utils.base import BaseObject
+from threestudio_like.utils.io import atomic_path
+from threestudio_like.utils.typing import Float, Int, Tensor
+
+# Order matters: when several conditions hold, the later direction wins (overhead over all).
+DIRECTION_NAMES: tuple[str, ...] = ("side", "front", "back", "overhead")
+
+
+@dataclass
+class ViewThresholds:
+    """Angles (degrees) that split the view sphere into front / side / back / overhead."""
+
+    front: float = 45.0  # |azimuth| below this is the front
+    back: float = 45.0  # |azimuth| above 180 - this is the back
+    overhead: float = 60.0  # elevation above this is overhead, whatever the azimuth
+
+
+def wrap_azimuth(azimuth: Tensor) -> Tensor:
+    """Degrees -> [-180, 180)."""
+    return torch.remainder(azimuth + 180.0, 360.0) - 180.0
+
+
+def view_direction_index(
+    elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], thresholds: ViewThresholds
+) -> Int[Tensor, "B"]:
+    """Index into ``DIRECTION_NAMES`` for each view; side unless a later rule matches."""
+    azimuth = wrap_azimuth(azimuth)
+    index = torch.zeros_like(azimuth, dtype=torch.long)  # side
+    index[azimuth.abs() < thresholds.front] = DIRECTION_NAMES.index("front")
+    index[azimuth.abs() > 180.0 - thresholds.back] = DIRECTION_NAMES.index("back")
+    index[elevation > thresholds.overhead] = DIRECTION_NAMES.index("overhead")
+    return index
+
+
+@dataclass
+class PromptProcessorOutput:
+    """Text embeddings for one prompt: plain, negative, and per view direction (``DIRECTION_NAMES`` order)."""
+
+    text_embeddings: Float[Tensor, "1 L D"]
+    uncond_text_embeddings: Float[Tensor, "1 L D"]
+    text_embeddings_vd: Float[Tensor, "4 L D"]
+    uncond_text_embeddings_vd: Float[Tensor, "4 L D"]
+    directions: tuple[str, ...] = DIRECTION_NAMES
+    thresholds: ViewThresholds = field(default_factory=ViewThresholds)
+    prompts_vd: tuple[str, ...] = ()
+
+    def get_text_embeddings(
+        self,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+        view_dependent_prompting: bool = True,
+    ) -> Float[Tensor, "2B L D"]:
+        """Conditional rows for the B views, then the B unconditional rows; on ``elevation``'s device."""
+        batch = elevation.shape[0]
+        if view_dependent_prompting:
+            index = view_direction_index(elevation.detach().cpu(), azimuth.detach().cpu(), self.thresholds)
+            cond = self.text_embeddings_vd[index]
+            uncond = self.uncond_text_embeddings_vd[index]
+        else:
+            cond = self.text_embeddings.expand(batch, -1, -1)
+            uncond = self.uncond_text_embeddings.expand(batch, -1, -1)
+        return torch.cat([cond, uncond], dim=0).to(elevation.device)
+
+
+@register("stable-diffusion-prompt-processor", "prompt-processor")
+class StableDiffusionPromptProcessor(BaseObject):
+    """Turns ``prompt`` / ``negative_prompt`` into cached text-encoder embeddings (last hidden state)."""
+
+    @dataclass
+    class Config:
+        pretrained_model_name_or_path: str = "runwayml/stable-diffusion-v1-5"
+        prompt: str = "a hamburger"
+        negative_prompt: str = ""
+        use_cache: bool = True
+        cache_dir: str = ".threestudio_cache/text_embeddings"
+        front_threshold: float = 45.0
+        back_threshold: float = 45.0
+        overhead_threshold: float = 60.0
+        view_dependent_prompting: bool = True
+        # Replace the automatic "<prompt>, <direction> view" prompts.
+        prompt_front: Optional[str] = None
+        prompt_side: Optional[str] = None
+        prompt_back: Optional[str] = None
+        prompt_overhead: Optional[str] = None
+        use_perp_neg: bool = False
+        use_prompt_debiasing: bool = False
+        spawn: bool = False  # threestudio runs the encoder in a subprocess; here it always runs in-process
+
+    cfg: Config
+
+    def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
+        if self.cfg.use_perp_neg:
+            raise NotImplementedError(
+                "use_perp_neg=true (Perp-Neg) is not implemented yet; set system.prompt_processor.use_perp_neg=false."
+            )
+        if self.cfg.use_prompt_debiasing:
+            raise NotImplementedError(
+                "use_prompt_debiasing=true is not implemented; set system.prompt_processor.use_prompt_debiasing=false."
+            )
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model_path = resolve_model_path(self.cfg.pretrained_model_name_or_path)
+        self.prompts_vd = tuple(self._view_prompt(name) for name in DIRECTION_NAMES)
+        self._output = self._build_output()
+
+    def __call__(self) -> PromptProcessorOutput:
+        return self._output
+
+    # ------------------------------------------------------------------ prompts
+    def _view_prompt(self, direction: str) -> str:
+        override = getattr(self.cfg, f"prompt_{direction}")
+        return override if override is not None else f"{self.cfg.prompt}, {direction} view"
+
+    def _build_output(self) -> PromptProcessorOutput:
+        prompt, negative = self.cfg.prompt, self.cfg.negative_prompt
+        table = self.text_embeddings([prompt, negative, *self.prompts_vd])
+        return PromptProcessorOutput(
+            text_embeddings=table[prompt][None],
+            uncond_text_embeddings=table[negative][None],
+            text_embeddings_vd=torch.stack([table[p] for p in self.prompts_vd]),
+            # The negative prompt does not depend on the view (as in threestudio).
+            uncond_text_embeddings_vd=table[negative][None].expand(len(DIRECTION_NAMES), -1, -1).clone(),
+            thresholds=ViewThresholds(self.cfg.front_threshold, self.cfg.back_threshold, self.cfg.overhead_threshold),
+            prompts_vd=self.prompts_vd,
+        )
+
+    # ------------------------------------------------------------------ embeddings + disk cache
+    def text_embeddings(self, prompts: list[str]) -> dict[str, Float[Tensor, "L D"]]:
+        """Embedding per distinct prompt, from the disk cache where present; the encoder loads only for the rest."""
+        unique = list(dict.fromkeys(prompts))
+        identity = model_identity(self.model_path)
+        found: dict[str, Tensor] = {}
+        if self.cfg.use_cache:
+            for p in unique:
+                cached = self._read_cached(identity, p)
+                if cached is not None:
+                    found[p] = cached
+        missing = [p for p in unique if p not in found]
+        if missing:
+            computed = self._encode(missing)
+            for p, embedding in zip(missing, computed):
+                found[p] = embedding
+                if self.cfg.use_cache:
+                    self._write_cached(identity, p, embedding)
+        return found
+
+    def _encode(self, prompts: list[str]) -> Float[Tensor, "N L D"]:
+        parts = load_diffusion_components(self.model_path, self.device, text_encoder=True, unet=False)
+        tokenizer, encoder = parts.tokenizer, parts.text_encoder
+        # SD conditions on all 77 positions (padding included), so pad to the full length.
+        max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = encoder(tokens.input_ids.to(self.device))[0]
+        return hidden.float().cpu()
+
+    def _cache_file(self, identity: str, prompt: str) -> str:
+        digest = hashlib.sha256(f"{identity}\n{prompt}".encode("utf-8")).hexdigest()[:32]
+        return os.path.join(self.cfg.cache_dir, f"{digest}.safetensors")
+
+    def _read_cached(self, identity: str, prompt: str) -> Optional[Tensor]:
+        from safetensors import safe_open
+
+        path = self._cache_file(identity, prompt)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                if (f.metadata() or {}).get("prompt") != prompt:  # hash collision or foreign file
+                    return None
+                return f.get_tensor("embedding")
+        except Exception:  # unreadable file: recompute and overwrite it
+            return None
+
+    def _write_cached(self, identity: str, prompt: str, embedding: Tensor) -> None:
+        from safetensors.torch import save_file
+
+        path = self._cache_file(identity, prompt)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"embedding": embedding.contiguous()},
+                tmp,
+                metadata={"prompt": prompt, "model": self.cfg.pretrained_model_name_or_path},
+            )
+
+
+def model_identity(model_path: str) -> str:
+    """A key that changes whenever the text encoder or tokenizer files change (path, names, sizes, mtimes)."""
+    parts = [os.path.abspath(model_path)]
+    for sub in ("text_encoder", "tokenizer"):
+        folder = os.path.join(model_path, sub)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            stat = os.stat(os.path.join(folder, name))
+            parts.append(f"{sub}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
