@@ -253,3 +253,35 @@ def test_train_batch_has_every_camera_batch_key() -> None:
     assert set(batch) == set(CameraBatch.__annotations__)
     assert torch.allclose(batch["rays_d"].norm(dim=-1), torch.ones(4, 4, 4), atol=1e-5)
     assert torch.allclose(batch["rays_o"][:, 0, 0], batch["camera_positions"])
+
+
+def test_lightning_resume_sees_the_same_cameras_per_step(tmp_path) -> None:
+    """Through a real Trainer (which prefetches): step N gets sample(N), also after resuming."""
+    import lightning.pytorch as pl
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, torch.Tensor] = {}
+
+        def training_step(self, batch: CameraBatch, batch_idx: int) -> torch.Tensor:
+            self.seen[self.global_step] = batch["c2w"].clone()
+            return (self.weight**2).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                   accelerator="cpu", limit_val_batches=0, default_root_dir=str(tmp_path))
+    first, resumed = Recorder(), Recorder()
+    trainer = pl.Trainer(max_steps=3, **options)
+    trainer.fit(first, datamodule=RandomCameraDataModule(SMALL, seed=5))
+    trainer.save_checkpoint(str(tmp_path / "last.ckpt"))
+    pl.Trainer(max_steps=5, **options).fit(
+        resumed, datamodule=RandomCameraDataModule(SMALL, seed=5), ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    assert sorted(first.seen) == [0, 1, 2] and sorted(resumed.seen) == [3, 4]
+    reference = RandomCameraSampler(SMALL, seed=5)
+    for step, c2w in {**first.seen, **resumed.seen}.items():
+        assert torch.equal(c2w, reference.sample(step)["c2w"]), step

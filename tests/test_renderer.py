@@ -47,6 +47,13 @@ class ToyMaterial(nn.Module):
         return torch.sigmoid(features[..., :3])
 
 
+class ToyNormalMaterial(ToyMaterial):
+    requires_normal = True
+
+    def forward(self, features, viewdirs, positions, light_positions, shading_normal=None, **kwargs):
+        return torch.sigmoid(features[..., :3]) * (shading_normal[..., 2:] + 1) / 2
+
+
 class ToyBackground(nn.Module):
     def forward(self, dirs):
         return torch.full_like(dirs, 0.25)
@@ -60,9 +67,9 @@ def ball_density(radius: float, sigma: float):
     return lambda p: sigma * (p.norm(dim=-1) <= radius).to(p.dtype)
 
 
-def make_renderer(geometry, **cfg) -> NeRFVolumeRenderer:
+def make_renderer(geometry, material=None, **cfg) -> NeRFVolumeRenderer:
     cfg = {"backend": "torch", **cfg}
-    return NeRFVolumeRenderer(cfg, geometry=geometry, material=ToyMaterial(), background=ToyBackground())
+    return NeRFVolumeRenderer(cfg, geometry=geometry, material=material or ToyMaterial(), background=ToyBackground())
 
 
 def perspective_rays(size: int = 16, distance: float = 3.0, fov: float = 50.0):
@@ -243,14 +250,17 @@ def test_exclusive_cumsum_stays_accurate_after_many_samples():
 def test_chunked_eval_equals_unchunked():
     rays_o, rays_d = perspective_rays(12)
     outs = []
-    for chunk in (0, 37):
+    for chunk in (0, 13):  # the first chunks hold only rays that miss the ball
         torch.manual_seed(0)
-        renderer = make_renderer(ToyGeometry(ball_density(0.5, 5.0)), num_samples_per_ray=128, eval_chunk_size=chunk)
+        renderer = make_renderer(
+            ToyGeometry(ball_density(0.5, 5.0)), ToyNormalMaterial(), num_samples_per_ray=128, eval_chunk_size=chunk
+        )
         renderer.train()
         renderer.update_step(0)
         renderer.eval()
         outs.append(renderer(rays_o, rays_d, LIGHT))
-    assert outs[0].keys() == outs[1].keys()
+    assert outs[0].keys() == outs[1].keys() and "comp_normal" in outs[0]
+    assert (outs[0]["opacity"].reshape(-1)[:13] == 0).all()
     for key in outs[0]:
         torch.testing.assert_close(outs[0][key], outs[1][key], atol=1e-6, rtol=0)
 

@@ -102,7 +102,10 @@ class RandomCameraSampler:
     def resolution(self, step: int) -> tuple[int, int, int]:
         """(height, width, batch_size) in force at ``step``."""
         milestones = list(self.cfg.resolution_milestones)
-        return tuple(int(milestone_value(v, milestones, step)) for v in (self.cfg.height, self.cfg.width, self.cfg.batch_size))  # type: ignore[return-value]
+        height, width, batch = (
+            int(milestone_value(v, milestones, step)) for v in (self.cfg.height, self.cfg.width, self.cfg.batch_size)
+        )
+        return height, width, batch
 
     def view_ranges(self, step: int) -> tuple[Range, Range]:
         """(elevation_range, azimuth_range) at ``step``, narrowed while ``progressive_until`` runs."""
@@ -148,7 +151,7 @@ class RandomCameraSampler:
     @staticmethod
     def _sample_elevation(g: torch.Generator, batch: int, elevation_range: Range) -> Float[Tensor, "B"]:
         low, high = elevation_range
-        if True:
+        if torch.rand((), generator=g) < 0.5:
             return _uniform(g, (batch,), low, high)
         # uniform over the sphere's area between the two latitudes
         sin_low, sin_high = math.sin(math.radians(low)), math.sin(math.radians(high))
@@ -163,7 +166,8 @@ class RandomCameraSampler:
             return F.normalize(camera_positions + noise, dim=-1) * light_distances[:, None]
         # magic3d: spherical coordinates in a frame whose +z is the camera direction
         local_z = F.normalize(camera_positions, dim=-1)
-        local_x = F.normalize(torch.stack([local_z[:, 1], -local_z[:, 0], torch.zeros_like(local_z[:, 0])], dim=-1), dim=-1)
+        horizontal = torch.stack([local_z[:, 1], -local_z[:, 0], torch.zeros_like(local_z[:, 0])], dim=-1)
+        local_x = F.normalize(horizontal, dim=-1)
         local_y = F.normalize(torch.linalg.cross(local_z, local_x, dim=-1), dim=-1)
         frame = torch.stack([local_x, local_y, local_z], dim=-1)  # columns are the local axes
         light_azimuth = _uniform(g, (batch,), -180.0, 180.0)
@@ -250,15 +254,16 @@ class OrbitCameraDataset(Dataset):
         if not 0 <= item < len(self):
             raise IndexError(f"orbit batch {item} out of range (0..{len(self) - 1})")
         views = torch.arange(item * self.batch_size, min((item + 1) * self.batch_size, self.n_views))
-        positions = spherical_to_cartesian(self.elevation_deg[views], self.azimuth_deg[views], self.camera_distances[views])
+        elevation, azimuth = self.elevation_deg[views], self.azimuth_deg[views]
+        positions = spherical_to_cartesian(elevation, azimuth, self.camera_distances[views])
         return make_camera_batch(
             camera_positions=positions,
             center=torch.zeros_like(positions),
             up=torch.tensor([0.0, 0.0, 1.0]).expand_as(positions),
             fovy_deg=self.fovy_deg[views],
             light_positions=positions.clone(),
-            elevation_deg=self.elevation_deg[views],
-            azimuth_deg=self.azimuth_deg[views],
+            elevation_deg=elevation,
+            azimuth_deg=azimuth,
             camera_distances=self.camera_distances[views],
             height=self.height,
             width=self.width,

@@ -7,9 +7,10 @@ where the object touches the box, and triangulated with ``skimage.measure.marchi
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -32,9 +33,17 @@ class EmptyIsosurfaceError(ValueError):
 
 @torch.no_grad()
 def sample_grid(
-    density_fn: DensityFn, bbox: Float[Tensor, "2 3"], resolution: int, chunk: int = 2**18
+    density_fn: DensityFn,
+    bbox: Float[Tensor, "2 3"],
+    resolution: int,
+    chunk: int = 2**18,
+    device: Optional[torch.device | str] = None,
 ) -> Float[Tensor, "R R R"]:
-    """Field values at ``resolution``^3 grid nodes spanning ``bbox`` (corners included), indexed [x, y, z]."""
+    """Field values at ``resolution``^3 grid nodes spanning ``bbox`` (corners included), indexed [x, y, z].
+
+    Query points go to ``device``: by default the device of the module behind ``density_fn``
+    (a module or its bound method), else CPU. Values come back on the CPU.
+    """
     if resolution < 2:
         raise ValueError(f"isosurface resolution must be at least 2 samples per axis, got {resolution}")
     bbox = torch.as_tensor(bbox, dtype=torch.float32)
@@ -43,12 +52,13 @@ def sample_grid(
     n = resolution**3
     values = torch.empty(n, dtype=torch.float32)
     steps = (bbox[1] - bbox[0]) / (resolution - 1)
+    device = torch.device(device) if device is not None else _fn_device(density_fn)
     for start in range(0, n, chunk):
         flat = torch.arange(start, min(start + chunk, n))
         # build coordinates per chunk: a full 512^3 coordinate grid would not fit in memory
         ijk = torch.stack([flat // (resolution * resolution), (flat // resolution) % resolution, flat % resolution], -1)
         points = bbox[0] + ijk.float() * steps
-        out = density_fn(points.to(_fn_device(density_fn)))
+        out = density_fn(points.to(device))
         values[start : start + flat.numel()] = out.reshape(flat.numel(), -1)[:, 0].float().cpu()
     return values.reshape(resolution, resolution, resolution)
 
@@ -57,7 +67,8 @@ def _fn_device(density_fn: DensityFn) -> torch.device:
     """Device of the module behind ``density_fn`` (bound method or module), else CPU."""
     owner = getattr(density_fn, "__self__", density_fn)
     if isinstance(owner, torch.nn.Module):
-        for tensor in list(owner.parameters()) + list(owner.buffers()):
+        tensor = next(itertools.chain(owner.parameters(), owner.buffers()), None)
+        if tensor is not None:
             return tensor.device
     return torch.device("cpu")
 
@@ -96,14 +107,15 @@ def extract_isosurface(
     resolution: int,
     threshold: Threshold = "auto",
     chunk: int = 2**18,
+    device: Optional[torch.device | str] = None,
 ) -> Mesh:
     """Mesh of ``{x : density_fn(x) > threshold}`` inside ``bbox``; see module docstring.
 
     ``threshold="auto"`` starts from the mean density of the occupied samples (those above
     1e-5) and halves the distance to the lowest occupied value until the level yields a
-    non-empty, watertight surface.
+    non-empty, watertight surface. ``device``: where to evaluate, see ``sample_grid``.
     """
-    grid = sample_grid(density_fn, bbox, resolution, chunk)
+    grid = sample_grid(density_fn, bbox, resolution, chunk, device)
     low, high = float(grid.min()), float(grid.max())
     if threshold == "auto":
         return _auto_isosurface(grid, bbox, low, high)

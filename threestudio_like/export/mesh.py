@@ -108,14 +108,22 @@ class Mesh:
         )
 
     def merge_duplicate_vertices(self, decimals: int = 6) -> "Mesh":
-        """Weld vertices equal after rounding to ``decimals``; drops faces that collapse."""
+        """Weld vertices equal after rounding to ``decimals``; drops faces that collapse.
+
+        Each welded vertex is the first of its group (exact position and colour), and the
+        welded vertices keep the order of those first occurrences.
+        """
+        device = self.v_pos.device
         key = torch.round(self.v_pos.detach() * 10**decimals)
-        _, inverse = torch.unique(key, dim=0, return_inverse=True)
-        n_unique = int(inverse.max()) + 1 if inverse.numel() else 0
-        # keep the first original vertex of each group so positions / colours are exact
-        first = torch.full((n_unique,), self.n_vertices, dtype=torch.long, device=self.v_pos.device)
-        first.scatter_reduce_(0, inverse, torch.arange(self.n_vertices, device=self.v_pos.device), reduce="amin")
-        faces = inverse[self.t_pos_idx]
+        _, group = torch.unique(key, dim=0, return_inverse=True)
+        n_groups = int(group.max()) + 1 if group.numel() else 0
+        first = torch.full((n_groups,), self.n_vertices, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, group, torch.arange(self.n_vertices, device=device), reduce="amin")
+        order = torch.argsort(first)  # torch.unique sorts by position; restore input order
+        first = first[order]
+        new_index = torch.empty_like(order)
+        new_index[order] = torch.arange(n_groups, device=device)
+        faces = new_index[group][self.t_pos_idx]
         keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
         return Mesh(
             self.v_pos[first],

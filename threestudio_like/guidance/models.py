@@ -85,7 +85,9 @@ def _resolve_hub_id(repo_id: str, local: str) -> str:
         return snapshot_download(repo_id, local_files_only=True)
     except (LocalEntryNotFoundError, HFValidationError, OSError) as error:
         builtins = ", ".join(f"builtin:{n}" for n in builtin_model_names()) or "builtin:<name>"
-        alternatives = f"set pretrained_model_name_or_path to a local diffusers folder or to a shipped model ({builtins})"
+        alternatives = (
+            f"set pretrained_model_name_or_path to a local diffusers folder or to a shipped model ({builtins})"
+        )
         if isinstance(error, HFValidationError):
             raise ModelNotFoundError(
                 f"Diffusion model '{repo_id}' not found: there is no folder {local}, and '{repo_id}' is not a valid "

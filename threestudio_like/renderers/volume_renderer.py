@@ -183,10 +183,11 @@ class NeRFVolumeRenderer(BaseModule):
                 **kwargs,
             )
             density = geo_out["density"]
+            normal = geo_out.get("normal")
         else:  # nothing to shade: skip the parts (some accelerated networks reject empty batches)
-            geo_out = {}
             rgb = rays_o.new_zeros(0, 3)
             density = rays_o.new_zeros(0, 1)
+            normal = rays_o.new_zeros(0, 3) if need_normal else None  # same keys in every eval chunk
 
         weights = self._weights(samples, density[:, 0], n_rays, backend)
         accumulate = self._accumulator(ray_indices, n_rays, backend)
@@ -198,7 +199,6 @@ class NeRFVolumeRenderer(BaseModule):
             "depth": depth,
             "z_variance": accumulate(weights, (t_points - depth[ray_indices]) ** 2),
         }
-        normal = geo_out.get("normal")
         if normal is not None and (self.cfg.return_comp_normal or not self.training):
             comp_normal = F.normalize(accumulate(weights, normal), dim=-1)
             per_ray["comp_normal"] = (comp_normal + 1.0) / 2.0 * opacity  # [0, 1], blended onto black

@@ -1,0 +1,1 @@
+"""3D representations (geometry) and the encodings / networks they are built from."""

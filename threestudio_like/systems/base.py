@@ -83,14 +83,13 @@ class BaseLift3DSystem(pl.LightningModule):
     @property
     def guidance(self) -> torch.nn.Module:
         if self._guidance is None:
-            self._guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
-            self._guidance.to(self.device)
+            self._guidance = find(self.cfg.guidance_type)(self.cfg.guidance, device=self.device)
         return self._guidance
 
     @property
     def prompt_utils(self) -> Any:
         if self._prompt_utils is None:
-            processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+            processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor, device=self.device)
             self._prompt_utils = processor()
         return self._prompt_utils
 

@@ -1,0 +1,253 @@
+"""Tiny diffusion models, offline model resolution and loading, and SDS guidance behaviour."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from threestudio_like.guidance import models
+from threestudio_like.guidance.models import ModelNotFoundError, load_diffusion_components, resolve_model_path
+from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
+from threestudio_like.guidance.sds import StableDiffusionGuidance
+from threestudio_like.priors.tiny import TargetImageUNet, build_tiny_diffusion_model
+
+UNET_WEIGHTS = os.path.join("unet", "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return build_tiny_diffusion_model(str(tmp_path_factory.mktemp("tiny") / "pixel"), sample_size=16)
+
+
+@pytest.fixture(scope="module")
+def latent_model_path(tmp_path_factory) -> str:
+    return build_tiny_diffusion_model(str(tmp_path_factory.mktemp("tiny") / "latent"), sample_size=8, with_vae=True)
+
+
+def random_prompt_utils(dim: int = 32, seed: int = 0) -> PromptProcessorOutput:
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(4, 77, dim, generator=g)
+    uncond = torch.randn(1, 77, dim, generator=g)
+    return PromptProcessorOutput(cond[:1], uncond, cond, uncond.expand(4, -1, -1))
+
+
+def views(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.zeros(batch), torch.linspace(-180, 180, batch), torch.full((batch,), 2.0)
+
+
+# --------------------------------------------------------------------------- tiny model folder
+def test_tiny_model_is_seeded_and_leaves_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_diffusion_model(str(tmp_path / "a"), sample_size=8, seed=1)
+    assert torch.equal(torch.rand(3), expected_next)
+
+    build_tiny_diffusion_model(str(tmp_path / "b"), sample_size=8, seed=1)
+    build_tiny_diffusion_model(str(tmp_path / "c"), sample_size=8, seed=2)
+    a, b, c = (load_file(str(tmp_path / n / UNET_WEIGHTS)) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        assert os.path.isdir(tmp_path / "a" / sub)
+    assert not os.path.exists(tmp_path / "a" / "vae")
+
+
+def test_tiny_model_loads_with_expected_configuration(model_path):
+    parts = load_diffusion_components(model_path, "cpu")
+    assert not parts.latent_space and parts.vae is None
+    assert parts.unet.config.sample_size == 16 and parts.unet.config.in_channels == 3
+    assert not any(p.requires_grad for p in parts.unet.parameters())
+    assert not parts.unet.training and not parts.text_encoder.training
+    # Stable Diffusion's noise schedule
+    betas = parts.scheduler.betas
+    assert parts.scheduler.config.num_train_timesteps == 1000
+    assert betas[0].item() == pytest.approx(0.00085, rel=1e-4) and betas[-1].item() == pytest.approx(0.012, rel=1e-4)
+    # shared, not loaded twice
+    again = load_diffusion_components(model_path, "cpu", text_encoder=False)
+    assert again.unet is parts.unet and again.text_encoder is None
+
+
+def test_tiny_tokenizer_handles_any_lowercase_prompt(model_path):
+    tokenizer = load_diffusion_components(model_path, "cpu", unet=False).tokenizer
+    ids = tokenizer("a hamburger, front view").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "<|startoftext|>", "a</w>", "hamburger</w>", ",</w>", "front</w>", "view</w>", "<|endoftext|>"
+    ]
+    prompt = "a zebra quilt jumps over 3 foxes"
+    ids = tokenizer(prompt).input_ids
+    assert tokenizer.eos_token_id not in ids[1:-1]  # nothing fell back to the unknown token
+    assert tokenizer.decode(ids, skip_special_tokens=True) == prompt
+    padded = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(padded) == 77
+
+
+def test_latent_model_has_vae(latent_model_path):
+    parts = load_diffusion_components(latent_model_path, "cpu")
+    assert parts.latent_space and parts.vae_scale_factor == 8
+    assert parts.unet.config.in_channels == 4
+
+
+# --------------------------------------------------------------------------- resolution errors
+def test_missing_models_fail_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "_hub_cache_dir", lambda: str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("attempted a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+    with pytest.raises(ModelNotFoundError, match="No builtin model named 'missing'") as info:
+        resolve_model_path("builtin:missing")
+    assert "Available builtin models" in str(info.value)
+
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model_path("nobody-here/not-a-model")
+    assert time.perf_counter() - start < 5.0
+    message = str(info.value)
+    assert "huggingface-cli download nobody-here/not-a-model" in message
+    assert str(tmp_path / "hub") in message  # says where it looked
+    assert "pretrained_model_name_or_path" in message and "builtin:" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_existing_folder_resolves_to_itself(model_path):
+    assert resolve_model_path(model_path) == os.path.abspath(model_path)
+
+
+def test_missing_subfolder_names_what_is_expected(model_path, tmp_path):
+    broken = shutil.copytree(model_path, tmp_path / "broken")
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(ModelNotFoundError, match=r"no 'unet/' subfolder.*diffusion_pytorch_model\.safetensors"):
+        load_diffusion_components(str(broken), "cpu")
+
+
+def test_bin_only_weights_still_load(model_path, tmp_path):
+    copy = shutil.copytree(model_path, tmp_path / "bin")
+    weights = load_file(str(copy / UNET_WEIGHTS))
+    torch.save(weights, copy / "unet" / "diffusion_pytorch_model.bin")
+    os.remove(copy / UNET_WEIGHTS)
+    unet = load_diffusion_components(str(copy), "cpu", text_encoder=False).unet
+    state = unet.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+
+
+# --------------------------------------------------------------------------- SDS
+class RecordingUNet(torch.nn.Module):
+    """eps = 0.3 x_t + mean of the row's text embedding: cond and uncond predictions differ."""
+
+    def __init__(self, sample_size: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(sample_size=sample_size, in_channels=3, out_channels=3)
+        self.calls: list[dict] = []
+
+    dtype = torch.float32
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+        eps = 0.3 * sample + encoder_hidden_states.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        self.calls.append({"sample": sample.clone(), "t": timestep.clone(), "eps": eps.clone()})
+        return SimpleNamespace(sample=eps)
+
+
+@pytest.mark.parametrize("strategy", ["sds", "uniform", "fantasia"])
+def test_sds_gradient_is_weighted_guided_noise_residual(model_path, strategy):
+    guidance = StableDiffusionGuidance(
+        {"pretrained_model_name_or_path": model_path, "guidance_scale": 7.5, "weighting_strategy": strategy}
+    )
+    stub = RecordingUNet(sample_size=16)
+    guidance.components.unet = stub
+    batch = 2
+    rgb = torch.rand(batch, 16, 16, 3, requires_grad=True)
+    out = guidance(rgb, random_prompt_utils(), *views(batch))
+    out["loss_sds"].backward()
+
+    (call,) = stub.calls
+    noisy, t = call["sample"][:batch], call["t"][:batch]
+    assert torch.equal(call["t"][batch:], t)  # cond and uncond share the noisy input and timestep
+    eps_cond, eps_uncond = call["eps"].chunk(2)
+    eps_cfg = eps_uncond + 7.5 * (eps_cond - eps_uncond)
+    abar = guidance.components.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x0 = rgb.detach().permute(0, 3, 1, 2) * 2 - 1
+    noise = (noisy - abar.sqrt() * x0) / (1 - abar).sqrt()
+    w = {"sds": 1 - abar, "uniform": torch.ones_like(abar), "fantasia": abar**0.5 * (1 - abar)}[strategy]
+    grad = w * (eps_cfg - noise)
+
+    # d loss / d rgb = d loss / d x * dx / d rgb = grad / B * 2
+    torch.testing.assert_close(rgb.grad, (2 * grad / batch).permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["loss_sds"], 0.5 * (grad**2).sum() / batch, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["grad_norm"], grad.norm(), rtol=1e-4, atol=1e-5)
+    assert ((t >= out["min_step"]) & (t <= out["max_step"])).all()
+
+
+def test_sds_gradient_clip_and_timestep_schedules(model_path):
+    guidance = StableDiffusionGuidance(
+        {
+            "pretrained_model_name_or_path": model_path,
+            "grad_clip": 0.01,
+            "min_step_percent": [0, 0.5, 0.1, 100],
+            "max_step_percent": 0.5,
+        }
+    )
+    stub = RecordingUNet(sample_size=16)
+    guidance.components.unet = stub
+    rgb = torch.rand(3, 16, 16, 3, requires_grad=True)
+    guidance(rgb, random_prompt_utils(), *views(3))["loss_sds"].backward()
+    assert (stub.calls[0]["t"] == 500).all()  # min = max = 500 at step 0
+    assert rgb.grad.abs().max() <= 2 * 0.01 / 3 + 1e-7
+
+    guidance.update_step(100)
+    assert (guidance.min_step, guidance.max_step) == (100, 500)
+
+    annealed = StableDiffusionGuidance(
+        {"pretrained_model_name_or_path": model_path, "sqrt_anneal": True, "trainer_max_steps": 400}
+    )
+    annealed.update_step(100)  # progress sqrt(1/4) = 0.5: halfway from 0.98 to 0.02
+    assert annealed.min_step == annealed.max_step == int(1000 * 0.5)
+
+
+def test_guidance_checkpoint_holds_no_frozen_weights(model_path):
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": model_path})
+    assert sum(p.numel() for p in guidance.components.unet.parameters()) > 0
+    assert len(guidance.state_dict()) == 0
+    assert list(guidance.parameters()) == []
+
+
+def test_sds_with_red_oracle_turns_an_image_red(model_path):
+    torch.manual_seed(0)
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": model_path})
+    guidance.components.unet = TargetImageUNet([1.0, 0.0, 0.0], guidance.components.scheduler, sample_size=16)
+    logits = torch.zeros(1, 16, 16, 3, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    prompt_utils = random_prompt_utils()
+    for _ in range(200):
+        optimizer.zero_grad()
+        guidance(torch.sigmoid(logits), prompt_utils, *views(1))["loss_sds"].backward()
+        optimizer.step()
+    image = torch.sigmoid(logits).detach()
+    assert image[..., 0].mean() > 0.9
+    assert image[..., 1].mean() < 0.1 and image[..., 2].mean() < 0.1
+
+
+def test_latent_model_sds_backpropagates_through_the_vae(latent_model_path):
+    guidance = StableDiffusionGuidance(
+        {"pretrained_model_name_or_path": latent_model_path, "use_img_loss": True, "guidance_scale": 7.5}
+    )
+    rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
+    out = guidance(rgb, random_prompt_utils(), *views(2))
+    latents, images = guidance.model_space(rgb.detach())
+    assert latents.shape == (2, 4, 8, 8) and images.shape == (2, 3, 64, 64)
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert torch.isfinite(out["loss_sds_img"]) and out["loss_sds_img"] > 0

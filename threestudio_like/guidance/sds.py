@@ -1,0 +1,250 @@
+"""Score distillation sampling (DreamFusion) with a frozen text-conditioned diffusion model.
+
+For a render x (pixels, or VAE latents for latent models) SDS noises it to a random timestep,
+asks the UNet for the noise with classifier-free guidance, and pushes x along
+w(t) * (eps_cfg - noise). The push is delivered as a loss whose gradient with respect to x is
+exactly that vector (divided by the batch size), so any optimiser can consume it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from threestudio_like.config import Schedule, schedule_value
+from threestudio_like.guidance.models import DiffusionComponents, load_diffusion_components
+from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
+from threestudio_like.registry import register
+from threestudio_like.utils.backends import optional_import
+from threestudio_like.utils.base import BaseModule
+from threestudio_like.utils.typing import Float, Int, Tensor
+
+WeightingStrategy = Literal["sds", "uniform", "fantasia"]
+
+
+def sds_weighting(strategy: str, alphas_cumprod_t: Float[Tensor, "B"]) -> Float[Tensor, "B 1 1 1"]:
+    """w(t): "sds" 1 - abar (DreamFusion), "uniform" 1, "fantasia" sqrt(abar) (1 - abar) (Fantasia3D)."""
+    abar = alphas_cumprod_t.view(-1, 1, 1, 1)
+    if strategy == "sds":
+        return 1.0 - abar
+    if strategy == "uniform":
+        return torch.ones_like(abar)
+    if strategy == "fantasia":
+        return abar.sqrt() * (1.0 - abar)
+    raise ValueError(f"Unknown weighting_strategy '{strategy}': use sds, uniform or fantasia.")
+
+
+def _image_size(sample_size: Any) -> tuple[int, int]:
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
+def _resize(images: Float[Tensor, "B C H W"], size: tuple[int, int]) -> Float[Tensor, "B C h w"]:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size, mode="bilinear", align_corners=False)
+
+
+@register("stable-diffusion-guidance", "sds-guidance")
+class StableDiffusionGuidance(BaseModule):
+    """SDS loss from a diffusers-format model; works in pixel space when the model has no VAE.
+
+    The frozen networks live in ``self.components`` (a plain dataclass, not a submodule), so
+    they never enter checkpoints and ``.train()`` / ``.to()`` on the system leave them alone;
+    they follow the device of the images passed in instead.
+    """
+
+    @dataclass
+    class Config(BaseModule.Config):
+        pretrained_model_name_or_path: str = "runwayml/stable-diffusion-v1-5"
+        enable_memory_efficient_attention: bool = False
+        enable_sequential_cpu_offload: bool = False
+        enable_attention_slicing: bool = False
+        enable_channels_last: bool = False
+        guidance_scale: float = 100.0
+        grad_clip: Optional[Schedule] = None  # clamp each gradient entry to [-v, v]
+        half_precision_weights: bool = True  # fp16 weights on CUDA; CPU always uses fp32
+        min_step_percent: Schedule = 0.02
+        max_step_percent: Schedule = 0.98
+        sqrt_anneal: bool = False  # timestep decreases deterministically with sqrt(step / trainer_max_steps)
+        trainer_max_steps: int = 25000
+        use_img_loss: bool = False  # also return loss_sds_img against the denoised image
+        weighting_strategy: WeightingStrategy = "sds"
+        view_dependent_prompting: bool = True
+
+    cfg: Config
+    components: DiffusionComponents
+
+    def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
+        self.global_step = 0
+        self._attach(torch.device(device) if device is not None else torch.device("cpu"))
+        self.update_step(0)
+
+    # ------------------------------------------------------------------ frozen model placement
+    def _attach(self, device: torch.device) -> None:
+        """Load (or re-use) the frozen components on ``device``."""
+        device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", so comparisons hold
+        self._device = device
+        half = self.cfg.half_precision_weights and device.type == "cuda"
+        self.weights_dtype = torch.float16 if half else torch.float32
+        offload = self.cfg.enable_sequential_cpu_offload and device.type == "cuda"
+        load_device = torch.device("cpu") if offload else device
+        components = load_diffusion_components(
+            self.cfg.pretrained_model_name_or_path, load_device, self.weights_dtype, text_encoder=False, unet=True
+        )
+        self._apply_memory_options(components, offload)
+        self.num_train_timesteps = int(components.scheduler.config.num_train_timesteps)
+        # object.__setattr__: keep nn.Module from ever treating these as submodules.
+        object.__setattr__(self, "components", components)
+
+    def _apply_memory_options(self, parts: DiffusionComponents, offload: bool) -> None:
+        unet, cuda = parts.unet, self._device.type == "cuda"
+        if self.cfg.enable_memory_efficient_attention and cuda and optional_import("xformers") is not None:
+            unet.enable_xformers_memory_efficient_attention()
+        # (without xformers, diffusers already uses torch's scaled_dot_product_attention, itself memory-efficient)
+        if self.cfg.enable_attention_slicing:
+            unet.set_attention_slice("auto")
+        if self.cfg.enable_channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if self.cfg.enable_sequential_cpu_offload:
+            if not offload:
+                warnings.warn("enable_sequential_cpu_offload only applies on CUDA devices; ignored.")
+                return
+            accelerate = optional_import("accelerate")
+            if accelerate is None:
+                raise RuntimeError(
+                    "enable_sequential_cpu_offload needs the accelerate package: `pip install accelerate`, "
+                    "or set enable_sequential_cpu_offload: false."
+                )
+            for module in (unet, parts.vae):
+                if module is not None:
+                    accelerate.cpu_offload(module, execution_device=self._device)
+
+    def _follow(self, device: torch.device) -> None:
+        if device != self._device:
+            self._attach(device)
+
+    # ------------------------------------------------------------------ schedules
+    def update_step(self, global_step: int) -> None:
+        self.global_step = global_step
+        min_percent = schedule_value(self.cfg.min_step_percent, global_step)
+        max_percent = schedule_value(self.cfg.max_step_percent, global_step)
+        if self.cfg.sqrt_anneal:
+            # One timestep per training step, falling from the initial maximum to the minimum.
+            progress = min(max(global_step / max(self.cfg.trainer_max_steps, 1), 0.0), 1.0) ** 0.5
+            start = schedule_value(self.cfg.max_step_percent, 0)
+            min_percent = max_percent = start - (start - min_percent) * progress
+        if min_percent > max_percent:
+            raise ValueError(
+                f"min_step_percent ({min_percent}) exceeds max_step_percent ({max_percent}) at step {global_step}; "
+                f"fix the two schedules of the guidance config."
+            )
+        # round, not int(): 1000 * 0.1 evaluated from a schedule may come out as 99.99...
+        last = self.num_train_timesteps - 1
+        self.min_step = min(max(round(self.num_train_timesteps * min_percent), 0), last)
+        self.max_step = min(max(round(self.num_train_timesteps * max_percent), self.min_step), last)
+
+    # ------------------------------------------------------------------ model space
+    def model_space(
+        self, rgb: Float[Tensor, "B H W C"], rgb_as_latents: bool = False
+    ) -> tuple[Float[Tensor, "B c h w"], Float[Tensor, "B 3 H2 W2"]]:
+        """What the UNet denoises (differentiable w.r.t. ``rgb``), and the image at the model's resolution.
+
+        Pixel models: rgb in [0, 1] -> 2 rgb - 1 at the UNet's sample size. Latent models: the
+        image at sample size x VAE factor, encoded and scaled. ``rgb_as_latents``: the input is
+        already in model space (its channels are the UNet's); it is only resized.
+        """
+        parts = self.components
+        sample_hw = _image_size(parts.unet.config.sample_size)
+        images = rgb.permute(0, 3, 1, 2)
+        if rgb_as_latents:
+            return _resize(images.float(), sample_hw), images
+        factor = parts.vae_scale_factor
+        images = _resize(images.float(), (sample_hw[0] * factor, sample_hw[1] * factor))
+        x = images * 2.0 - 1.0
+        if parts.vae is None:
+            return x, images
+        posterior = parts.vae.encode(x.to(parts.vae.dtype)).latent_dist
+        return (posterior.sample() * parts.vae.config.scaling_factor).float(), images
+
+    def decode(self, latents: Float[Tensor, "B c h w"]) -> Float[Tensor, "B 3 H W"]:
+        """Model space -> image in [0, 1]."""
+        vae = self.components.vae
+        if vae is not None:
+            latents = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        return (latents * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ score distillation
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        noisy: Float[Tensor, "B c h w"],
+        t: Int[Tensor, "B"],
+        text_embeddings: Float[Tensor, "2B L D"],
+    ) -> Float[Tensor, "B c h w"]:
+        """Classifier-free-guided noise prediction: eps_u + scale (eps_c - eps_u), one batched UNet call."""
+        unet = self.components.unet
+        dtype = unet.dtype
+        eps = unet(
+            torch.cat([noisy, noisy]).to(dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=text_embeddings.to(device=noisy.device, dtype=dtype),
+        ).sample.float()
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
+
+    def sds_gradient(
+        self, latents: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"]
+    ) -> dict[str, Tensor]:
+        """w(t) (eps_cfg - noise), cleaned and clipped; plus the noisy input and prediction for diagnostics."""
+        scheduler = self.components.scheduler
+        with torch.no_grad():
+            noise = torch.randn_like(latents)
+            noisy = scheduler.add_noise(latents.detach(), noise, t)
+            eps = self.predict_noise(noisy, t, text_embeddings)
+        alphas_cumprod = scheduler.alphas_cumprod.to(latents.device)[t]
+        grad = sds_weighting(self.cfg.weighting_strategy, alphas_cumprod) * (eps - noise)
+        grad = torch.nan_to_num(grad)
+        clip = schedule_value(self.cfg.grad_clip, self.global_step)
+        if clip is not None:
+            grad = grad.clamp(-clip, clip)
+        return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod}
+
+    def __call__(
+        self,
+        rgb: Float[Tensor, "B H W C"],
+        prompt_utils: PromptProcessorOutput,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+        rgb_as_latents: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Returns ``loss_sds`` (d loss / d latents = grad / B), ``grad_norm``, ``min_step``, ``max_step``."""
+        self._follow(rgb.device)
+        batch = rgb.shape[0]
+        latents, images = self.model_space(rgb, rgb_as_latents)
+        text_embeddings = prompt_utils.get_text_embeddings(
+            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
+        )
+        t = torch.randint(self.min_step, self.max_step + 1, (batch,), dtype=torch.long, device=latents.device)
+        step = self.sds_gradient(latents, t, text_embeddings)
+        grad = step["grad"]
+        # MSE against a detached target one gradient step away: its gradient is exactly grad / B.
+        target = (latents - grad).detach()
+        out: dict[str, Any] = {
+            "loss_sds": 0.5 * F.mse_loss(latents, target, reduction="sum") / batch,
+            "grad_norm": grad.norm(),
+            "min_step": self.min_step,
+            "max_step": self.max_step,
+        }
+        if self.cfg.use_img_loss and not rgb_as_latents:
+            abar = step["alphas_cumprod"].view(-1, 1, 1, 1)
+            with torch.no_grad():
+                denoised = (step["noisy"] - (1.0 - abar).sqrt() * step["eps"]) / abar.sqrt()
+                denoised_image = self.decode(denoised)
+            out["loss_sds_img"] = 0.5 * F.mse_loss(images, denoised_image, reduction="sum") / batch
+        return out

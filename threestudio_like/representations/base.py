@@ -1,0 +1,116 @@
+"""Geometry base classes: bounding box, mapping world points into it, isosurface extraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+
+from threestudio_like.config import ConfigError
+from threestudio_like.utils.base import BaseModule
+from threestudio_like.utils.typing import Float, Tensor
+
+if TYPE_CHECKING:  # export/ is optional at import time; only isosurface() needs it
+    from threestudio_like.export.mesh import Mesh
+
+
+def scale_to_unit(x: Float[Tensor, "... 3"], bbox: Float[Tensor, "2 3"]) -> Float[Tensor, "... 3"]:
+    """World points -> [0, 1]^3 of the box (the input range of tcnn-style encodings)."""
+    return (x - bbox[0]) / (bbox[1] - bbox[0])
+
+
+def contract_to_unisphere(
+    x: Float[Tensor, "... 3"], bbox: Float[Tensor, "2 3"], unbounded: bool = False
+) -> Float[Tensor, "... 3"]:
+    """World points -> [0, 1]^3. Bounded: the box maps linearly. Unbounded (mip-NeRF 360 style):
+    the box maps to the inner half and everything outside is squashed into the rest."""
+    x = scale_to_unit(x, bbox)
+    if not unbounded:
+        return x
+    x = x * 2.0 - 1.0  # box -> [-1, 1]
+    magnitude = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    contracted = (2.0 - 1.0 / magnitude) * (x / magnitude)
+    x = torch.where(magnitude > 1.0, contracted, x)
+    return x / 4.0 + 0.5  # [-2, 2] -> [0, 1]
+
+
+class BaseGeometry(BaseModule):
+    """Anything the renderer queries for geometry; ``create_from`` hands a stage over to the next."""
+
+    @dataclass
+    class Config(BaseModule.Config):
+        pass
+
+    @staticmethod
+    def create_from(other: "BaseGeometry", cfg: Any = None, **kwargs: Any) -> "BaseGeometry":
+        raise TypeError(f"Cannot create {BaseGeometry.__name__} from {type(other).__name__}")
+
+
+class BaseImplicitGeometry(BaseGeometry):
+    """A field on the box ``[-radius, radius]^3`` (buffer ``bbox``) that can be meshed.
+
+    The isosurface options keep threestudio's names. Extraction is marching cubes on the CPU
+    for every ``isosurface_method`` ("mt" and "mc-cpu" are accepted for compatibility).
+    Subclasses implement ``isosurface_field`` (larger = more inside).
+    """
+
+    @dataclass
+    class Config(BaseGeometry.Config):
+        radius: float = 1.0
+        isosurface: bool = True
+        isosurface_method: str = "mt"
+        isosurface_resolution: int = 128
+        isosurface_threshold: Union[float, str] = 0.0
+        isosurface_chunk: int = 0  # points per field evaluation; 0 = the extractor's default
+        isosurface_coarse_to_fine: bool = False
+        isosurface_deformable_grid: bool = False  # accepted for compatibility; volumes have no deformation
+
+    cfg: Config
+    bbox: Float[Tensor, "2 3"]
+    unbounded: bool = False
+
+    def configure(self, **kwargs: Any) -> None:
+        cfg = self.cfg
+        if cfg.radius <= 0:
+            raise ConfigError(f"radius must be positive, got {cfg.radius}")
+        if cfg.isosurface_method not in ("mt", "mc-cpu"):
+            raise ConfigError(f"isosurface_method: {cfg.isosurface_method!r} is not one of ['mt', 'mc-cpu']")
+        if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold != "auto":
+            raise ConfigError(
+                f"isosurface_threshold: expected a number or 'auto', got {cfg.isosurface_threshold!r}"
+            )
+        r = float(cfg.radius)
+        self.register_buffer("bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32))
+
+    def to_unit(self, points: Float[Tensor, "... 3"]) -> Float[Tensor, "... 3"]:
+        """World points -> encoding input in [0, 1]^3."""
+        return contract_to_unisphere(points, self.bbox, self.unbounded)
+
+    def isosurface_field(self, points: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N 1"]:
+        """The scalar field that is meshed at ``isosurface_threshold`` (larger = inside)."""
+        raise NotImplementedError
+
+    def isosurface(self, resolution: Optional[int] = None) -> "Mesh":
+        """Mesh the field inside ``bbox`` (tightened around a first pass if coarse-to-fine)."""
+        if not self.cfg.isosurface:
+            raise RuntimeError("isosurface extraction is disabled (isosurface: false in the geometry config)")
+        bbox = self.bbox
+        if self.cfg.isosurface_coarse_to_fine:
+            coarse = self._extract(bbox, resolution)
+            vmin, vmax = coarse.v_pos.amin(dim=0).to(bbox), coarse.v_pos.amax(dim=0).to(bbox)
+            margin = (vmax - vmin) * 0.1
+            bbox = torch.stack([torch.maximum(vmin - margin, bbox[0]), torch.minimum(vmax + margin, bbox[1])])
+        return self._extract(bbox, resolution)
+
+    def _extract(self, bbox: Float[Tensor, "2 3"], resolution: Optional[int]) -> "Mesh":
+        from threestudio_like.export.isosurface import extract_isosurface
+
+        options = {"chunk": self.cfg.isosurface_chunk} if self.cfg.isosurface_chunk > 0 else {}
+        return extract_isosurface(
+            self.isosurface_field,
+            bbox,
+            resolution or self.cfg.isosurface_resolution,
+            self.cfg.isosurface_threshold,
+            **options,
+        )
