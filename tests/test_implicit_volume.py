@@ -1,0 +1,168 @@
+"""implicit-volume geometry: blob initialisation, normals, configs, update_step, isosurface."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from threestudio_like.config import ConfigError
+from threestudio_like.representations.implicit_volume import ImplicitVolume
+
+# a small grid keeps construction and queries fast; the maths does not depend on the size
+SMALL_GRID = {
+    "otype": "HashGrid",
+    "n_levels": 6,
+    "n_features_per_level": 2,
+    "log2_hashmap_size": 12,
+    "base_resolution": 8,
+    "per_level_scale": 1.5,
+}
+SMALL_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+
+
+def make(**overrides) -> ImplicitVolume:
+    torch.manual_seed(0)
+    cfg = {"pos_encoding_config": SMALL_GRID, "mlp_network_config": SMALL_MLP, "backend": "torch", **overrides}
+    return ImplicitVolume(cfg)
+
+
+def shell_points(n: int = 64, r_min: float = 0.15, r_max: float = 0.9) -> torch.Tensor:
+    """Points away from the origin (where the blob gradient is undefined) inside radius 1."""
+    g = torch.Generator().manual_seed(1)
+    dirs = F.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    return dirs * (r_min + (r_max - r_min) * torch.rand(n, 1, generator=g))
+
+
+def test_magic3d_blob_is_dense_at_centre_and_empty_far_out():
+    geo = make(density_bias="blob_magic3d", density_blob_scale=10.0, density_blob_std=0.5)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.25, 0.0, 0.0], [0.0, 0.0, 0.95], [0.6, -0.6, 0.3]])
+    density = geo.forward_density(pts)[:, 0]
+    r = pts.norm(dim=-1)
+    expected = F.softplus(10.0 * (1 - r / 0.5))  # the network adds only ~1e-4 at init
+    torch.testing.assert_close(density, expected, atol=1e-2, rtol=1e-3)
+    assert density[0] > 9.9 and density[2] < 1e-3
+
+
+def test_dreamfusion_blob_and_constant_bias():
+    geo = make(density_bias="blob_dreamfusion", density_blob_scale=5.0, density_blob_std=0.3)
+    pts = shell_points(16)
+    expected = F.softplus(5.0 * torch.exp(-(pts**2).sum(-1) / (2 * 0.3**2)))
+    torch.testing.assert_close(geo.forward_density(pts)[:, 0], expected, atol=1e-2, rtol=1e-3)
+    geo = make(density_bias=-2.0, density_activation="exp")
+    torch.testing.assert_close(geo.forward_density(pts)[:, 0], torch.full((16,), math.exp(-2.0)), atol=1e-3, rtol=1e-3)
+
+
+def test_forward_shapes_and_export():
+    geo = make()
+    pts = shell_points(12).view(3, 4, 3)
+    out = geo(pts, output_normal=True)
+    assert out["density"].shape == (3, 4, 1) and out["features"].shape == (3, 4, 3) and out["normal"].shape == (3, 4, 3)
+    assert (out["density"] >= 0).all()  # softplus
+    torch.testing.assert_close(geo.export(pts)["features"], out["features"])
+    assert "normal" not in geo(pts)
+    torch.testing.assert_close(geo.forward_field(pts), out["density"])
+
+
+def test_analytic_normals_of_the_blob_point_outward():
+    geo = make(normal_type="analytic")
+    pts = shell_points()
+    normal = geo(pts, output_normal=True)["normal"]
+    torch.testing.assert_close(normal.norm(dim=-1), torch.ones(len(pts)))
+    cosine = (normal * F.normalize(pts, dim=-1)).sum(-1)
+    assert cosine.min() > 0.999
+
+
+def test_finite_difference_normals_agree_with_analytic():
+    pts = shell_points(r_max=0.85)  # keep the +-eps samples off the box clamp
+    analytic = make(normal_type="analytic")(pts, output_normal=True)["normal"]
+    for normal_type in ("finite_difference", "finite_difference_laplacian"):
+        fd = make(normal_type=normal_type, finite_difference_normal_eps=0.01)(pts, output_normal=True)["normal"]
+        assert (fd * analytic).sum(-1).min() > 0.99
+
+
+@pytest.mark.parametrize("normal_type", ["analytic", "finite_difference"])
+def test_normals_of_a_tilted_plane_field(normal_type, monkeypatch):
+    # density falls off along a non-axis direction: both normal types must return that direction
+    direction = F.normalize(torch.tensor([0.3, -0.5, 0.8]), dim=0)
+    geo = make(normal_type=normal_type, density_activation="none")
+    monkeypatch.setattr(geo, "density_bias", lambda p: 2.0 - 5.0 * (p @ direction)[..., None])
+    normal = geo(shell_points(16, r_max=0.8), output_normal=True)["normal"]
+    assert (normal @ direction).min() > 0.999
+
+
+def test_analytic_normals_are_differentiable_when_grad_is_enabled():
+    geo = make(normal_type="analytic")
+    pts = shell_points(32)
+    normal = geo(pts, output_normal=True)["normal"]
+    assert normal.requires_grad
+    # an orientation-style loss must reach the encoding and the density network
+    (normal * torch.randn_like(normal)).sum().backward()
+    assert geo.encoding.params.grad is not None and geo.encoding.params.grad.abs().sum() > 0
+    assert geo.density_network.layers[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = geo(pts, output_normal=True)
+    assert not any(v.requires_grad for v in out.values())
+    assert not pts.requires_grad  # the caller's tensor is left alone
+
+
+def test_pred_normals_are_unit_vectors():
+    geo = make(normal_type="pred")
+    normal = geo(shell_points(10), output_normal=True)["normal"]
+    torch.testing.assert_close(normal.norm(dim=-1), torch.ones(10))
+    assert any(name.startswith("normal_network.") for name, _ in geo.named_parameters())
+
+
+def test_default_config_matches_threestudio_and_parses_its_yaml_keys():
+    cfg = {
+        "radius": 2.0,
+        "normal_type": None,
+        "density_bias": "blob_magic3d",
+        "density_activation": "softplus",
+        "density_blob_scale": 10.0,
+        "density_blob_std": 0.5,
+        "isosurface_resolution": 64,
+        "isosurface_threshold": "auto",
+        "pos_encoding_config": {**SMALL_GRID, "otype": "ProgressiveBandHashGrid", "start_level": 2, "start_step": 0, "update_steps": 10},
+        "mlp_network_config": {**SMALL_MLP, "otype": "FullyFusedMLP"},
+    }
+    geo = ImplicitVolume(cfg)
+    assert geo.bbox.tolist() == [[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]]
+    assert geo.encoding.current_level == 2
+    geo.update_step(25)  # forwarded to the progressive encoding
+    assert geo.encoding.current_level == 4
+    with pytest.raises(ValueError, match="normal_type"):
+        geo(shell_points(4), output_normal=True)
+    default = ImplicitVolume({"backend": "torch"})
+    assert default.encoding.n_output_dims == 32 and default.cfg.isosurface_threshold == 25.0
+    assert default.encoding.params.numel() == 12599920  # tcnn's size for threestudio's default grid
+
+
+def test_bad_options_say_what_is_valid():
+    with pytest.raises(ConfigError, match="blob_magic3d"):
+        make(density_bias="blob_magic")
+    with pytest.raises(ConfigError, match="analytic"):
+        make(normal_type="analytical")
+    with pytest.raises(ConfigError, match="density_blob_std"):
+        make(density_blob_sdt=0.3)
+
+
+def test_points_map_to_unit_cube_of_the_bbox():
+    geo = make(radius=2.0)
+    corners = torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0], [0.0, 1.0, -1.0]])
+    torch.testing.assert_close(geo.to_unit(corners), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.75, 0.25]]))
+
+
+def test_isosurface_of_the_blob_is_a_sphere():
+    pytest.importorskip("skimage")
+    pytest.importorskip("threestudio_like.export.isosurface")
+    geo = make(isosurface_threshold=5.0, isosurface_resolution=40)
+    mesh = geo.isosurface()
+    # softplus(10 (1 - r / 0.5)) = 5  <=>  r = 0.5 (1 - softplus^-1(5) / 10)
+    radius = 0.5 * (1 - math.log(math.expm1(5.0)) / 10)
+    r = mesh.v_pos.norm(dim=-1)
+    cell = 2.0 / 39
+    assert (r - radius).abs().max() < cell
+    assert mesh.signed_volume() > 0
