@@ -5,10 +5,15 @@ Run: ``python benchmarks/bench_hashgrid.py``. ``run()`` returns the numbers as a
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from threestudio_like.representations.encodings import get_encoding
 from threestudio_like.representations.implicit_volume import ImplicitVolume
@@ -91,5 +96,9 @@ def _print(results: dict) -> None:
         print(f"{'  ' + normal_type:<34}{r['points']:>10}{'':>14}{r['points_per_s']:>16.3g}")
 
 
-if __name__ == "__main__":
+def main() -> None:
     _print(run())
+
+
+if __name__ == "__main__":
+    main()

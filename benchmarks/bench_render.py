@@ -7,6 +7,7 @@ small hash grid) when it imports, else an analytic ball with a small MLP for col
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -39,7 +40,13 @@ SMALL_IMPLICIT_VOLUME = {
         "base_resolution": 16,
         "per_level_scale": 1.447269237440378,
     },
-    "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 32, "n_hidden_layers": 1},
+    "mlp_network_config": {
+        "otype": "VanillaMLP",
+        "activation": "ReLU",
+        "output_activation": "none",
+        "n_neurons": 32,
+        "n_hidden_layers": 1,
+    },
 }
 
 
@@ -78,14 +85,20 @@ def camera_rays(size: int, distance: float = 2.5, fov: float = 40.0) -> tuple[to
 
 
 def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
+    """Best of ``repeats`` runs after a warm-up: the least disturbed by other load on the machine."""
+    fn()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
-def run(size: int = 48, num_samples_per_ray: int = 256, repeats: int = 3) -> dict[str, Any]:
+def run(size: int = 32, num_samples_per_ray: int = 256, repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
+    """``threads`` pins torch's CPU threads (1 gives stable numbers on a machine shared with other jobs)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     geometry, geometry_name = build_geometry()
     material = NoMaterial({})
@@ -126,7 +139,12 @@ def run(size: int = 48, num_samples_per_ray: int = 256, repeats: int = 3) -> dic
 
 
 def main() -> None:
-    r = run()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--samples", type=int, default=256, help="num_samples_per_ray")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    r = run(args.size, args.samples, threads=args.threads)
     print(f"geometry: {r['geometry']}; {r['rays']} rays, num_samples_per_ray={r['num_samples_per_ray']}")
     print(f"{'sampler':<16}{'samples/ray':>12}{'occupied':>10}{'fwd rays/s':>13}{'fwd+bwd rays/s':>16}")
     for name in ("dense", "occupancy grid"):

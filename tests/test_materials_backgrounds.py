@@ -19,45 +19,47 @@ def lit_scene():
     lights = torch.tensor([0.0, 0.0, 5.0]).expand(6, 3)
     torch.manual_seed(0)
     features = torch.randn(6, 5)
-    return features, positions, lights, normals, cos
+    return features, {"positions": positions, "light_positions": lights, "shading_normal": normals}, cos
 
 
 def test_ambient_only_phase_returns_albedo_regardless_of_light():
-    features, positions, lights, normals, _ = lit_scene()
+    features, where, _ = lit_scene()
     material = DiffuseWithPointLightMaterial({"ambient_only_steps": 100})
     material.train()
     material.update_step(10)
     albedo = torch.sigmoid(features[:, :3])
     for _ in range(5):  # never lit in the ambient-only phase
-        rgb = material(features, positions=positions, light_positions=lights, shading_normal=normals)
+        rgb = material(features, **where)
         torch.testing.assert_close(rgb, albedo)
     # lit by the ambient term alone at full strength: the same as ambient_ratio = 1
-    rgb = material(features, positions=positions, light_positions=lights, shading_normal=normals, ambient_ratio=1.0, shading="diffuse")
+    rgb = material(features, **where, ambient_ratio=1.0, shading="diffuse")
     torch.testing.assert_close(rgb, albedo)
 
 
 def test_diffuse_shading_follows_lambert():
-    features, positions, lights, normals, cos = lit_scene()
-    material = DiffuseWithPointLightMaterial({"ambient_light_color": [0.1, 0.2, 0.3], "diffuse_light_color": [0.9, 0.8, 0.7]})
+    features, where, cos = lit_scene()
+    material = DiffuseWithPointLightMaterial(
+        {"ambient_light_color": [0.1, 0.2, 0.3], "diffuse_light_color": [0.9, 0.8, 0.7]}
+    )
     assert material.requires_normal
     material.eval()  # eval: always full diffuse shading
     albedo = torch.sigmoid(features[:, :3])
     ambient, diffuse = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.9, 0.8, 0.7])
-    rgb = material(features, viewdirs=-normals, positions=positions, light_positions=lights, shading_normal=normals)
+    rgb = material(features, viewdirs=-where["shading_normal"], **where)
     torch.testing.assert_close(rgb, albedo * (ambient + diffuse * cos))
     # facing away from the light: albedo * ambient
     torch.testing.assert_close(rgb[3:], albedo[3:] * ambient)
-    textureless = material(features, positions=positions, light_positions=lights, shading_normal=normals, shading="textureless")
+    textureless = material(features, **where, shading="textureless")
     torch.testing.assert_close(textureless, (ambient + diffuse * cos).expand(6, 3))
-    ratio = material(features, positions=positions, light_positions=lights, shading_normal=normals, ambient_ratio=0.3)
+    ratio = material(features, **where, ambient_ratio=0.3)
     torch.testing.assert_close(ratio, albedo * (0.3 + 0.7 * cos))
     torch.testing.assert_close(material.export(features)["albedo"], albedo)
     with pytest.raises(ValueError, match="shading"):
-        material(features, positions=positions, light_positions=lights, shading_normal=normals, shading="phong")
+        material(features, **where, shading="phong")
 
 
 def test_training_shading_mix_and_reproducibility():
-    features, positions, lights, normals, cos = lit_scene()
+    features, where, cos = lit_scene()
     material = DiffuseWithPointLightMaterial({"ambient_only_steps": 10, "diffuse_prob": 0.75, "textureless_prob": 0.5})
     material.train()
     material.update_step(10)
@@ -67,7 +69,7 @@ def test_training_shading_mix_and_reproducibility():
     def draw(n: int) -> list[str]:
         kinds = []
         for _ in range(n):
-            rgb = material(features, positions=positions, light_positions=lights, shading_normal=normals)
+            rgb = material(features, **where)
             if torch.allclose(rgb, albedo):
                 kinds.append("albedo")
             elif torch.allclose(rgb, textureless):

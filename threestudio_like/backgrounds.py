@@ -83,7 +83,8 @@ class NeuralEnvironmentMapBackground(BaseBackground):
     def configure(self, **kwargs: Any) -> None:
         if self.cfg.eval_color is not None and len(self.cfg.eval_color) != self.cfg.n_output_dims:
             raise ValueError(
-                f"background.eval_color has {len(self.cfg.eval_color)} values but n_output_dims is {self.cfg.n_output_dims}"
+                f"background.eval_color has {len(self.cfg.eval_color)} values "
+                f"but n_output_dims is {self.cfg.n_output_dims}"
             )
         self.encoding = get_encoding(3, self.cfg.dir_encoding_config)
         self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)

@@ -51,8 +51,9 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
 
     def configure(self, **kwargs: Any) -> None:
         # buffers follow the module's device; not persistent, the config is their source of truth
-        self.register_buffer("ambient_light_color", torch.tensor(self.cfg.ambient_light_color, dtype=torch.float32), persistent=False)
-        self.register_buffer("diffuse_light_color", torch.tensor(self.cfg.diffuse_light_color, dtype=torch.float32), persistent=False)
+        for name in ("ambient_light_color", "diffuse_light_color"):
+            color = torch.tensor(getattr(self.cfg, name), dtype=torch.float32)
+            self.register_buffer(name, color, persistent=False)
         self.albedo_activation = get_activation(self.cfg.albedo_activation)
         self.ambient_only = self.cfg.ambient_only_steps > 0
 

@@ -137,7 +137,9 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"occupancy grid resolution must be at least 1, got {resolution}")
         bbox = torch.as_tensor(bbox, dtype=torch.float32).reshape(2, 3)
         if not bool((bbox[1] > bbox[0]).all()):
-            raise ValueError(f"bbox must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, got {bbox.tolist()}")
+            raise ValueError(
+                f"bbox must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, got {bbox.tolist()}"
+            )
         self.resolution = resolution
         self.register_buffer("bbox", bbox.clone())
         # Moving maximum of the density observed in each cell.

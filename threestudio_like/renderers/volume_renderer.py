@@ -28,11 +28,12 @@ from threestudio_like.utils.backends import choose_backend, optional_import
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
-# Visibility pruning constants, as threestudio passes them to nerfacc.
+# Fixed in threestudio too: its visibility pruning arguments and nerfacc's grid-update defaults.
 PRUNE_ALPHA_THRESHOLD = 0.01
 EARLY_STOP_EPS = 1e-4
 OCCUPANCY_EMA_DECAY = 0.95
 OCCUPANCY_WARMUP_STEPS = 256
+BACKENDS = ("auto", "torch", "nerfacc")
 NORMAL_PERTURB_STD = 1e-2
 
 
@@ -74,10 +75,14 @@ class NeRFVolumeRenderer(BaseModule):
                 "nerf-volume-renderer needs geometry=, material= and background= parts: "
                 "build it as NeRFVolumeRenderer(cfg, geometry=..., material=..., background=...)"
             )
+        if self.cfg.backend not in BACKENDS:
+            raise ValueError(f"renderer.backend must be one of {', '.join(BACKENDS)}, got '{self.cfg.backend}'")
         if self.cfg.num_samples_per_ray < 1:
             raise ValueError(f"renderer.num_samples_per_ray must be at least 1, got {self.cfg.num_samples_per_ray}")
         if self.cfg.occupancy_update_every < 1:
-            raise ValueError(f"renderer.occupancy_update_every must be at least 1, got {self.cfg.occupancy_update_every}")
+            raise ValueError(
+                f"renderer.occupancy_update_every must be at least 1, got {self.cfg.occupancy_update_every}"
+            )
         self.parts = RenderParts(geometry, material, background)
         r = self.cfg.radius
         self.occupancy = OccupancyGrid(torch.tensor([[-r, -r, -r], [r, r, r]]), self.cfg.occupancy_grid_resolution)
@@ -304,7 +309,9 @@ class NeRFVolumeRenderer(BaseModule):
     def _accumulator(ray_indices: Tensor, n_rays: int, backend: str) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
         if backend == "nerfacc":
             accumulate_along_rays = optional_import("nerfacc").accumulate_along_rays
-            return lambda weights, values: accumulate_along_rays(weights, values, ray_indices=ray_indices, n_rays=n_rays)
+            return lambda weights, values: accumulate_along_rays(
+                weights, values, ray_indices=ray_indices, n_rays=n_rays
+            )
         return lambda weights, values: packed.composite(weights, values, ray_indices, n_rays)
 
     def _background_color(self, rays_d: Float[Tensor, "B H W 3"], bg_color: Optional[Any]) -> Float[Tensor, "B H W 3"]:

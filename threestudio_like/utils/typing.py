@@ -42,3 +42,7 @@ class RenderOutput(TypedDict, total=False):
     ray_indices: Int[Tensor, "N"]
     t_points: Float[Tensor, "N 1"]
     t_intervals: Float[Tensor, "N 1"]
+    points: Float[Tensor, "N 3"]
+    density: Float[Tensor, "N 1"]
+    normal_perturb: Float[Tensor, "N 3"]
+    z_variance: Float[Tensor, "B H W 1"]  # per-ray depth variance (for the z-variance loss)

@@ -1,0 +1,238 @@
+"""The embedded prior's networks and its diffusers-format folder.
+
+A pixel-space ``UNet2DConditionModel`` (32 x 32 RGB, no VAE) conditioned on a small
+``CLIPTextModel`` trained with it from scratch, a CLIP tokenizer whose vocabulary holds every
+caption word as one token, and Stable Diffusion's DDPM noise schedule. The folder is laid out
+like a ``StableDiffusionPipeline`` snapshot, so ``guidance/models.py`` loads it with the code
+that loads Stable Diffusion.
+
+Besides cross-attention (at the 8 x 8 level and the middle only, where it is cheap), the UNet
+adds an attention-pooled text vector to its timestep embedding (diffusers'
+``addition_embed_type="text"``). Every residual block then sees the caption, which is what lets
+a network this small get colours right at every resolution; the call signature is unchanged
+(``unet(x, t, encoder_hidden_states=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from threestudio_like.priors.procedural import CAPTION_WORDS, IMAGE_SIZE
+from threestudio_like.priors.tiny import BOS_TOKEN, EOS_TOKEN, _write_model_index, write_tiny_clip_tokenizer
+from threestudio_like.utils.typing import Float, Int, Tensor
+
+KNOWN_WORDS_FILE = "known_words.json"
+ARCHITECTURE_FILE = "architecture.json"  # only in training folders, to rebuild for resuming
+
+
+@dataclass
+class PriorArchitecture:
+    """Sizes of the prior's networks (the defaults are the shipped ``shapes32`` model)."""
+
+    sample_size: int = IMAGE_SIZE
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    text_hidden_size: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    # Captions are at most 8 tokens; 24 positions leave room for user prompts while keeping
+    # cross-attention cheap. The prompt processor pads to min(tokenizer, encoder) lengths.
+    text_max_length: int = 24
+    pooled_text_in_time_embedding: bool = True
+
+
+# --------------------------------------------------------------------------- components
+def build_unet(arch: PriorArchitecture) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    levels = len(arch.block_out_channels)
+    # attention only at the coarsest level (and in the mid block, always cross-attention)
+    down = ("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",)
+    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+    extra: dict[str, Any] = {}
+    if arch.pooled_text_in_time_embedding:
+        extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": arch.attention_heads}
+    return UNet2DConditionModel(
+        sample_size=arch.sample_size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(arch.block_out_channels),
+        layers_per_block=arch.layers_per_block,
+        cross_attention_dim=arch.text_hidden_size,
+        attention_head_dim=arch.attention_heads,  # diffusers reads this as the number of heads
+        norm_num_groups=16,
+        **extra,
+    )
+
+
+def build_text_encoder(arch: PriorArchitecture, vocab: dict[str, int]) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=arch.text_hidden_size,
+        intermediate_size=arch.text_hidden_size * 4,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        max_position_embeddings=arch.text_max_length,
+        bos_token_id=vocab[BOS_TOKEN],
+        eos_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[EOS_TOKEN],
+    )
+    return CLIPTextModel(config)
+
+
+def build_scheduler() -> Any:
+    """Stable Diffusion's training noise schedule (scaled-linear betas), epsilon prediction."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def write_tokenizer(folder: str, arch: PriorArchitecture) -> dict[str, int]:
+    """CLIP tokenizer files with every caption word as a single token, padded to ``text_max_length``."""
+    vocab = write_tiny_clip_tokenizer(folder, CAPTION_WORDS)
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["model_max_length"] = arch.text_max_length
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+    return vocab
+
+
+def load_tokenizer(folder: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+# --------------------------------------------------------------------------- the model
+class PriorModel(nn.Module):
+    """UNet + text encoder trained together; the tokenizer and noise schedule ride along."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, arch: PriorArchitecture) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.arch = arch
+
+    @property
+    def max_length(self) -> int:
+        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+
+    def tokenize(self, captions: Sequence[str]) -> Int[Tensor, "B L"]:
+        """Token ids padded exactly as the prompt processor pads them."""
+        tokens = self.tokenizer(list(captions), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        return tokens.input_ids
+
+    def encode(self, input_ids: Int[Tensor, "B L"]) -> Float[Tensor, "B L D"]:
+        return self.text_encoder(input_ids.to(self.device))[0]
+
+    def forward(self, noisy: Float[Tensor, "B 3 H W"], timesteps: Int[Tensor, "B"], input_ids: Int[Tensor, "B L"]) -> Float[Tensor, "B 3 H W"]:
+        """Predicted noise (epsilon)."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=self.encode(input_ids)).sample
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    # ------------------------------------------------------------------ folders
+    @classmethod
+    def create(cls, folder: str, arch: Optional[PriorArchitecture] = None, seed: int = 0) -> "PriorModel":
+        """Fresh, seeded networks; the tokenizer is written to ``folder/tokenizer``."""
+        arch = arch or PriorArchitecture()
+        vocab = write_tokenizer(os.path.join(folder, "tokenizer"), arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = build_unet(arch)
+            text_encoder = build_text_encoder(arch, vocab)
+        return cls(unet, text_encoder, load_tokenizer(os.path.join(folder, "tokenizer")), build_scheduler(), arch)
+
+    @classmethod
+    def load(cls, folder: str) -> "PriorModel":
+        """A prior folder written by ``save`` (networks in train mode, on the CPU)."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        arch_path = os.path.join(folder, ARCHITECTURE_FILE)
+        arch = PriorArchitecture()
+        if os.path.isfile(arch_path):
+            with open(arch_path) as f:
+                data = json.load(f)
+            arch = PriorArchitecture(**{**data, "block_out_channels": tuple(data["block_out_channels"])})
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"))
+        text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
+        tokenizer = load_tokenizer(os.path.join(folder, "tokenizer"))
+        scheduler = DDPMScheduler.from_pretrained(os.path.join(folder, "scheduler"))
+        return cls(unet, text_encoder, tokenizer, scheduler, arch)
+
+    def save(self, folder: str) -> None:
+        """Write the diffusers-format folder (safetensors weights, model_index.json, known_words.json)."""
+        os.makedirs(folder, exist_ok=True)
+        self.unet.save_pretrained(os.path.join(folder, "unet"), safe_serialization=True)
+        self.text_encoder.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
+        self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+        self.scheduler.save_pretrained(os.path.join(folder, "scheduler"))
+        _write_model_index(folder, with_vae=False)
+        with open(os.path.join(folder, KNOWN_WORDS_FILE), "w") as f:
+            json.dump(sorted(set(CAPTION_WORDS)), f, indent=2)
+        with open(os.path.join(folder, ARCHITECTURE_FILE), "w") as f:
+            json.dump(asdict(self.arch), f, indent=2)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample_images(
+    model: PriorModel,
+    captions: Sequence[str],
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    generator: Optional[torch.Generator] = None,
+    batch_size: int = 64,
+) -> Float[Tensor, "B 3 H W"]:
+    """DDIM samples in [0, 1] for ``captions`` with classifier-free guidance (scale 1 = none)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler.config, set_alpha_to_one=False)
+    size = model.unet.config.sample_size
+    uncond = model.encode(model.tokenize([""]))
+    out = []
+    for start in range(0, len(captions), batch_size):
+        chunk = list(captions[start : start + batch_size])
+        cond = model.encode(model.tokenize(chunk))
+        x = torch.randn(len(chunk), 3, size, size, generator=generator).to(model.device)
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps:
+            if guidance_scale == 1.0:
+                eps = model.unet(x, t, encoder_hidden_states=cond).sample
+            else:
+                hidden = torch.cat([cond, uncond.expand_as(cond)])
+                eps_c, eps_u = model.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden).sample.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x).prev_sample
+        out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+    return torch.cat(out)
