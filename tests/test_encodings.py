@@ -105,19 +105,20 @@ def test_default_layout_matches_tcnn_parameter_count():
     assert enc.params.abs().max() <= 1e-4 and enc.params.std() > 3e-5
 
 
-@pytest.mark.parametrize("interpolation", ["Linear", "Smoothstep"])
-def test_hashgrid_matches_per_corner_reference(interpolation):
+@pytest.mark.parametrize(("interpolation", "n_features"), [("Linear", 2), ("Smoothstep", 2), ("Linear", 1), ("Linear", 4)])
+def test_hashgrid_matches_per_corner_reference(interpolation, n_features):
     torch.manual_seed(0)
-    enc = get_encoding(3, {**SMALL, "interpolation": interpolation})
+    cfg = {**SMALL, "interpolation": interpolation, "n_features_per_level": n_features}
+    enc = get_encoding(3, cfg)
     with torch.no_grad():
         enc.params.uniform_(-1.0, 1.0)  # large values so any wrong index shows
     points = torch.cat([torch.rand(60, 3), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5]])])
-    expected = reference_encode(points, enc.params.detach(), SMALL, smooth=interpolation == "Smoothstep")
+    expected = reference_encode(points, enc.params.detach(), cfg, smooth=interpolation == "Smoothstep")
     got = enc(points)
-    assert got.shape == (63, 10)
+    assert got.shape == (63, 5 * n_features)
     torch.testing.assert_close(got.double(), expected, atol=2e-6, rtol=1e-5)
     # arbitrary batch shapes keep their shape
-    assert enc(points.view(7, 9, 3)).shape == (7, 9, 10)
+    assert enc(points.view(7, 9, 3)).shape == (7, 9, 5 * n_features)
 
 
 def test_hashgrid_gradient_reaches_exactly_the_touched_entries():

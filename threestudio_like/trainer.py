@@ -88,6 +88,8 @@ def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tupl
     if accelerator == "cpu" and str(kwargs.get("precision", "32")) in ("16", "16-mixed", "bf16-mixed", "bf16"):
         # Half precision is a GPU speed-up; on the CPU it is slower and less accurate.
         kwargs["precision"] = "32-true"
+    # Analytic normals differentiate density during evaluation too; inference mode would forbid it.
+    kwargs.setdefault("inference_mode", False)
     if "val_check_interval" in kwargs:
         kwargs.setdefault("check_val_every_n_epoch", None)
     interrupt = GracefulInterrupt()

@@ -309,7 +309,9 @@ class RandomCameraDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset) -> DataLoader:
         # batch_size=None: datasets already yield whole CameraBatches; workers would
         # only copy tensors that are cheap to build in-process
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        # A private generator: creating a loader iterator otherwise draws a seed from the
+        # global RNG, which would shift the training noise stream after a resume.
+        return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 
     def _ensure_setup(self) -> None:
         if not hasattr(self, "train_dataset"):

@@ -74,6 +74,7 @@ class BaseLift3DSystem(pl.LightningModule):
         self._guidance: Optional[torch.nn.Module] = None
         self._prompt_utils: Any = None
         self._checked_loss_names = False
+        self._loaded_step = 0
         self.configure()
 
     def configure(self) -> None:
@@ -187,6 +188,17 @@ class BaseLift3DSystem(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.update_step(self.global_step)
 
+    @property
+    def current_step(self) -> int:
+        """The training step reached: the trainer's, or the loaded checkpoint's without a trainer."""
+        return self.global_step if self._trainer is not None else self._loaded_step
+
+    def on_validation_epoch_start(self) -> None:
+        self.update_step(self.current_step)  # in eval mode: only step-determined state changes
+
+    def on_test_epoch_start(self) -> None:
+        self.update_step(self.current_step)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # RNG restored so a resumed run draws the same noise / timesteps as an uninterrupted one.
         rng = checkpoint.get("rng_state")
@@ -194,7 +206,9 @@ class BaseLift3DSystem(pl.LightningModule):
             torch.set_rng_state(rng["torch"])
             if torch.cuda.is_available() and rng.get("cuda"):
                 torch.cuda.set_rng_state_all(rng["cuda"])
-        self.update_step(checkpoint.get("global_step", 0))
+        # Parts are brought to this step when training or evaluation starts, not here:
+        # an update now (e.g. of the occupancy grid) would run twice on resume.
+        self._loaded_step = int(checkpoint.get("global_step", 0))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_state"] = {
@@ -227,7 +241,9 @@ class BaseLift3DSystem(pl.LightningModule):
     def export(self) -> list[str]:
         """Extract the surface and write the configured mesh files; returns their paths."""
         exporter = find(self.cfg.exporter_type)(self.cfg.exporter)
-        folder = os.path.join(self.save_dir, f"it{self.global_step}-export")
+        self.eval()
+        self.update_step(self.current_step)
+        folder = os.path.join(self.save_dir, f"it{self.current_step}-export")
         with torch.no_grad():
             return exporter(self.geometry, self.material, folder)
 
