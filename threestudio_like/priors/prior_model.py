@@ -36,7 +36,7 @@ class PriorArchitecture:
     """Sizes of the prior's networks (the defaults are the shipped ``shapes32`` model)."""
 
     sample_size: int = IMAGE_SIZE
-    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    block_out_channels: tuple[int, ...] = (48, 96, 96)
     layers_per_block: int = 1
     attention_heads: int = 4
     text_hidden_size: int = 128

@@ -185,6 +185,9 @@ class BaseLift3DSystem(pl.LightningModule):
             result["lr_scheduler"] = scheduler
         return result
 
+    def on_train_start(self) -> None:
+        self.train()  # Lightning keeps whatever mode the module was left in
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.update_step(self.global_step)
 

@@ -1,0 +1,338 @@
+"""Train the embedded prior on procedural renders.
+
+    python -m threestudio_like.priors.train_prior --out DIR --steps N --batch-size B --seed S
+
+Renders the dataset once (cached as a tensor file under ``~/.cache/threestudio_like``, never in
+the repository), then trains the UNet and the text encoder together on the epsilon objective
+with min-SNR weighting, AdamW with linear warmup and cosine decay, and an EMA of the weights.
+Every ``--save-every`` steps it writes the EMA model folder to DIR and the full training state
+to DIR/train_state.pt, so an interrupted run resumes where it stopped (rerun the same command).
+DIR/training_log.csv holds the loss curve and DIR/training_info.json how the model was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from threestudio_like.data.random_camera import step_seed
+from threestudio_like.priors import procedural
+from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, parameter_count
+from threestudio_like.utils.io import atomic_path, atomic_write_text
+from threestudio_like.utils.typing import Float, Int, Tensor
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "training_log.csv"
+INFO_FILE = "training_info.json"
+MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023): faster convergence for eps-prediction
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    steps: int = 1500
+    batch_size: int = 64
+    seed: int = 0
+    dataset_size: int = 24000
+    dataset_seed: int = 0
+    lr: float = 6e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995
+    save_every: int = 200
+    threads: int = 1  # on a shared CPU one thread per process is faster than oversubscribing
+    bf16: bool = True  # autocast matmuls / convolutions to bfloat16 (AMX / AVX512-BF16 CPUs, CUDA)
+    keep_state: bool = False
+    architecture: PriorArchitecture = field(default_factory=PriorArchitecture)
+
+
+# --------------------------------------------------------------------------- data
+def dataset_cache_path(n_images: int, seed: int) -> str:
+    """Cache file keyed by size, seed and the generator's source, so edited shapes re-render."""
+    with open(procedural.__file__, "rb") as f:
+        source = hashlib.sha256(f.read()).hexdigest()[:12]
+    root = os.environ.get("THREESTUDIO_LIKE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "threestudio_like"))
+    return os.path.join(root, "prior_data", f"shapes32-n{n_images}-seed{seed}-{source}.pt")
+
+
+def load_or_render_dataset(n_images: int, seed: int, log=print) -> dict:
+    """{"images": uint8 [N,3,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}."""
+    path = dataset_cache_path(n_images, seed)
+    if os.path.isfile(path):
+        log(f"dataset: {n_images} images from cache {path}")
+        return torch.load(path, weights_only=False)
+    start = time.time()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 4096 < 256:
+            log(f"rendering {done}/{total} ({time.time() - start:.0f} s)")
+
+    batch = procedural.generate_dataset(n_images, seed=seed, progress=progress)
+    data = {
+        "images": (batch.images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8),
+        "captions": batch.captions,
+        "shape_ids": batch.shape_ids,
+        "colour_ids": batch.colour_ids,
+        "flat": batch.flat,
+        "render_seconds": time.time() - start,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    log(f"dataset: rendered {n_images} images in {data['render_seconds']:.1f} s -> {path}")
+    return data
+
+
+# --------------------------------------------------------------------------- training pieces
+class EMA:
+    """Exponential moving average of a module's parameters and buffers."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        # warm-started decay: early on the average follows the fast-moving weights closely
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.shadow.parameters(), module.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        for ema_b, b in zip(self.shadow.buffers(), module.buffers()):
+            ema_b.copy_(b)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def min_snr_weights(alphas_cumprod: Float[Tensor, "T"], timesteps: Int[Tensor, "B"], gamma: float = MIN_SNR_GAMMA) -> Float[Tensor, "B"]:
+    """Per-sample weights min(SNR, gamma) / SNR for the epsilon loss."""
+    abar = alphas_cumprod[timesteps]
+    snr = abar / (1.0 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
+def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Tensor, "L"], step: int, cfg: TrainConfig, n_timesteps: int):
+    """The batch for ``step``: a pure function of (seed, step), so resumed runs see the same data."""
+    g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+    index = torch.randint(len(token_ids), (cfg.batch_size,), generator=g)
+    images = data["images"][index].float() / 127.5 - 1.0
+    ids = token_ids[index].clone()
+    dropped = torch.rand(cfg.batch_size, generator=g) < procedural.EMPTY_CAPTION_PROBABILITY
+    ids[dropped] = empty_ids
+    timesteps = torch.randint(n_timesteps, (cfg.batch_size,), generator=g)
+    noise = torch.randn(images.shape, generator=g)
+    return images, ids, timesteps, noise
+
+
+def machine_description() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- loop
+def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
+    torch.set_num_threads(cfg.threads)
+    os.makedirs(cfg.out, exist_ok=True)
+    start_time = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - start_time:7.1f}s] {msg}", flush=True)
+
+    data = load_or_render_dataset(cfg.dataset_size, cfg.dataset_seed, log)
+    state_path = os.path.join(cfg.out, STATE_FILE)
+    state = torch.load(state_path, weights_only=False) if os.path.isfile(state_path) else None
+    if state is not None:
+        cfg.architecture = PriorArchitecture(**state["architecture"])
+
+    torch.manual_seed(cfg.seed)
+    model = PriorModel.create(cfg.out, cfg.architecture, seed=cfg.seed)
+    model.train()
+    ema = EMA(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+    first_step, wall_before = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.shadow.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_step, wall_before = state["step"], state["wall_seconds"]
+        log(f"resumed from {state_path} at step {first_step}")
+
+    token_ids = model.tokenize(data["captions"])
+    empty_ids = model.tokenize([""])[0]
+    alphas_cumprod = model.scheduler.alphas_cumprod.float()
+    n_timesteps = model.scheduler.config.num_train_timesteps
+    log(
+        f"unet {parameter_count(model.unet) / 1e6:.2f}M params, text encoder {parameter_count(model.text_encoder) / 1e6:.2f}M; "
+        f"{cfg.steps} steps of {cfg.batch_size}"
+    )
+
+    log_path = os.path.join(cfg.out, LOG_FILE)
+    start_log(log_path, first_step)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    smoothed = state.get("loss_smoothed") if state is not None else None
+    session_start = time.time()
+    for step in range(first_step, cfg.steps):
+        images, ids, timesteps, noise = training_batch(data, token_ids, empty_ids, step, cfg, n_timesteps)
+        noisy = model.scheduler.add_noise(images, noise, timesteps)
+        # The math attention kernel: on CPU its backward is faster than the flash kernel at these sizes.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), sdpa_kernel(SDPBackend.MATH):
+            prediction = model(noisy, timesteps, ids)
+        per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model, step)
+
+        value = float(loss.detach())
+        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+        elapsed = wall_before + time.time() - session_start
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([step + 1, f"{value:.5f}", f"{smoothed:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{elapsed:.1f}"])
+        done = step + 1
+        if done % 25 == 0 or done == cfg.steps:
+            rate = (time.time() - session_start) / (done - first_step)
+            log(f"step {done}/{cfg.steps} loss {smoothed:.4f} lr {scheduler.get_last_lr()[0]:.2e} {rate:.2f} s/step, eta {rate * (cfg.steps - done) / 60:.1f} min")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            ema.shadow.save(cfg.out)
+            write_info(cfg, data, elapsed, done, smoothed, command, model)
+            if done < cfg.steps or cfg.keep_state:
+                save_state(state_path, model, ema, optimizer, scheduler, cfg, done, elapsed, smoothed)
+            log(f"saved EMA model at step {done} to {cfg.out}")
+    if not cfg.keep_state and os.path.isfile(state_path):
+        os.remove(state_path)
+    return ema.shadow
+
+
+def start_log(path: str, first_step: int) -> None:
+    """A fresh loss log, or on resume the old one cut back to the steps the saved state has seen."""
+    rows: list[list[str]] = []
+    if first_step > 0 and os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= first_step]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "loss", "loss_smoothed", "lr", "elapsed_seconds"])
+            writer.writerows(rows)
+
+
+def save_state(
+    path: str, model: PriorModel, ema: EMA, optimizer, scheduler, cfg: TrainConfig, step: int, wall: float, smoothed: Optional[float]
+) -> None:
+    state = {
+        "loss_smoothed": smoothed,
+        "model": model.state_dict(),
+        "ema": ema.shadow.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "architecture": asdict(cfg.architecture),
+        "step": step,
+        "wall_seconds": wall,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_info(cfg: TrainConfig, data: dict, wall: float, step: int, loss: float, command, model: PriorModel) -> None:
+    info = {
+        "steps_done": step,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "dataset_size": cfg.dataset_size,
+        "dataset_seed": cfg.dataset_seed,
+        "dataset_render_seconds": data.get("render_seconds"),
+        "wall_seconds": round(wall, 1),
+        "seconds_per_step": round(wall / max(step, 1), 3),
+        "final_loss_smoothed": loss,
+        "unet_parameters": parameter_count(model.unet),
+        "text_encoder_parameters": parameter_count(model.text_encoder),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        "machine": machine_description(),
+        "command": " ".join(command or sys.argv),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_text(os.path.join(cfg.out, INFO_FILE), json.dumps(info, indent=2, default=str))
+
+
+def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
+    defaults = TrainConfig(out="")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (diffusers layout); rerun to resume")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
+    p.add_argument("--dataset-seed", type=int, default=defaults.dataset_seed)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after the last step")
+    p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
+    args = p.parse_args(argv)
+    arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
+    if args.steps <= 0 or args.batch_size <= 0:
+        p.error("--steps and --batch-size must be positive")
+    return TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dataset_size=args.dataset_size,
+        dataset_seed=args.dataset_seed,
+        lr=args.lr,
+        warmup=args.warmup,
+        ema_decay=args.ema_decay,
+        save_every=args.save_every,
+        threads=args.threads,
+        bf16=not args.no_bf16,
+        keep_state=args.keep_state,
+        architecture=arch,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    cfg = parse_args(argv)
+    train(cfg, command=["python -m threestudio_like.priors.train_prior", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    main()
