@@ -156,6 +156,39 @@ def test_hashgrid_input_gradient_matches_finite_differences():
         assert abs(grad[0, d].item() - numeric.item()) < 1e-2 * max(1.0, abs(numeric.item()))
 
 
+def test_second_order_gradient_through_the_grid():
+    """d/dparams of |d enc / dx|^2 (what an analytic-normal loss needs) against finite differences.
+
+    The loss is quadratic in the table, so central differences are exact up to rounding."""
+    torch.manual_seed(3)
+    enc = get_encoding(3, SMALL)
+    with torch.no_grad():
+        enc.params.uniform_(-1.0, 1.0)
+    x = torch.rand(4, 3)
+    w = torch.randn(enc.n_output_dims)
+
+    def loss() -> torch.Tensor:
+        xr = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad((enc(xr) * w).sum(), xr, create_graph=True)
+        return (gx**2).sum()
+
+    enc.params.grad = None
+    loss().backward()
+    grad = enc.params.grad.clone()
+    candidates = torch.nonzero(grad.abs() > 1e-3).flatten()
+    assert len(candidates) > 10
+    def loss_with(i: int, value: float) -> float:
+        with torch.no_grad():
+            enc.params[i] = value
+        return loss().item()
+
+    for i in candidates[torch.randperm(len(candidates))[:6]].tolist():
+        original = enc.params[i].item()
+        numeric = (loss_with(i, original + 0.01) - loss_with(i, original - 0.01)) / 0.02
+        loss_with(i, original)
+        assert abs(numeric - grad[i].item()) < 2e-2 * max(1.0, abs(numeric))
+
+
 def test_nearest_interpolation_takes_one_corner():
     enc = get_encoding(3, {**SMALL, "interpolation": "Nearest"})
     with torch.no_grad():

@@ -166,3 +166,12 @@ def test_isosurface_of_the_blob_is_a_sphere():
     cell = 2.0 / 39
     assert (r - radius).abs().max() < cell
     assert mesh.signed_volume() > 0
+
+
+@pytest.mark.parametrize("normal_type", ["analytic", "finite_difference", "pred"])
+def test_empty_query_is_fine(normal_type):
+    # a renderer whose occupancy grid pruned every sample still calls the geometry
+    geo = make(normal_type=normal_type)
+    out = geo(torch.zeros(0, 3), output_normal=True)
+    assert out["density"].shape == (0, 1) and out["features"].shape == (0, 3) and out["normal"].shape == (0, 3)
+    (out["density"].sum() + out["normal"].sum()).backward()

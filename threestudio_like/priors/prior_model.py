@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
@@ -107,8 +108,22 @@ def build_scheduler() -> Any:
 
 
 def write_tokenizer(folder: str, arch: PriorArchitecture) -> dict[str, int]:
-    """CLIP tokenizer files with every caption word as a single token, padded to ``text_max_length``."""
-    vocab = write_tiny_clip_tokenizer(folder, CAPTION_WORDS)
+    """CLIP tokenizer files with every caption word as a single token, padded to ``text_max_length``.
+
+    BPE applies merges by rank, so a word's chain of prefix merges can be pre-empted by an
+    earlier word's merge of an inner pair ("r e" from "red" splits "green" into g-re-e-n).
+    Word orders are tried (longest first, then seeded shuffles) until every word is one token.
+    """
+    words = sorted(dict.fromkeys(CAPTION_WORDS), key=lambda w: (-len(w), w))
+    rng = random.Random(0)
+    for _ in range(500):
+        vocab = write_tiny_clip_tokenizer(folder, words)
+        tokenizer = load_tokenizer(folder)
+        if all(len(tokenizer(w).input_ids) == 3 for w in words):
+            break
+        rng.shuffle(words)
+    else:
+        raise RuntimeError(f"write_tokenizer: found no word order making every caption word one token: {words}")
     config_path = os.path.join(folder, "tokenizer_config.json")
     with open(config_path) as f:
         config = json.load(f)

@@ -155,7 +155,6 @@ class HashGrid(Encoding):
         backend: str = "auto"  # auto | torch | tinycudann
 
     cfg: Config
-    default_grid_type = "Hash"
 
     def configure(self, n_input_dims: int = 3, **kwargs: Any) -> None:
         super().configure(n_input_dims)
@@ -224,7 +223,8 @@ class HashGrid(Encoding):
     def encode_torch(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N L"]:
         """The built-in path: all levels and all 2^D corners at once (no loop over points).
 
-        Memory is the cost: about 1.5 kB per point of the default grid is kept for backward.
+        Memory is the cost: backward keeps about 1.5 kB per point of the default grid (2.5 kB
+        when gradients w.r.t. the points are needed, e.g. analytic normals).
         """
         x = x.float()
         pos = x[:, None, :] * self._scales[None, :, None] + 0.5  # [N, L, D]; 0.5 staggers the levels
@@ -245,7 +245,7 @@ class HashGrid(Encoding):
         out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]  # [N, L, F]
         if self._restore_order is not None:
             out = out[:, self._restore_order]
-        return out.reshape(x.shape[0], -1)
+        return out.reshape(x.shape[0], self.n_output_dims)
 
     def _corner_weights(self, frac: Float[Tensor, "N L D"]) -> Float[Tensor, "N L C"]:
         if self.interpolation == "Nearest":
@@ -332,6 +332,8 @@ class HashGrid(Encoding):
             self.__dict__["_tcnn_encoding"] = encoding
         encoding = self._tcnn_encoding
         encoding.params = self.params  # tcnn reads our parameter: one tensor for optimiser and checkpoint
+        if x.shape[0] == 0:  # tcnn kernels reject empty batches (all samples pruned)
+            return x.new_zeros(0, self.n_output_dims)
         return encoding(x.float().contiguous()).float()
 
 

@@ -143,8 +143,9 @@ class VanillaMLP(BaseModule):
 
     def tcnn_config(self) -> dict:
         cfg = self.cfg
-        # tcnn's fully fused kernels exist for these widths only; other widths use CUTLASS
-        otype = "FullyFusedMLP" if cfg.n_neurons in (16, 32, 64, 128) else "CutlassMLP"
+        # tcnn's fully fused kernels exist for these widths (and >= 1 hidden layer) only; else CUTLASS
+        fused = cfg.n_neurons in (16, 32, 64, 128) and cfg.n_hidden_layers >= 1
+        otype = "FullyFusedMLP" if fused else "CutlassMLP"
         return {
             "otype": otype,
             "activation": cfg.activation,

@@ -1,0 +1,154 @@
+"""The embedded prior's model folder, training pieces and (when shipped) trained behaviour."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from threestudio_like.priors import procedural as P
+from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, sample_images
+from threestudio_like.priors.train_prior import EMA, TrainConfig, lr_factor, min_snr_weights, train
+
+SHIPPED = os.path.join(os.path.dirname(P.__file__), "weights", "shapes32")
+TINY = PriorArchitecture(block_out_channels=(16, 32), text_hidden_size=32, text_layers=1, text_heads=2, attention_heads=2)
+
+
+@pytest.fixture(scope="module")
+def prior_folder(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("prior") / "model")
+    PriorModel.create(folder, TINY, seed=0).save(folder)
+    return folder
+
+
+def test_folder_loads_with_diffusers_and_transformers(prior_folder):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(prior_folder, "unet"))
+    text_encoder = CLIPTextModel.from_pretrained(os.path.join(prior_folder, "text_encoder"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(prior_folder, "tokenizer"))
+    scheduler = DDPMScheduler.from_pretrained(os.path.join(prior_folder, "scheduler"))
+    assert os.path.isfile(os.path.join(prior_folder, "unet", "diffusion_pytorch_model.safetensors"))
+    assert os.path.isfile(os.path.join(prior_folder, "text_encoder", "model.safetensors"))
+    assert scheduler.config.beta_schedule == "scaled_linear" and scheduler.config.prediction_type == "epsilon"
+    assert scheduler.config.num_train_timesteps == 1000
+    assert abs(scheduler.betas[0].item() - 0.00085) < 1e-7 and abs(scheduler.betas[-1].item() - 0.012) < 1e-7
+    index = json.load(open(os.path.join(prior_folder, "model_index.json")))
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["vae"] == [None, None]
+    assert set(json.load(open(os.path.join(prior_folder, "known_words.json")))) == set(P.CAPTION_WORDS)
+
+    # SD-style call: prompt -> tokens padded to the shared length -> hidden states -> UNet
+    length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+    ids = tokenizer(["a red cube, front view"], padding="max_length", max_length=length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = text_encoder(ids)[0]
+        eps = unet(torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
+    assert eps.shape == (2, 3, 32, 32) and torch.isfinite(eps).all()
+
+
+def test_folder_loads_through_guidance_models(prior_folder):
+    from threestudio_like.guidance.models import load_diffusion_components
+
+    parts = load_diffusion_components(prior_folder)
+    assert parts.vae is None and parts.unet.config.in_channels == 3 and parts.unet.config.sample_size == 32
+
+
+def test_every_caption_word_is_one_token(prior_folder):
+    model = PriorModel.load(prior_folder)
+    tok = model.tokenizer
+    for word in P.CAPTION_WORDS:
+        ids = tok(word).input_ids
+        assert len(ids) == 3, f"{word!r} -> {ids}"
+        assert tok.decode(ids[1:2]).strip() == word
+    caption = "a purple cylinder, overhead view"
+    assert len(tok(caption).input_ids) == 2 + 6  # bos, 5 words and the comma, eos
+    assert model.tokenize([caption]).shape == (1, TINY.text_max_length)
+
+
+def test_save_load_round_trip_keeps_predictions(prior_folder, tmp_path):
+    model = PriorModel.load(prior_folder).eval()
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 500])
+    ids = model.tokenize(["a red cube", ""])
+    with torch.no_grad():
+        before = model(x, t, ids)
+    model.save(str(tmp_path / "copy"))
+    again = PriorModel.load(str(tmp_path / "copy")).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x, t, ids), before, atol=1e-6)
+
+
+def test_learning_rate_schedule_and_loss_weights():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.05)
+    abar = torch.tensor([0.99, 0.5, 0.01])  # SNR 99, 1, ~0.0101
+    w = min_snr_weights(abar, torch.tensor([0, 1, 2]), gamma=5.0)
+    assert torch.allclose(w, torch.tensor([5.0 / 99.0, 1.0, 1.0]), atol=1e-5)
+
+
+def test_ema_tracks_weights_with_warm_started_decay():
+    module = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        module.weight.zero_()
+    ema = EMA(module, decay=0.9)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    ema.update(module, step=0)  # decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.shadow.weight, torch.full((1, 2), 0.9))
+    ema.update(module, step=1000)  # decay 0.9
+    assert torch.allclose(ema.shadow.weight, torch.full((1, 2), 0.9 + 0.1 * 0.1))
+
+
+def test_tiny_training_run_writes_a_loadable_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREESTUDIO_LIKE_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(out=out, steps=3, batch_size=4, dataset_size=8, save_every=2, warmup=1, architecture=TINY)
+    train(cfg, command=["test"])
+    rows = open(os.path.join(out, "training_log.csv")).read().strip().splitlines()
+    assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    info = json.load(open(os.path.join(out, "training_info.json")))
+    assert info["steps_done"] == 3 and info["batch_size"] == 4 and info["dataset_size"] == 8 and info["command"] == "test"
+    assert not os.path.exists(os.path.join(out, "train_state.pt"))  # removed once finished
+    assert os.path.isdir(os.path.join(tmp_path, "cache", "prior_data"))  # data cached outside the repo
+    PriorModel.load(out)
+
+
+# --------------------------------------------------------------------------- shipped weights
+shipped = pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "model_index.json")), reason="shapes32 weights not built")
+
+
+@shipped
+def test_shipped_folder_is_small_and_resolves_as_builtin():
+    from threestudio_like.guidance.models import resolve_model_path
+
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(SHIPPED) for f in files)
+    assert total <= 30 * 2**20
+    assert os.path.samefile(resolve_model_path("builtin:shapes32"), SHIPPED)
+
+
+@shipped
+def test_shipped_classifier_names_procedural_renders():
+    from threestudio_like.priors.classifier import load_classifier
+
+    classifier = load_classifier(SHIPPED)
+    batch = P.render_batch(seed=12345, index=0, batch_size=256)
+    shapes, colours, probs = classifier.classify(batch.images)
+    correct = [s == P.SHAPE_NAMES[int(i)] and c == P.COLOUR_NAMES[int(j)] for s, c, i, j in zip(shapes, colours, batch.shape_ids, batch.colour_ids)]
+    assert sum(correct) / len(correct) >= 0.95
+    assert torch.allclose(probs["shape"].sum(-1), torch.ones(256), atol=1e-5)
+
+
+@shipped
+def test_shipped_prior_draws_the_requested_colour():
+    model = PriorModel.load(SHIPPED).eval()
+    images = sample_images(model, ["a red sphere, front view", "a blue cube, side view"] * 2, guidance_scale=3.0, steps=20,
+                           generator=torch.Generator().manual_seed(0))
+    foreground = images.amin(1) < 0.8  # not the white background
+    for i, channel in enumerate([0, 2, 0, 2]):
+        pixels = images[i].permute(1, 2, 0)[foreground[i]]
+        assert pixels.shape[0] > 30
+        mean = pixels.mean(0)
+        assert mean.argmax().item() == channel, (i, mean)
