@@ -125,11 +125,22 @@ def load_weights(system: torch.nn.Module, ckpt: str) -> None:
 
 
 def _quiet_libraries() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "diffusers", "transformers"):
+    """Keep the console to our own messages and the progress bar."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "diffusers", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":
