@@ -34,6 +34,7 @@ def run(resolution: int = 64, samples_per_ray: int = 64, steps: int = 5, warmup:
             f"system.prompt_processor.pretrained_model_name_or_path={model}",
             f"system.guidance.pretrained_model_name_or_path={model}",
             f"system.prompt_processor.cache_dir={tmp}/cache",
+            "system.prompt_processor.prompt=a hamburger",
             f"data.width={resolution}",
             f"data.height={resolution}",
             f"system.renderer.num_samples_per_ray={samples_per_ray}",

@@ -87,8 +87,14 @@ def test_registry_unknown_type_suggests_close_match():
 
 def _experiment(**overrides):
     base = "configs/dreamfusion-sd.yaml"
+    overrides.setdefault("system.prompt_processor.prompt", "a hamburger")
     args = [f"{k}={v}" for k, v in overrides.items()]
     return finalize_config(load_config(base, cli_args=args))
+
+
+def test_missing_prompt_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"system\.prompt_processor\.prompt"):
+        finalize_config(load_config("configs/dreamfusion-sd.yaml"))
 
 
 def test_shipped_config_validates_and_resolves():

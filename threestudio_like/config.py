@@ -275,6 +275,12 @@ def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: 
 
 def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
     """Resolve interpolations, fill run directories, validate every part; returns the typed config."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Required config value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}. "
+            f"Add it on the command line, e.g. {missing[0]}=\"...\"."
+        )
     OmegaConf.resolve(cfg)
     exp = parse_structured(ExperimentConfig, cfg)
     exp.n_gpus = n_gpus
