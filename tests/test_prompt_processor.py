@@ -139,3 +139,21 @@ def test_only_missing_prompts_are_encoded(model_path, tmp_path, monkeypatch):
 def test_perp_neg_is_refused_clearly(model_path, tmp_path):
     with pytest.raises(NotImplementedError, match="use_perp_neg"):
         make_processor(model_path, str(tmp_path), use_perp_neg=True)
+
+
+def test_unknown_words_warn_and_list_the_vocabulary(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+    import warnings
+
+    from threestudio_like.guidance.prompt_processor import StableDiffusionPromptProcessor
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "known_words.json").write_text(json.dumps(["a", "red", "cube", "view", "front"]))
+    cfg = {"pretrained_model_name_or_path": str(model), "prompt": "a red chair", "cache_dir": str(tmp_path / "c")}
+    with pytest.warns(UserWarning, match=r"never saw the word\(s\) chair.*It knows: a, cube, front, red, view"):
+        StableDiffusionPromptProcessor(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StableDiffusionPromptProcessor({**cfg, "prompt": "a red cube"})  # known words: no warning

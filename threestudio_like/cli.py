@@ -98,6 +98,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
             trainer.save_checkpoint(path)
             print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
         trainer.test(system, datamodule=datamodule, verbose=False)
+        for path in system.export():  # a run ends with a mesh, as well as a checkpoint and a video
+            print(f"Exported {path}")
     elif args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
     elif args.test:

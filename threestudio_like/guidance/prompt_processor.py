@@ -9,7 +9,10 @@ as safetensors files, so later runs never load the text encoder.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -49,6 +52,31 @@ def view_direction_index(
     index[azimuth.abs() > 180.0 - thresholds.back] = DIRECTION_NAMES.index("back")
     index[elevation > thresholds.overhead] = DIRECTION_NAMES.index("overhead")
     return index
+
+
+KNOWN_WORDS_FILE = "known_words.json"  # written by small models trained on a closed vocabulary
+
+
+def unknown_words(model_path: str, prompts: list[str]) -> tuple[list[str], list[str]]:
+    """(words of ``prompts`` the model never saw in training, the words it knows); empty
+    lists when the model does not declare its vocabulary (e.g. Stable Diffusion)."""
+    path = os.path.join(model_path, KNOWN_WORDS_FILE)
+    if not os.path.isfile(path):
+        return [], []
+    with open(path) as f:
+        known = [str(w).lower() for w in json.load(f)]
+    words = [w for p in prompts for w in re.findall(r"[a-z]+", p.lower())]
+    return sorted(set(words) - set(known)), sorted(known)
+
+
+def warn_unknown_words(model_path: str, prompts: list[str]) -> None:
+    unknown, known = unknown_words(model_path, prompts)
+    if unknown:
+        warnings.warn(
+            f"The model at {model_path} never saw the word(s) {', '.join(unknown)} in training; the run continues, "
+            f"but expect them to be ignored. It knows: {', '.join(known)}.",
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -119,6 +147,7 @@ class StableDiffusionPromptProcessor(BaseObject):
             )
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model_path = resolve_model_path(self.cfg.pretrained_model_name_or_path)
+        warn_unknown_words(self.model_path, [self.cfg.prompt, self.cfg.negative_prompt])
         self.prompts_vd = tuple(self._view_prompt(name) for name in DIRECTION_NAMES)
         self._output = self._build_output()
 

@@ -1,0 +1,250 @@
+"""Score text-to-3D results made with the built-in prior (our stand-in for CLIP R-precision).
+
+Two independent judges per result:
+
+- appearance: the classifier shipped beside the prior labels renders from 8 views around the
+  object by shape and colour; the majority vote is the answer;
+- geometry: the exported mesh, centred and scaled, is matched to the nearest ground-truth
+  procedural shape by Chamfer distance.
+
+``python -m threestudio_like.evaluation TRIAL_DIR ...`` scores finished runs;
+``python -m threestudio_like.evaluation --train [--prompts ...]`` first runs the recipe for each
+prompt (by default one prompt per shape, covering every colour) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from threestudio_like.data.random_camera import OrbitCameraDataset
+from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.export.mesh import Mesh
+from threestudio_like.priors import procedural
+from threestudio_like.priors.classifier import ShapeColourClassifier, load_classifier
+
+DEFAULT_PRIOR = "builtin:shapes32"
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dreamfusion-cpu.yaml")
+N_VIEWS = 8
+CHAMFER_POINTS = 4096
+
+
+def default_prompts() -> list[str]:
+    """One prompt per shape; colours rotate so every colour appears at least once."""
+    shapes, colours = procedural.SHAPE_NAMES, procedural.COLOUR_NAMES
+    n = max(len(shapes), len(colours))
+    return [procedural.caption(colours[i % len(colours)], shapes[i % len(shapes)]) for i in range(n)]
+
+
+def parse_prompt(prompt: str) -> tuple[Optional[str], Optional[str]]:
+    """The (shape, colour) a prompt asks for, or None where it names none the prior knows."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    shape = next((w for w in words if w in procedural.SHAPE_NAMES), None)
+    colour = next((w for w in words if w in procedural.COLOUR_NAMES), None)
+    return shape, colour
+
+
+@dataclass
+class Score:
+    prompt: str
+    expected_shape: Optional[str]
+    expected_colour: Optional[str]
+    shape_votes: Counter = field(default_factory=Counter)
+    colour_votes: Counter = field(default_factory=Counter)
+    chamfer: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> str:
+        return self.shape_votes.most_common(1)[0][0]
+
+    @property
+    def colour(self) -> str:
+        return self.colour_votes.most_common(1)[0][0]
+
+    @property
+    def nearest_shape(self) -> Optional[str]:
+        return min(self.chamfer, key=self.chamfer.get) if self.chamfer else None
+
+    @property
+    def shape_ok(self) -> bool:
+        return self.shape == self.expected_shape
+
+    @property
+    def colour_ok(self) -> bool:
+        return self.colour == self.expected_colour
+
+    @property
+    def geometry_ok(self) -> bool:
+        return self.nearest_shape == self.expected_shape
+
+    @property
+    def correct(self) -> bool:
+        return self.shape_ok and self.colour_ok and self.geometry_ok
+
+
+# --------------------------------------------------------------------------- appearance
+@torch.no_grad()
+def render_views(
+    system: Any, n_views: int = N_VIEWS, elevation_deg: float = 15.0, distance: float = 1.75, fovy_deg: float = 50.0
+) -> torch.Tensor:
+    """[V, 3, 32, 32] renders in [0, 1] around the object, supersampled like the training data."""
+    size = procedural.IMAGE_SIZE * procedural.SUPERSAMPLE
+    views = OrbitCameraDataset(n_views, elevation_deg=elevation_deg, camera_distance=distance, fovy_deg=fovy_deg,
+                               height=size, width=size)
+    system.eval()
+    images = []
+    for i in range(len(views)):
+        batch = {k: (v.to(system.device) if torch.is_tensor(v) else v) for k, v in views[i].items()}
+        images.append(system.renderer(**batch)["comp_rgb"].float().cpu())
+    return procedural.downsample(torch.cat(images).clamp(0, 1))
+
+
+def vote(classifier: ShapeColourClassifier, images: torch.Tensor) -> tuple[Counter, Counter]:
+    result = classifier.classify(images)
+    return Counter(result.shapes), Counter(result.colours)
+
+
+# --------------------------------------------------------------------------- geometry
+def normalised_surface_points(mesh: Mesh, n_points: int = CHAMFER_POINTS, seed: int = 0) -> torch.Tensor:
+    """Points sampled uniformly on the surface, centred at their mean, scaled to unit RMS radius."""
+    import trimesh
+
+    tm = mesh.to_trimesh()
+    points, _ = trimesh.sample.sample_surface(tm, n_points, seed=seed)
+    points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    points = points - points.mean(0)
+    return points / points.norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-8)
+
+
+@lru_cache(maxsize=1)
+def reference_shapes(resolution: int = 96) -> dict[str, torch.Tensor]:
+    """Normalised surface samples of every ground-truth procedural shape."""
+    bound = procedural.OBJECT_RADIUS + 0.2
+    bbox = torch.tensor([[-bound] * 3, [bound] * 3])
+    references = {}
+    for name, sdf in procedural.SHAPE_SDFS.items():
+        mesh = extract_isosurface(lambda p, sdf=sdf: -sdf(p)[..., None], bbox, resolution, 0.0)
+        references[name] = normalised_surface_points(mesh)
+    return references
+
+
+def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Symmetric mean nearest-neighbour distance between point sets [N, 3] and [M, 3]."""
+    d = torch.cdist(a, b)
+    return float(d.min(1).values.mean() + d.min(0).values.mean())
+
+
+def chamfer_to_references(mesh: Mesh) -> dict[str, float]:
+    points = normalised_surface_points(mesh)
+    return {name: chamfer_distance(points, ref) for name, ref in reference_shapes().items()}
+
+
+# --------------------------------------------------------------------------- runs
+def evaluate_system(system: Any, prompt: str, classifier: ShapeColourClassifier) -> Score:
+    shape, colour = parse_prompt(prompt)
+    score = Score(prompt, shape, colour)
+    score.shape_votes, score.colour_votes = vote(classifier, render_views(system))
+    exporter_cfg = system.cfg.exporter
+    with torch.no_grad():
+        threshold = exporter_cfg.get("isosurface_threshold") or system.geometry.cfg.isosurface_threshold
+        resolution = exporter_cfg.get("isosurface_resolution") or system.geometry.cfg.isosurface_resolution
+        try:
+            mesh = extract_isosurface(system.geometry.forward_density, system.geometry.bbox, resolution, threshold)
+            score.chamfer = chamfer_to_references(mesh)
+        except ValueError as e:  # an empty field scores as a wrong shape, not a crash
+            print(f"warning: no surface for '{prompt}': {e}", file=sys.stderr)
+    return score
+
+
+def load_trial(trial_dir: str) -> tuple[Any, str]:
+    """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt."""
+    from threestudio_like.cli import load_weights
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.registry import find
+
+    cfg = load_config(os.path.join(trial_dir, "configs", "parsed.yaml"))
+    exp = finalize_config(cfg)
+    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial_dir, "save"))
+    load_weights(system, os.path.join(trial_dir, "ckpts", "last.ckpt"))
+    return system, exp.system["prompt_processor"]["prompt"]
+
+
+def evaluate_trials(trial_dirs: Sequence[str], classifier_folder: str) -> list[Score]:
+    classifier = load_classifier(classifier_folder)
+    scores = []
+    for trial in trial_dirs:
+        system, prompt = load_trial(trial)
+        scores.append(evaluate_system(system, prompt, classifier))
+    return scores
+
+
+def format_table(scores: Sequence[Score]) -> str:
+    mark = {True: "yes", False: "NO"}
+    rows = [f"{'prompt':<22}{'classifier (8 views)':<28}{'nearest by Chamfer':<24}{'shape':>6}{'colour':>7}{'geom':>6}"]
+    for s in scores:
+        votes = f"{s.shape} {s.shape_votes[s.shape]}/{N_VIEWS}, {s.colour} {s.colour_votes[s.colour]}/{N_VIEWS}"
+        nearest = f"{s.nearest_shape} ({s.chamfer[s.nearest_shape]:.3f})" if s.chamfer else "no surface"
+        rows.append(f"{s.prompt:<22}{votes:<28}{nearest:<24}{mark[s.shape_ok]:>6}{mark[s.colour_ok]:>7}{mark[s.geometry_ok]:>6}")
+    n = max(len(scores), 1)
+    rows.append(
+        f"shape {sum(s.shape_ok for s in scores)}/{n}, colour {sum(s.colour_ok for s in scores)}/{n}, "
+        f"geometry {sum(s.geometry_ok for s in scores)}/{n}, all three {sum(s.correct for s in scores)}/{n} "
+        f"({sum(s.correct for s in scores) / n:.0%})"
+    )
+    return "\n".join(rows)
+
+
+def train_prompts(prompts: Sequence[str], config: str, overrides: Sequence[str], out_root: str) -> list[str]:
+    """Run the recipe once per prompt; returns the trial folders."""
+    from threestudio_like.cli import main
+
+    trials = []
+    for prompt in prompts:
+        tag = prompt.replace(" ", "_")
+        args = ["--config", config, "--train", f"system.prompt_processor.prompt={prompt}", f"exp_root_dir={out_root}",
+                "use_timestamp=false", *overrides]
+        if main(args) != 0:
+            raise RuntimeError(f"training failed for '{prompt}'")
+        name = _config_name(config)
+        trials.append(os.path.join(out_root, name, tag))
+    return trials
+
+
+def _config_name(config: str) -> str:
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(config).get("name", "default"))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("trials", nargs="*", help="trial folders to score")
+    parser.add_argument("--train", action="store_true", help="first run the recipe for each prompt")
+    parser.add_argument("--prompts", nargs="*", default=None, help="prompts for --train (default: every shape and colour)")
+    parser.add_argument("--config", default=DEFAULT_RECIPE)
+    parser.add_argument("--out", default="outputs/evaluation")
+    parser.add_argument("--classifier", default=None, help="classifier folder (default: the built-in prior's)")
+    args, overrides = parser.parse_known_args(argv)
+    trials = list(args.trials)
+    if args.train:
+        trials += train_prompts(args.prompts or default_prompts(), args.config, overrides, args.out)
+    if not trials:
+        parser.error("give trial folders, or --train")
+    from threestudio_like.guidance.models import resolve_model_path
+
+    classifier = args.classifier or resolve_model_path(DEFAULT_PRIOR)
+    print(format_table(evaluate_trials(trials, classifier)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
