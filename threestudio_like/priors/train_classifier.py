@@ -55,7 +55,8 @@ def accuracy(model: ShapeColourClassifier, images: Tensor, shape_ids: Tensor, co
 
 
 def train_classifier(
-    out: str, steps: int = 1000, batch_size: int = 128, seed: int = 0, dataset_size: int = 16000, lr: float = 2e-3, threads: int = 1
+    out: str, steps: int = 2000, batch_size: int = 96, seed: int = 0, dataset_size: int = 16000, lr: float = 2e-3, threads: int = 1,
+    bf16: bool = True,
 ) -> dict:
     torch.set_num_threads(threads)
     start = time.time()
@@ -74,7 +75,9 @@ def train_classifier(
         g = torch.Generator().manual_seed(step_seed(seed, step))
         index = torch.randint(dataset_size, (batch_size,), generator=g)
         images = augment(data["images"][index].float() / 255.0, g)
-        shape_logits, colour_logits = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            shape_logits, colour_logits = model(images)
+        shape_logits, colour_logits = shape_logits.float(), colour_logits.float()
         loss = F.cross_entropy(shape_logits, data["shape_ids"][index]) + F.cross_entropy(colour_logits, data["colour_ids"][index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,6 +91,7 @@ def train_classifier(
         "held_out_accuracy": scores,
         "steps": steps,
         "batch_size": batch_size,
+        "bf16": bf16,
         "seed": seed,
         "train_dataset": {"size": dataset_size, "seed": TRAIN_DATASET_SEED},
         "held_out_dataset": {"size": 2048, "seed": HELD_OUT_DATASET_SEED},
@@ -101,13 +105,14 @@ def train_classifier(
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="prior folder; the classifier goes to OUT/classifier")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset-size", type=int, default=16000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
     args = p.parse_args(argv)
-    train_classifier(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, threads=args.threads)
+    train_classifier(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, threads=args.threads, bf16=not args.no_bf16)
 
 
 if __name__ == "__main__":
