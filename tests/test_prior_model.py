@@ -78,6 +78,19 @@ def test_save_load_round_trip_keeps_predictions(prior_folder, tmp_path):
         assert torch.allclose(again(x, t, ids), before, atol=1e-6)
 
 
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_ddim_sampler_reaches_an_oracle_denoisers_target(prior_folder, guidance_scale):
+    """With a UNet that predicts exactly the noise of a known clean image, sampling must return that image."""
+    from threestudio_like.priors.tiny import TargetImageUNet
+
+    loaded = PriorModel.load(prior_folder)
+    target = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1))
+    oracle = PriorModel(TargetImageUNet(target, loaded.scheduler), loaded.text_encoder, loaded.tokenizer, loaded.scheduler, TINY)
+    images = sample_images(oracle, ["a red cube", "a blue cone"], guidance_scale=guidance_scale, steps=10,
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(images, target.permute(2, 0, 1).expand(2, 3, 32, 32), atol=1e-3)
+
+
 def test_learning_rate_schedule_and_loss_weights():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)

@@ -169,7 +169,7 @@ class PriorModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.text_encoder.parameters()).device
 
     # ------------------------------------------------------------------ folders
     @classmethod
@@ -248,6 +248,9 @@ def sample_images(
                 hidden = torch.cat([cond, uncond.expand_as(cond)])
                 eps_c, eps_u = model.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden).sample.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
-            x = scheduler.step(eps, t, x).prev_sample
-        out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+            result = scheduler.step(eps, t, x)
+            x, clean = result.prev_sample, result.pred_original_sample
+        # The last DDIM step lands on abar[0] < 1, which leaves noise of std ~0.03: in pixel
+        # space (no VAE to hide it) return the final clean-image estimate instead.
+        out.append(((clean.clamp(-1, 1) + 1) / 2).cpu())
     return torch.cat(out)
