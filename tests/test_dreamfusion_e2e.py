@@ -150,3 +150,17 @@ def test_ctrl_c_saves_checkpoint_and_runs_test_stage(tiny_model_dir, tmp_path):
     assert 3 <= ckpt["global_step"] < 100000
     assert any(f.endswith("-test.mp4") or f.endswith("-test.gif") for f in os.listdir(os.path.join(trial, "save")))
     assert "Interrupted at step" in stdout
+
+
+def test_system_weights_initialise_a_fresh_run(tiny_model_dir, trained, tmp_path):
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.registry import find
+
+    ckpt = os.path.join(trained, "ckpts", "last.ckpt")
+    args = tiny_recipe(tiny_model_dir, str(tmp_path), **{"system.weights": ckpt, "system.weights_ignore_modules": "[background]"})
+    exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=args))
+    system = find(exp.system_type)(exp.system)
+    saved = load_ckpt(ckpt)["state_dict"]
+    assert torch.equal(system.state_dict()["geometry.encoding.params"], saved["geometry.encoding.params"])
+    background = [k for k in saved if k.startswith("background.")]
+    assert background and not all(torch.equal(system.state_dict()[k], saved[k]) for k in background)

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     pl.seed_everything(exp.seed, workers=True, verbose=False)
     save_dir = os.path.join(exp.trial_dir, "save")
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
-    system = find(exp.system_type)(exp.system, save_dir=save_dir, resumed=exp.resume is not None)
+    system = find(exp.system_type)(exp.system, save_dir=save_dir)
 
     if args.export:
         load_weights(system, exp.resume)

@@ -34,10 +34,8 @@ class BaseLift3DSystem(pl.LightningModule):
         loss: dict[str, Schedule] = field(default_factory=dict)
         optimizer: dict = field(default_factory=dict)
         scheduler: Optional[dict] = None
-        weights: Optional[str] = None
-        weights_ignore_modules: Optional[list[str]] = None
-        cleanup_after_validation_step: bool = False
-        cleanup_after_test_step: bool = False
+        weights: Optional[str] = None  # initialise from this checkpoint (a fresh run, not a resume)
+        weights_ignore_modules: Optional[list[str]] = None  # e.g. [background] to keep those fresh
 
         geometry_type: str = "implicit-volume"
         geometry: dict = field(default_factory=dict)
@@ -56,14 +54,13 @@ class BaseLift3DSystem(pl.LightningModule):
 
     cfg: Config
 
-    def __init__(self, cfg: Any, save_dir: str = ".", resumed: bool = False) -> None:
+    def __init__(self, cfg: Any, save_dir: str = ".") -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "system")
         for name in self.cfg.loss:
             if not name.startswith("lambda_"):
                 raise ConfigError(f"system.loss.{name}: loss weights are named lambda_<loss>, e.g. lambda_sds.")
         self.save_dir = save_dir
-        self.resumed = resumed
         self.geometry = find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = find(self.cfg.material_type)(self.cfg.material)
         self.background = find(self.cfg.background_type)(self.cfg.background)
@@ -76,9 +73,20 @@ class BaseLift3DSystem(pl.LightningModule):
         self._checked_loss_names = False
         self._loaded_step = 0
         self.configure()
+        if self.cfg.weights is not None:
+            self.load_initial_weights(self.cfg.weights, self.cfg.weights_ignore_modules or [])
 
     def configure(self) -> None:
         """Recipe-specific parts (e.g. a trainable guidance critic) are built here."""
+
+    def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"system.weights={path}: no such checkpoint file.")
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in ignore_modules)}
+        _, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ConfigError(f"system.weights={path} holds parameters this system does not have: {unexpected[:5]}")
 
     # ------------------------------------------------------------------ parts
     @property
