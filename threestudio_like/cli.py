@@ -81,6 +81,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if args.export:
         load_weights(system, exp.resume)
+        if accelerator == "gpu":
+            system.to(f"cuda:{devices[0]}")
         for path in system.export():
             print(f"Exported {path}")
         return
