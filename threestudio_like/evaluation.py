@@ -234,7 +234,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default="outputs/evaluation")
     parser.add_argument("--classifier", default=None, help="classifier folder (default: the built-in prior's)")
     args, overrides = parser.parse_known_args(argv)
-    trials = list(args.trials)
+    # key=value words are config overrides for --train, wherever they stand
+    overrides += [t for t in args.trials if "=" in t]
+    trials = [t for t in args.trials if "=" not in t]
     if args.train:
         trials += train_prompts(args.prompts or default_prompts(), args.config, overrides, args.out)
     if not trials:
