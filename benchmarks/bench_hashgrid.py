@@ -18,14 +18,7 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
 from threestudio_like.representations.encodings import get_encoding
 from threestudio_like.representations.implicit_volume import ImplicitVolume
 
-DEFAULT_GRID = {
-    "otype": "HashGrid",
-    "n_levels": 16,
-    "n_features_per_level": 2,
-    "log2_hashmap_size": 19,
-    "base_resolution": 16,
-    "per_level_scale": 1.447269237440378,
-}
+DEFAULT_GRID = ImplicitVolume.Config().pos_encoding_config  # tcnn's defaults, as the recipes use
 
 
 def _best_time(fn: Callable[[], None], repeats: int) -> float:

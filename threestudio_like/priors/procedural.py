@@ -319,19 +319,12 @@ def render_cameras(
 
 # --------------------------------------------------------------------------- captions
 def view_names(elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"]) -> list[str]:
-    """The prompt processor's view direction for each camera (overhead wins, then front / back, else side)."""
-    azimuth = torch.remainder(torch.as_tensor(azimuth, dtype=torch.float32) + 180.0, 360.0) - 180.0
-    names = []
-    for elev, azim in zip(torch.as_tensor(elevation).tolist(), azimuth.tolist()):
-        if elev > OVERHEAD_THRESHOLD:
-            names.append("overhead")
-        elif abs(azim) > 180.0 - BACK_THRESHOLD:
-            names.append("back")
-        elif abs(azim) < FRONT_THRESHOLD:
-            names.append("front")
-        else:
-            names.append("side")
-    return names
+    """The prompt processor's view direction for each camera, by its own rule and thresholds."""
+    from threestudio_like.guidance.prompt_processor import DIRECTION_NAMES, ViewThresholds, view_direction_index
+
+    thresholds = ViewThresholds(FRONT_THRESHOLD, BACK_THRESHOLD, OVERHEAD_THRESHOLD)
+    index = view_direction_index(torch.as_tensor(elevation, dtype=torch.float32), torch.as_tensor(azimuth, dtype=torch.float32), thresholds)
+    return [DIRECTION_NAMES[i] for i in index.tolist()]
 
 
 def caption(colour: str, shape: str, view: Optional[str] = None) -> str:
