@@ -56,6 +56,7 @@ class TrainConfig:
     threads: int = 1  # on a shared CPU one thread per process is faster than oversubscribing
     bf16: bool = True  # autocast matmuls / convolutions to bfloat16 (AMX / AVX512-BF16 CPUs, CUDA)
     keep_state: bool = False
+    init_from: Optional[str] = None  # start from this prior folder's weights (fine-tuning / extending a run)
     architecture: PriorArchitecture = field(default_factory=PriorArchitecture)
 
 
@@ -174,7 +175,14 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
         cfg.architecture = PriorArchitecture(**state["architecture"])
 
     torch.manual_seed(cfg.seed)
+    initial = PriorModel.load(cfg.init_from) if state is None and cfg.init_from else None
+    if initial is not None:
+        cfg.architecture = initial.arch
     model = PriorModel.create(cfg.out, cfg.architecture, seed=cfg.seed)
+    if initial is not None:  # same tokenizer (written deterministically), so token ids match
+        model.unet.load_state_dict(initial.unet.state_dict())
+        model.text_encoder.load_state_dict(initial.text_encoder.state_dict())
+        log(f"initialised from {cfg.init_from}")
     model.train()
     ema = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -306,6 +314,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=defaults.threads)
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after the last step")
+    p.add_argument("--init-from", default=None, help="start from the weights of this prior folder (fresh optimiser)")
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
@@ -325,6 +334,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         threads=args.threads,
         bf16=not args.no_bf16,
         keep_state=args.keep_state,
+        init_from=args.init_from,
         architecture=arch,
     )
 
