@@ -66,6 +66,25 @@ def test_every_caption_word_is_one_token(prior_folder):
     assert model.tokenize([caption]).shape == (1, TINY.text_max_length)
 
 
+def test_tokenizer_files_agree_and_are_rewritten_identically(prior_folder, tmp_path):
+    """Re-creating a model over a folder holding an earlier save (as a resumed run does) must give
+    the same token ids, and the saved tokenizer.json (preferred by AutoTokenizer) must encode
+    like the saved vocab.json + merges.txt."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    captions = [P.caption(c, s, "front") for c in P.COLOUR_NAMES for s in P.SHAPE_NAMES]
+    expected = AutoTokenizer.from_pretrained(os.path.join(prior_folder, "tokenizer"))(captions).input_ids
+    folder = str(tmp_path / "model")
+    shutil.copytree(prior_folder, folder)
+    recreated = PriorModel.create(folder, TINY, seed=0)
+    assert recreated.tokenizer(captions).input_ids == expected
+    recreated.save(folder)
+    os.remove(os.path.join(folder, "tokenizer", "tokenizer.json"))
+    assert AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))(captions).input_ids == expected
+
+
 def test_save_load_round_trip_keeps_predictions(prior_folder, tmp_path):
     model = PriorModel.load(prior_folder).eval()
     x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 500])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
@@ -114,6 +115,9 @@ def write_tokenizer(folder: str, arch: PriorArchitecture) -> dict[str, int]:
     earlier word's merge of an inner pair ("r e" from "red" splits "green" into g-re-e-n).
     Word orders are tried (longest first, then seeded shuffles) until every word is one token.
     """
+    # A stale tokenizer.json from an earlier save would be loaded instead of the files written
+    # here (and disagree with them): start from an empty folder.
+    shutil.rmtree(folder, ignore_errors=True)
     words = sorted(dict.fromkeys(CAPTION_WORDS), key=lambda w: (-len(w), w))
     rng = random.Random(0)
     for _ in range(500):

@@ -293,9 +293,21 @@ def write_info(cfg: TrainConfig, data: dict, wall: float, step: int, loss: float
         "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
         "machine": machine_description(),
         "command": " ".join(command or sys.argv),
+        "initialised_from": previous_training_info(cfg.init_from),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write_text(os.path.join(cfg.out, INFO_FILE), json.dumps(info, indent=2, default=str))
+
+
+def previous_training_info(folder: Optional[str]) -> Optional[dict]:
+    """The training_info.json of the run a warm start came from (provenance of extended runs)."""
+    if not folder:
+        return None
+    path = os.path.join(folder, INFO_FILE)
+    if not os.path.isfile(path):
+        return {"folder": folder}
+    with open(path) as f:
+        return {"folder": folder, **json.load(f)}
 
 
 def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
