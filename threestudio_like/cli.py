@@ -13,6 +13,7 @@ import torch
 
 from threestudio_like.config import ConfigError, dump_config, finalize_config, load_config
 from threestudio_like.registry import UnknownTypeError, find
+from threestudio_like.systems.handover import find_last_path
 
 # Mistakes in what the user asked for (bad config, missing file or model): a message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownTypeError, FileNotFoundError)
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(args.config, cli_args=overrides)
     exp = finalize_config(cfg, n_gpus=len(devices) if isinstance(devices, list) else 1)
     if exp.resume is not None:
+        exp.resume = find_last_path(exp.resume)
         if not os.path.isfile(exp.resume):
             raise FileNotFoundError(f"resume={exp.resume}: no such checkpoint file.")
         exp.trial_dir = trial_dir_of_checkpoint(exp.resume) or exp.trial_dir
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     pl.seed_everything(exp.seed, workers=True, verbose=False)
     save_dir = os.path.join(exp.trial_dir, "save")
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
-    system = find(exp.system_type)(exp.system, save_dir=save_dir)
+    system = find(exp.system_type)(exp.system, save_dir=save_dir, resumed=exp.resume is not None)
 
     if args.export:
         load_weights(system, exp.resume)

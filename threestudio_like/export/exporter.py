@@ -1,4 +1,5 @@
-"""``mesh-exporter``: geometry -> isosurface -> vertex colours -> OBJ(+MTL) / GLB files."""
+"""``mesh-exporter``: geometry -> surface mesh -> appearance (baked texture or vertex colours)
+-> OBJ (+MTL, texture image) / GLB files."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import torch
 
 from threestudio_like.config import ConfigError
 from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.export.mesh import Mesh
+from threestudio_like.export.texture import textured_mesh
 from threestudio_like.export.writers import write_glb, write_obj
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
 
 _FORMATS = {"obj": "obj", "obj-mtl": "obj", "glb": "glb"}
+_TEXTURE_FORMATS = ("png", "jpg")
 
 
 @register("mesh-exporter")
@@ -23,7 +27,15 @@ class MeshExporter(BaseObject):
     class Config:
         fmt: Union[str, list[str]] = field(default_factory=lambda: ["obj", "glb"])  # "obj-mtl" | "obj" | "glb"
         save_name: str = "model"
-        # None: take the geometry's isosurface_threshold / isosurface_resolution
+        save_texture: bool = True  # bake a UV texture (xatlas unwrap); false: per-vertex colours
+        save_uv: bool = True  # threestudio's switch; a texture needs UVs
+        texture_size: int = 1024
+        texture_format: str = "png"  # png | jpg (the OBJ's map_Kd; the GLB always embeds PNG)
+        xatlas_chart_options: dict = field(default_factory=dict)
+        xatlas_pack_options: dict = field(default_factory=dict)
+        context_type: str = "gl"  # nvdiffrast context for baking on CUDA
+        backend: str = "auto"  # rasteriser for baking: auto | torch | nvdiffrast
+        # None: take the geometry's isosurface_threshold / isosurface_resolution (density fields)
         isosurface_threshold: Optional[Union[float, str]] = None
         isosurface_resolution: Optional[int] = None
 
@@ -33,20 +45,50 @@ class MeshExporter(BaseObject):
             if f not in _FORMATS:
                 raise ConfigError(f"system.exporter.fmt: unknown format '{f}'; use any of {sorted(_FORMATS)}.")
         self.formats = sorted({_FORMATS[f] for f in formats})
+        if self.cfg.save_texture and not self.cfg.save_uv:
+            raise ConfigError("system.exporter: save_texture needs save_uv: true (a texture is addressed by UVs).")
+        if self.cfg.texture_format not in _TEXTURE_FORMATS:
+            raise ConfigError(f"system.exporter.texture_format: expected one of {_TEXTURE_FORMATS}, got {self.cfg.texture_format!r}")
 
-    @torch.no_grad()
-    def __call__(self, geometry: Any, material: Any, folder: str) -> list[str]:
+    def surface(self, geometry: Any) -> Mesh:
+        """Density fields are meshed at the exporter's (or geometry's) level; explicit
+        geometries (DMTet) give the surface they render."""
+        if not hasattr(geometry, "forward_density"):
+            return geometry.isosurface()
         threshold = self.cfg.isosurface_threshold
         if threshold is None:
             threshold = getattr(geometry.cfg, "isosurface_threshold", "auto")
         resolution = self.cfg.isosurface_resolution or getattr(geometry.cfg, "isosurface_resolution", 128)
-        mesh = extract_isosurface(geometry.forward_density, geometry.bbox, resolution, threshold)
-        features = geometry.export(mesh.v_pos.to(geometry.bbox.device))["features"]
-        mesh.v_rgb = material.export(features)["albedo"].clamp(0, 1).float().cpu()
+        return extract_isosurface(geometry.forward_density, geometry.bbox, resolution, threshold)
+
+    @torch.no_grad()
+    def __call__(self, geometry: Any, material: Any, folder: str) -> list[str]:
+        mesh = self.surface(geometry)
+        device = geometry.bbox.device if hasattr(geometry, "bbox") else mesh.v_pos.device
+        mesh = mesh.to(device)
+
+        def albedo(points: torch.Tensor) -> torch.Tensor:
+            return material.export(geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
+
+        texture = None
+        if self.cfg.save_texture:
+            from threestudio_like.mesh.rasterize import make_rasterizer
+
+            rasterizer = make_rasterizer(self.cfg.backend, device, self.cfg.context_type)
+            mesh, texture_t = textured_mesh(
+                mesh, albedo, rasterizer, self.cfg.texture_size, self.cfg.xatlas_chart_options, self.cfg.xatlas_pack_options
+            )
+            texture = texture_t.cpu().numpy()
+        else:
+            mesh.v_rgb = albedo(mesh.v_pos)
+        mesh = mesh.to("cpu")
         os.makedirs(folder, exist_ok=True)
         paths = []
         for fmt in self.formats:
             path = os.path.join(folder, f"{self.cfg.save_name}.{fmt}")
-            (write_obj if fmt == "obj" else write_glb)(path, mesh)
+            if fmt == "obj":
+                write_obj(path, mesh, texture, self.cfg.texture_format)
+            else:
+                write_glb(path, mesh, texture)
             paths.append(path)
         return paths

@@ -16,14 +16,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Mesh:
-    """Triangles ``t_pos_idx`` over vertices ``v_pos``; optional per-vertex colour in [0, 1].
+    """Triangles ``t_pos_idx`` over vertices ``v_pos``; optional per-vertex colour in [0, 1]
+    and texture coordinates ``v_tex`` (OBJ convention: v = 0 is the bottom row of the image).
 
     Faces are wound counter-clockwise seen from outside, so face normals point outward.
+    A textured mesh has its vertices split along UV seams, so one index array serves both.
     """
 
     v_pos: Float[Tensor, "V 3"]
     t_pos_idx: Int[Tensor, "F 3"]
     v_rgb: Optional[Float[Tensor, "V 3"]] = None
+    v_tex: Optional[Float[Tensor, "V 2"]] = None
 
     def __post_init__(self) -> None:
         if self.v_pos.ndim != 2 or self.v_pos.shape[-1] != 3:
@@ -36,6 +39,8 @@ class Mesh:
             raise ValueError(
                 f"Mesh.v_rgb must be [V,3] like v_pos {tuple(self.v_pos.shape)}, got {tuple(self.v_rgb.shape)}"
             )
+        if self.v_tex is not None and self.v_tex.shape != (self.v_pos.shape[0], 2):
+            raise ValueError(f"Mesh.v_tex must be [V,2] for {self.v_pos.shape[0]} vertices, got {tuple(self.v_tex.shape)}")
 
     @property
     def n_vertices(self) -> int:
@@ -53,7 +58,20 @@ class Mesh:
             self.v_pos.to(device),
             self.t_pos_idx.to(device),
             None if self.v_rgb is None else self.v_rgb.to(device),
+            None if self.v_tex is None else self.v_tex.to(device),
         )
+
+    def face_normals(self, normalize: bool = True) -> Float[Tensor, "F 3"]:
+        """Outward face normals; unnormalised they are twice the face areas."""
+        a, b, c = (self.v_pos[self.t_pos_idx[:, i]] for i in range(3))
+        normals = torch.linalg.cross(b - a, c - a, dim=-1)
+        return torch.nn.functional.normalize(normals, dim=-1) if normalize else normals
+
+    def vertex_normals(self) -> Float[Tensor, "V 3"]:
+        """Area-weighted averages of the adjacent face normals, unit length (differentiable)."""
+        face = self.face_normals(normalize=False)
+        normals = torch.zeros_like(self.v_pos).index_add(0, self.t_pos_idx.reshape(-1), face.repeat_interleave(3, dim=0))
+        return torch.nn.functional.normalize(normals, dim=-1)
 
     def to_trimesh(self) -> "trimesh.Trimesh":
         """A trimesh with the same vertex order (no merging), RGBA uint8 vertex colours if any."""
@@ -105,13 +123,15 @@ class Mesh:
             self.v_pos[used],
             new_index[self.t_pos_idx],
             None if self.v_rgb is None else self.v_rgb[used],
+            None if self.v_tex is None else self.v_tex[used],
         )
 
     def merge_duplicate_vertices(self, decimals: int = 6) -> "Mesh":
         """Weld vertices equal after rounding to ``decimals``; drops faces that collapse.
 
         Each welded vertex is the first of its group (exact position and colour), and the
-        welded vertices keep the order of those first occurrences.
+        welded vertices keep the order of those first occurrences. Texture coordinates are
+        dropped: welding undoes the seams they need.
         """
         device = self.v_pos.device
         key = torch.round(self.v_pos.detach() * 10**decimals)

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from threestudio_like.registry import register
 from threestudio_like.renderers import packed
+from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays
 from threestudio_like.renderers.packed import PackedSamples
 from threestudio_like.utils.backends import choose_backend, optional_import
-from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
 # Fixed in threestudio too: its visibility pruning arguments and nerfacc's grid-update defaults.
@@ -37,23 +37,10 @@ BACKENDS = ("auto", "torch", "nerfacc")
 NORMAL_PERTURB_STD = 1e-2
 
 
-class RenderParts:
-    """Geometry, material and background seen by the renderer.
-
-    A plain object rather than module attributes: the system owns these parts, and
-    registering them here too would duplicate their parameters in the state dict.
-    """
-
-    def __init__(self, geometry: Any, material: Any, background: Any) -> None:
-        self.geometry = geometry
-        self.material = material
-        self.background = background
-
-
 @register("nerf-volume-renderer")
-class NeRFVolumeRenderer(BaseModule):
+class NeRFVolumeRenderer(BaseRenderer):
     @dataclass
-    class Config(BaseModule.Config):
+    class Config(BaseRenderer.Config):
         num_samples_per_ray: int = 512  # marching steps along the box diagonal
         randomized: bool = True  # jitter sample positions in training
         eval_chunk_size: int = 160000  # rays per chunk in eval mode (<= 0: no chunking)
@@ -70,11 +57,7 @@ class NeRFVolumeRenderer(BaseModule):
     cfg: Config
 
     def configure(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
-        if geometry is None or material is None or background is None:
-            raise ValueError(
-                "nerf-volume-renderer needs geometry=, material= and background= parts: "
-                "build it as NeRFVolumeRenderer(cfg, geometry=..., material=..., background=...)"
-            )
+        super().configure(geometry=geometry, material=material, background=background)
         if self.cfg.backend not in BACKENDS:
             raise ValueError(f"renderer.backend must be one of {', '.join(BACKENDS)}, got '{self.cfg.backend}'")
         if self.cfg.num_samples_per_ray < 1:
@@ -83,23 +66,10 @@ class NeRFVolumeRenderer(BaseModule):
             raise ValueError(
                 f"renderer.occupancy_update_every must be at least 1, got {self.cfg.occupancy_update_every}"
             )
-        self.parts = RenderParts(geometry, material, background)
         r = self.cfg.radius
         self.occupancy = OccupancyGrid(torch.tensor([[-r, -r, -r], [r, r, r]]), self.cfg.occupancy_grid_resolution)
         self.render_step_size = math.sqrt(3.0) * 2.0 * r / self.cfg.num_samples_per_ray
         self._nerfacc_cache: dict[str, Any] = {}  # plain dict: never part of the state dict
-
-    @property
-    def geometry(self) -> Any:
-        return self.parts.geometry
-
-    @property
-    def material(self) -> Any:
-        return self.parts.material
-
-    @property
-    def background(self) -> Any:
-        return self.parts.background
 
     # ------------------------------------------------------------------ training hooks
     def update_step(self, global_step: int) -> None:
@@ -145,7 +115,7 @@ class NeRFVolumeRenderer(BaseModule):
             per_ray, per_sample = self._render_in_chunks(rays_o_flat, rays_d_flat, lights_flat, **kwargs), {}
 
         out: dict[str, Tensor] = {k: v.reshape(batch, height, width, -1) for k, v in per_ray.items()}
-        comp_rgb_bg = self._background_color(rays_d, bg_color)
+        comp_rgb_bg = self.background_color(rays_d, bg_color)
         out["comp_rgb_bg"] = comp_rgb_bg
         out["comp_rgb"] = out["comp_rgb_fg"] + comp_rgb_bg * (1.0 - out["opacity"])
         out.update(per_sample)
@@ -313,18 +283,3 @@ class NeRFVolumeRenderer(BaseModule):
                 weights, values, ray_indices=ray_indices, n_rays=n_rays
             )
         return lambda weights, values: packed.composite(weights, values, ray_indices, n_rays)
-
-    def _background_color(self, rays_d: Float[Tensor, "B H W 3"], bg_color: Optional[Any]) -> Float[Tensor, "B H W 3"]:
-        if bg_color is None:
-            return self.background(dirs=rays_d)
-        batch, height, width, _ = rays_d.shape
-        color = torch.as_tensor(bg_color, dtype=rays_d.dtype, device=rays_d.device)
-        if color.ndim == 2 and color.shape[0] == batch:  # one colour per view
-            color = color[:, None, None, :]
-        try:
-            return torch.broadcast_to(color, (batch, height, width, 3))
-        except RuntimeError as e:
-            raise ValueError(
-                f"bg_color of shape {tuple(color.shape)} cannot be broadcast to the image shape "
-                f"{(batch, height, width, 3)}; pass [3], [B, 3] or [B, H, W, 3]"
-            ) from e

@@ -23,6 +23,9 @@ from threestudio_like.utils.io import save_image, save_video
 from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
 
 
+SHARED_REGULARISERS = ("orient", "sparsity", "opaque", "z_variance", "normal_consistency", "laplacian_smoothness")
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or a gradient became NaN / infinite; the last good checkpoint is kept."""
 
@@ -36,6 +39,10 @@ class BaseLift3DSystem(pl.LightningModule):
         scheduler: Optional[dict] = None
         weights: Optional[str] = None  # initialise from this checkpoint (a fresh run, not a resume)
         weights_ignore_modules: Optional[list[str]] = None  # e.g. [background] to keep those fresh
+        # start from a previous stage (trial dir or checkpoint; LAST picks the newest trial)
+        geometry_convert_from: Optional[str] = None
+        geometry_convert_inherit_texture: bool = False  # also take its feature network, material, background
+        geometry_convert_override: dict = field(default_factory=dict)  # geometry config keys for the conversion
 
         geometry_type: str = "implicit-volume"
         geometry: dict = field(default_factory=dict)
@@ -54,16 +61,20 @@ class BaseLift3DSystem(pl.LightningModule):
 
     cfg: Config
 
-    def __init__(self, cfg: Any, save_dir: str = ".") -> None:
+    def __init__(self, cfg: Any, save_dir: str = ".", resumed: bool = False) -> None:
+        """``resumed``: a checkpoint will be loaded into this system, so no stage conversion."""
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "system")
         for name in self.cfg.loss:
             if not name.startswith("lambda_"):
                 raise ConfigError(f"system.loss.{name}: loss weights are named lambda_<loss>, e.g. lambda_sds.")
         self.save_dir = save_dir
+        convert = self.cfg.geometry_convert_from is not None and not resumed and self.cfg.weights is None
         self.geometry = find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = find(self.cfg.material_type)(self.cfg.material)
         self.background = find(self.cfg.background_type)(self.cfg.background)
+        if convert:
+            self.convert_from_previous_stage(self.cfg.geometry_convert_from)
         self.renderer = find(self.cfg.renderer_type)(
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
@@ -78,6 +89,27 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def configure(self) -> None:
         """Recipe-specific parts (e.g. a trainable guidance critic) are built here."""
+
+    def convert_from_previous_stage(self, path: str) -> None:
+        """Replace the geometry by one converted from the stage saved at ``path`` (e.g. NeRF ->
+        DMTet at the NeRF's isosurface threshold); with ``geometry_convert_inherit_texture`` the
+        appearance carries over too: feature network, and material / background of the same type."""
+        from omegaconf import OmegaConf
+
+        from threestudio_like.systems.handover import StageCheckpoint
+
+        previous = StageCheckpoint.load(path)
+        inherit = self.cfg.geometry_convert_inherit_texture
+        geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
+        self.geometry = find(self.cfg.geometry_type).create_from(
+            previous.build_part("geometry"), geometry_cfg, copy_net=inherit
+        )
+        print(f"Geometry converted from the previous stage {previous.path}")
+        if not inherit:
+            return
+        for name in ("material", "background"):
+            if previous.system_config.get(f"{name}_type") == getattr(self.cfg, f"{name}_type"):
+                getattr(self, name).load_state_dict(previous.part_state(name))
 
     def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
         if not os.path.isfile(path):
@@ -146,6 +178,14 @@ class BaseLift3DSystem(pl.LightningModule):
             losses["loss_opaque"] = F.binary_cross_entropy(opacity, opacity)
         if self.lambda_("z_variance") > 0 and "z_variance" in out:
             losses["loss_z_variance"] = out["z_variance"][out["opacity"] > 0.5].mean()
+        if "mesh" in out:  # mesh renderers hand over the mesh they drew
+            from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
+
+            mesh = out["mesh"]
+            if self.lambda_("normal_consistency") > 0:
+                losses["loss_normal_consistency"] = normal_consistency_loss(mesh.v_pos, mesh.t_pos_idx)
+            if self.lambda_("laplacian_smoothness") > 0:
+                losses["loss_laplacian_smoothness"] = laplacian_smoothness_loss(mesh.v_pos, mesh.t_pos_idx)
         return losses
 
     def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
@@ -166,7 +206,7 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def _check_loss_names(self, losses: dict[str, Tensor]) -> None:
         self._checked_loss_names = True
-        produced = {k[len("loss_") :] for k in losses} | {"orient", "sparsity", "opaque", "z_variance"}
+        produced = {k[len("loss_") :] for k in losses} | set(SHARED_REGULARISERS)
         produced |= set(self.extra_loss_names())
         for key in self.cfg.loss:
             if key[len("lambda_") :] not in produced:
