@@ -33,6 +33,6 @@ class DreamFusion(BaseLift3DSystem):
         return self.weighted_loss(losses)
 
     def extra_loss_names(self) -> list[str]:
-        return ["sds"]
+        return ["sds", "sds_img"]  # sds_img only with guidance.use_img_loss
 
 
