@@ -267,7 +267,6 @@ def signed_distance(
     return result
 
 
-
 def grid_signed_distance(
     mesh: Mesh, resolution: int, radius: float = 1.0, min_resolution: int = 32, k: int = 8
 ) -> Float[Tensor, " N"]:
@@ -279,10 +278,10 @@ def grid_signed_distance(
     coarser level) and the value is the coarser level's trilinear interpolation, clamped to
     that bound. Halves the resolution while it stays even and above ``min_resolution``.
     """
-    from threestudio_like.mesh.tetgrid import tetrahedral_grid
+    from threestudio_like.mesh.tetgrid import grid_vertices
 
     if resolution <= min_resolution or resolution % 2:
-        vertices, _ = tetrahedral_grid(resolution)
+        vertices = grid_vertices(resolution)
         return signed_distance(vertices * radius, mesh, k=k)  # type: ignore[return-value]
     coarse_res = resolution // 2
     coarse = grid_signed_distance(mesh, coarse_res, radius, min_resolution, k).reshape((coarse_res + 1,) * 3)
@@ -304,6 +303,6 @@ def grid_signed_distance(
     estimate = best_sign * torch.maximum(torch.where(torch.sign(estimate) == best_sign, estimate.abs(), best), best)
     estimate, best = estimate.reshape(-1), best.reshape(-1)
     exact = best <= 2.0 * h
-    vertices, _ = tetrahedral_grid(resolution)
+    vertices = grid_vertices(resolution)
     estimate[exact] = signed_distance(vertices[exact] * radius, mesh, k=k)  # type: ignore[assignment]
     return estimate

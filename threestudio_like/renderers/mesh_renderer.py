@@ -21,9 +21,16 @@ from threestudio_like.registry import register
 from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
-# Our projection keeps +y up in clip space while rasterisers put NDC y = -1 in image row 0;
-# negating clip y makes row 0 the top row, like the camera rays of the volume renderer.
-_FLIP_Y = torch.tensor([1.0, -1.0, 1.0, 1.0])
+
+
+def clip_positions(v_pos: Float[Tensor, "V 3"], mvp_mtx: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B V 4"]:
+    """Clip-space vertices for a rasteriser, rows ordered like our camera rays (row 0 on top).
+
+    Our projection keeps +y up in clip space while rasterisers put NDC y = -1 in image row 0,
+    so clip y is negated.
+    """
+    flip_y = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=v_pos.dtype, device=v_pos.device)
+    return vertex_transform(v_pos, mvp_mtx) * flip_y
 
 
 @register("nvdiff-rasterizer", "mesh-rasterizer")
@@ -74,7 +81,7 @@ class MeshRasterizer(BaseRenderer):
         mesh = self.geometry.isosurface()
         faces = mesh.t_pos_idx.to(torch.int32)
         rasterizer = self.rasterizer(mesh.v_pos.device)
-        v_clip = vertex_transform(mesh.v_pos, mvp_mtx) * _FLIP_Y.to(mesh.v_pos)
+        v_clip = clip_positions(mesh.v_pos, mvp_mtx)
         rast, _ = rasterizer.rasterize(v_clip, faces, (height, width))
         mask = rast[..., 3:] > 0
         selector = mask[..., 0]

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.mesh.marching_tets import empty_mesh, marching_tetrahedra, remove_outliers
-from threestudio_like.mesh.tetgrid import surface_tets, tetrahedral_grid
+from threestudio_like.mesh.tetgrid import grid_vertices as unit_grid_vertices
+from threestudio_like.mesh.tetgrid import surface_tets
 from threestudio_like.registry import register
 from threestudio_like.representations.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
 from threestudio_like.representations.encodings import get_encoding
@@ -105,16 +106,22 @@ class TetrahedraSDFGrid(BaseGeometry):
         if cfg.radius <= 0:
             raise ConfigError(f"radius must be positive, got {cfg.radius}")
         if cfg.isosurface_resolution < 1:
-            raise ConfigError(f"isosurface_resolution must be a positive number of cells, got {cfg.isosurface_resolution}")
+            raise ConfigError(
+                f"isosurface_resolution must be a positive number of cells, got {cfg.isosurface_resolution}"
+            )
         if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold != "auto":
-            raise ConfigError(f"isosurface_threshold: expected null, a number or 'auto', got {cfg.isosurface_threshold!r}")
+            raise ConfigError(
+                f"isosurface_threshold: expected null, a number or 'auto', got {cfg.isosurface_threshold!r}"
+            )
         if cfg.shape_init is not None and not (
             cfg.shape_init in ("sphere", "ellipsoid") or cfg.shape_init.startswith("mesh:")
         ):
             raise ConfigError(f"shape_init: {cfg.shape_init!r} is not null or one of {list(_SHAPES)}")
         r = float(cfg.radius)
         self.register_buffer("bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32))
-        unit_vertices, _ = tetrahedral_grid(cfg.isosurface_resolution)
+        # only the vertices are stored: the tetrahedra of the cells that hold surface are built
+        # on the fly (tetgrid.surface_tets), never the full 6 R^3 table
+        unit_vertices = unit_grid_vertices(cfg.isosurface_resolution)
         # derived from the config, so kept out of checkpoints
         self.register_buffer("grid_vertices", unit_vertices * r, persistent=False)
         n = unit_vertices.shape[0]
@@ -156,7 +163,9 @@ class TetrahedraSDFGrid(BaseGeometry):
             sdf = points.norm(dim=-1) - float(radius)
         elif cfg.shape_init == "ellipsoid":
             if not (isinstance(params, (list, tuple)) and len(params) == 3 and all(float(p) > 0 for p in params)):
-                raise ConfigError(f"shape_init_params: an ellipsoid takes three positive semi-axes [a, b, c], got {params!r}")
+                raise ConfigError(
+                    f"shape_init_params: an ellipsoid takes three positive semi-axes [a, b, c], got {params!r}"
+                )
             axes = torch.tensor([float(p) for p in params], device=points.device)
             # |x / axes| - 1 is zero on the ellipsoid; times the smallest axis it is a distance
             # to first order there (exact for a sphere)
@@ -168,7 +177,9 @@ class TetrahedraSDFGrid(BaseGeometry):
             if not isinstance(scale, (int, float)):
                 raise ConfigError(f"shape_init_params: a mesh takes its scale (a number), got {params!r}")
             if scale >= cfg.radius:
-                warnings.warn(f"shape_init_params {scale} puts the mesh outside the box of radius {cfg.radius}; it will be cut")
+                warnings.warn(
+                    f"shape_init_params {scale} puts the mesh outside the box of radius {cfg.radius}; it will be cut"
+                )
             path = cfg.shape_init[len("mesh:") :]
             mesh = normalize_mesh(load_mesh(path), float(scale), cfg.shape_init_mesh_up, cfg.shape_init_mesh_front)
             sdf = grid_signed_distance(mesh, cfg.isosurface_resolution, cfg.radius).to(points.device)
@@ -214,8 +225,12 @@ class TetrahedraSDFGrid(BaseGeometry):
         return mesh
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._fixed_mesh = None
+        self._fixed_mesh = None  # the cached mesh of fix_geometry belongs to the old values
         super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "TetrahedraSDFGrid":
+        self._fixed_mesh = None  # .to(device) / .half(): recompute on the new tensors
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
     def forward(self, points: Float[Tensor, "*N 3"], output_normal: bool = False) -> dict[str, Tensor]:
@@ -262,7 +277,9 @@ class TetrahedraSDFGrid(BaseGeometry):
         the network configs and radius are taken from ``other``.
         """
         if cfg is None:
-            inherited = ("radius", "n_input_dims", "n_feature_dims", "pos_encoding_config", "mlp_network_config", "backend")
+            inherited = (
+                "radius", "n_input_dims", "n_feature_dims", "pos_encoding_config", "mlp_network_config", "backend"
+            )
             cfg = {k: getattr(other.cfg, k) for k in inherited if hasattr(other.cfg, k)}
         cfg = parse_structured(TetrahedraSDFGrid.Config, cfg)
         use_shape_init = cfg.force_shape_init and cfg.shape_init is not None
@@ -274,7 +291,9 @@ class TetrahedraSDFGrid(BaseGeometry):
                 if isinstance(other, TetrahedraSDFGrid):
                     instance._copy_grid_from(other)
                 elif isinstance(other, BaseImplicitGeometry):
-                    level = cfg.isosurface_threshold if cfg.isosurface_threshold is not None else other.cfg.isosurface_threshold
+                    level = cfg.isosurface_threshold
+                    if level is None:
+                        level = other.cfg.isosurface_threshold
                     instance.sdf.data.copy_(instance._sdf_from_field(other, level).reshape(-1, 1).to(device))
                     if instance.deformation is not None:
                         instance.deformation.data.zero_()
@@ -367,7 +386,8 @@ class TetrahedraSDFGrid(BaseGeometry):
                 f"so the texture is not inherited ({str(error).splitlines()[0]})"
             )
             return
-        if not math.isclose(getattr(other.cfg, "radius", self.cfg.radius), self.cfg.radius) or getattr(other, "unbounded", False):
+        other_radius = getattr(other.cfg, "radius", self.cfg.radius)
+        if not math.isclose(other_radius, self.cfg.radius) or getattr(other, "unbounded", False):
             warnings.warn(
                 "create_from: the previous stage maps points into its encoding differently (radius or "
                 "unbounded contraction), so copied features land at other places"

@@ -4,13 +4,19 @@ Coarse-to-fine recipes (Magic3D: NeRF, then DMTet mesh) start the next stage wit
 ``system.geometry_convert_from=<trial dir | checkpoint>``. A path may name the newest
 trial with ``LAST`` in place of the timestamp, as threestudio allows, e.g.
 ``outputs/magic3d-coarse-cpu/a_red_cube@LAST``.
+
+Check a hand-over before training the next stage (renders both from the same cameras):
+
+    python -m threestudio_like.systems.handover outputs/magic3d-coarse-cpu/a_red_cube@LAST \
+        --config configs/magic3d-refine-cpu.yaml
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -46,6 +52,8 @@ def find_last_path(path: str) -> str:
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint file from a checkpoint path or a trial folder (its ``ckpts/last.ckpt``)."""
+    if LAST in path and not path.endswith(".ckpt"):  # the newest trial that has a checkpoint
+        path = os.path.join(path, "ckpts", "last.ckpt")
     path = find_last_path(path)
     if os.path.isdir(path):
         path = os.path.join(path, "ckpts", "last.ckpt")
@@ -89,3 +97,76 @@ class StageCheckpoint:
         part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {})
         part.load_state_dict(self.part_state(name))
         return part
+
+
+def load_trained_system(path: str) -> tuple[Any, Any]:
+    """The trained system of a trial folder or checkpoint (LAST allowed), in eval mode at its
+    step, and its experiment config."""
+    from threestudio_like.cli import load_weights
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.registry import find
+
+    ckpt = resolve_checkpoint(path)
+    trial = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+    exp = finalize_config(load_config(os.path.join(trial, "configs", "parsed.yaml")))
+    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial, "save"), resumed=True)
+    load_weights(system, ckpt)
+    system.eval()
+    system.update_step(system.current_step)
+    return system, exp
+
+
+def orbit_views(data: dict, n_views: int, size: int) -> Any:
+    """``n_views`` cameras around the object at the eval elevation / distance / fov of a data config."""
+    from threestudio_like.data.random_camera import OrbitCameraDataset, RandomCameraConfig
+
+    cfg = RandomCameraConfig(**{k: v for k, v in data.items() if k in RandomCameraConfig.__dataclass_fields__})
+    return OrbitCameraDataset(
+        n_views, cfg.eval_elevation_deg, cfg.eval_camera_distance, cfg.eval_fovy_deg, size, size, batch_size=n_views
+    )[0]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
+
+
+@torch.no_grad()
+def compare_renders(a: Any, b: Any, views: Any) -> dict[str, float]:
+    """PSNR of lit and of albedo renders, and silhouette IoU, between two systems."""
+    lit_a, lit_b = a(views), b(views)
+    albedo_a = a.renderer(**views, shading="albedo")["comp_rgb"]
+    albedo_b = b.renderer(**views, shading="albedo")["comp_rgb"]
+    inside_a, inside_b = lit_a["opacity"] > 0.5, lit_b["opacity"] > 0.5
+    return {
+        "psnr": psnr(lit_a["comp_rgb"], lit_b["comp_rgb"]),
+        "psnr_albedo": psnr(albedo_a, albedo_b),
+        "silhouette_iou": float((inside_a & inside_b).sum() / (inside_a | inside_b).sum().clamp_min(1)),
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.registry import find
+
+    parser = argparse.ArgumentParser(description="Compare a finished stage with the start of the next one.")
+    parser.add_argument("previous", help="trial folder or checkpoint of the finished stage (LAST allowed)")
+    parser.add_argument("--config", required=True, help="the next stage's config")
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--size", type=int, default=96)
+    args, overrides = parser.parse_known_args(argv)
+
+    previous, previous_exp = load_trained_system(args.previous)
+    prompt = previous_exp.system["prompt_processor"]["prompt"]
+    cli = [f"system.prompt_processor.prompt={prompt}", f"system.geometry_convert_from={args.previous}", *overrides]
+    exp = finalize_config(load_config(args.config, cli_args=cli))
+    following = find(exp.system_type)(exp.system).eval()
+    following.update_step(0)
+    scores = compare_renders(previous, following, orbit_views(previous_exp.data, args.views, args.size))
+    print(
+        f"hand-over over {args.views} views at {args.size}x{args.size}: PSNR {scores['psnr']:.2f} dB lit, "
+        f"{scores['psnr_albedo']:.2f} dB albedo; silhouette IoU {scores['silhouette_iou']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

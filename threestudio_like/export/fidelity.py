@@ -1,0 +1,120 @@
+"""How faithfully an exported textured mesh reproduces the model it came from.
+
+Both are rendered from the same orbit with plain albedo on white: the trained model through
+its own renderer (``shading="albedo"``), the exported file as loaded by trimesh (its UVs and
+texture image). The PSNR between them measures surface extraction, UV unwrapping, baking and
+writing together.
+
+    python -m threestudio_like.export.fidelity outputs/magic3d-refine-cpu/a_red_cube@LAST
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from threestudio_like.export.mesh import Mesh
+from threestudio_like.export.texture import sample_texture
+from threestudio_like.export.writers import Z_UP_TO_Y_UP
+from threestudio_like.mesh.rasterize import make_rasterizer
+from threestudio_like.renderers.mesh_renderer import clip_positions
+from threestudio_like.utils.typing import CameraBatch, Float, Tensor
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def load_textured(path: str) -> tuple[Mesh, Float[Tensor, "H W 3"]]:
+    """An exported OBJ or GLB as the mesh (world z-up coordinates, OBJ-convention UVs) and its texture."""
+    import trimesh
+
+    loaded = trimesh.load(path, force="mesh", process=False)
+    visual = loaded.visual
+    if not isinstance(visual, trimesh.visual.TextureVisuals) or visual.uv is None:
+        raise ValueError(f"{path} has no texture coordinates; export with save_texture: true")
+    material = visual.material
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    if image is None:
+        raise ValueError(f"{path} has no texture image")
+    vertices = np.asarray(loaded.vertices)
+    if path.lower().endswith(".glb"):  # stored y-up; undo the writer's rotation
+        vertices = vertices @ np.linalg.inv(Z_UP_TO_Y_UP)[:3, :3].T
+    texture = torch.as_tensor(np.asarray(image.convert("RGB")), dtype=torch.float32) / 255.0
+    mesh = Mesh(
+        torch.as_tensor(vertices, dtype=torch.float32),
+        torch.as_tensor(np.asarray(loaded.faces), dtype=torch.long),
+        v_tex=torch.as_tensor(np.asarray(visual.uv), dtype=torch.float32),
+    )
+    return mesh, texture
+
+
+@torch.no_grad()
+def render_textured(mesh: Mesh, texture: Float[Tensor, "H W 3"], views: CameraBatch, rasterizer: Any) -> Float[Tensor, "B H W 3"]:
+    """Unlit texture colour on white, antialiased like the mesh renderer."""
+    height, width = views["rays_d"].shape[1:3]
+    faces = mesh.t_pos_idx.to(torch.int32)
+    v_clip = clip_positions(mesh.v_pos, views["mvp_mtx"])
+    rast, _ = rasterizer.rasterize(v_clip, faces, (height, width))
+    uv, _ = rasterizer.interpolate(mesh.v_tex[None], rast, faces)
+    mask = rast[..., 3] > 0
+    image = torch.ones(*mask.shape, 3)
+    image[mask] = sample_texture(texture, uv[mask])
+    return rasterizer.antialias(image, rast, v_clip, faces)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
+
+
+@torch.no_grad()
+def export_fidelity(system: Any, path: str, views: CameraBatch) -> tuple[float, list[float]]:
+    """Mean and per-view PSNR of the exported file's renders against the model's albedo renders."""
+    model = system.renderer(**views, shading="albedo", bg_color=WHITE)["comp_rgb"].clamp(0, 1)
+    mesh, texture = load_textured(path)
+    exported = render_textured(mesh, texture, views, make_rasterizer("auto", "cpu"))
+    per_view = [psnr(model[i], exported[i]) for i in range(model.shape[0])]
+    return psnr(model, exported), per_view
+
+
+def main(argv: list[str] | None = None) -> None:
+    from threestudio_like.cli import load_weights
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.data.random_camera import OrbitCameraDataset
+    from threestudio_like.registry import find
+    from threestudio_like.systems.handover import resolve_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trial", help="trial folder (LAST allowed) or checkpoint")
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    ckpt = resolve_checkpoint(args.trial)
+    trial = os.path.dirname(os.path.dirname(ckpt))
+    exp = finalize_config(load_config(os.path.join(trial, "configs", "parsed.yaml")))
+    system = find(exp.system_type)(exp.system, resumed=True)
+    load_weights(system, ckpt)
+    system.eval()
+    system.update_step(system.current_step)
+    data = exp.data
+    views = OrbitCameraDataset(
+        args.views, data["eval_elevation_deg"], data["eval_camera_distance"], data["eval_fovy_deg"],
+        args.size, args.size, batch_size=args.views,
+    )[0]
+    exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")), key=lambda p: int(os.path.basename(p)[2:-7]))
+    if not exports:
+        raise SystemExit(f"{trial} has no export folder; run --export with resume={ckpt}")
+    for name in ("model.obj", "model.glb"):
+        path = os.path.join(exports[-1], name)
+        if os.path.isfile(path):
+            mean, per_view = export_fidelity(system, path, views)
+            print(f"{path}: PSNR {mean:.2f} dB vs the model's renders ({args.views} views; per view "
+                  + ", ".join(f"{v:.1f}" for v in per_view) + ")")
+
+
+if __name__ == "__main__":
+    main()
