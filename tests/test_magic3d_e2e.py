@@ -13,7 +13,9 @@ from recipe_overrides import tiny_recipe
 from threestudio_like.cli import main
 from threestudio_like.config import finalize_config, load_config
 from threestudio_like.data.random_camera import OrbitCameraDataset
+from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.registry import find
+from threestudio_like.systems.handover import load_trained_system, orbit_views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COARSE = os.path.join(ROOT, "configs", "magic3d-coarse-sd.yaml")
@@ -107,6 +109,13 @@ def test_refine_trains_and_exports_a_textured_mesh(tiny_model_dir, coarse) -> No
     assert glb.visual.material.baseColorTexture is not None and len(glb.faces) == len(obj.faces)
     report = gltf_report(os.path.join(export, "model.glb"))
     assert report["issues"]["numErrors"] == 0, report["issues"]["messages"]
+    # the files, as loaded back, render like the trained model
+    system, exp = load_trained_system(trial)
+    views = orbit_views(exp.data, 4, 48)
+    for name in ("model.obj", "model.glb"):
+        mean, _ = export_fidelity(system, os.path.join(export, name), views)
+        print(f"export fidelity {name}: PSNR {mean:.1f} dB")
+        assert mean > 25.0
 
     # resuming the refine stage reuses its checkpoint; the coarse stage is not converted again
     resumed = stage_args(

@@ -1,7 +1,6 @@
 """Optimiser construction from threestudio-style configs, with scheduled learning rates."""
 
 import pytest
-import torch
 from torch import nn
 
 from threestudio_like.config import ConfigError

@@ -31,6 +31,7 @@ from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.priors import procedural
 from threestudio_like.priors.classifier import ShapeColourClassifier, load_classifier
+from threestudio_like.registry import find
 
 DEFAULT_PRIOR = "builtin:shapes32"
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dreamfusion-cpu.yaml")
@@ -153,12 +154,10 @@ def evaluate_system(system: Any, prompt: str, classifier: ShapeColourClassifier)
     shape, colour = parse_prompt(prompt)
     score = Score(prompt, shape, colour)
     score.shape_votes, score.colour_votes = vote(classifier, render_views(system))
-    exporter_cfg = system.cfg.exporter
+    exporter = find(system.cfg.exporter_type)(system.cfg.exporter)
     with torch.no_grad():
-        threshold = exporter_cfg.get("isosurface_threshold") or system.geometry.cfg.isosurface_threshold
-        resolution = exporter_cfg.get("isosurface_resolution") or system.geometry.cfg.isosurface_resolution
         try:
-            mesh = extract_isosurface(system.geometry.forward_density, system.geometry.bbox, resolution, threshold)
+            mesh = exporter.surface(system.geometry)  # what an export would write (NeRF or DMTet)
             score.chamfer = chamfer_to_references(mesh)
         except ValueError as e:  # an empty field scores as a wrong shape, not a crash
             print(f"warning: no surface for '{prompt}': {e}", file=sys.stderr)
@@ -167,14 +166,9 @@ def evaluate_system(system: Any, prompt: str, classifier: ShapeColourClassifier)
 
 def load_trial(trial_dir: str) -> tuple[Any, str]:
     """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt."""
-    from threestudio_like.cli import load_weights
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.registry import find
+    from threestudio_like.systems.handover import load_trained_system
 
-    cfg = load_config(os.path.join(trial_dir, "configs", "parsed.yaml"))
-    exp = finalize_config(cfg)
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial_dir, "save"))
-    load_weights(system, os.path.join(trial_dir, "ckpts", "last.ckpt"))
+    system, exp = load_trained_system(trial_dir)
     return system, exp.system["prompt_processor"]["prompt"]
 
 

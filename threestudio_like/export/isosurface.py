@@ -133,7 +133,7 @@ def extract_isosurface(
 def _auto_isosurface(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], low: float, high: float) -> Mesh:
     tried: list[float] = []
     fallback: Mesh | None = None
-    for level in _auto_levels(grid, low, high):
+    for level in auto_levels(grid, low, high):
         tried.append(level)
         mesh = marching_cubes(grid, bbox, level)
         if mesh.n_faces > 0 and mesh.is_watertight:
@@ -151,7 +151,7 @@ def _auto_isosurface(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], l
     )
 
 
-def _auto_levels(grid: Float[Tensor, "R R R"], low: float, high: float) -> list[float]:
+def auto_levels(grid: Float[Tensor, "R R R"], low: float, high: float) -> list[float]:
     """Candidate levels, best first: the mean occupied density, then halfway steps down to the
     weakest occupied density, then between that and the field minimum (for binary fields)."""
     occupied = grid[grid > EMPTY_DENSITY]

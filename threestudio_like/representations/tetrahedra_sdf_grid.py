@@ -319,9 +319,9 @@ class TetrahedraSDFGrid(BaseGeometry):
         self.sdf.data.copy_(sampled.reshape(-1, 1))
 
     def _sdf_from_field(self, other: BaseImplicitGeometry, level: Union[float, str]) -> Tensor:
-        from threestudio_like.export.isosurface import EmptyIsosurfaceError, _auto_levels, sample_grid
+        from threestudio_like.export.isosurface import EmptyIsosurfaceError, auto_levels, sample_grid
 
-        r, radius = self.cfg.isosurface_resolution, self.cfg.radius
+        r = self.cfg.isosurface_resolution
         field = sample_grid(other.isosurface_field, self.bbox.cpu(), r + 1)  # same vertex order as the grid
         h = self.cell_size
         boundary = torch.zeros_like(field, dtype=torch.bool)
@@ -356,7 +356,7 @@ class TetrahedraSDFGrid(BaseGeometry):
             return sdf
         fallback = None
         tried = []
-        for lv in _auto_levels(field, low, high):
+        for lv in auto_levels(field, low, high):
             tried.append(lv)
             sdf = to_sdf(lv)
             mesh = marching_tetrahedra(self.grid_vertices.cpu(), sdf, surface_tets(sdf < 0, r))
