@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
-from threestudio_like.systems.handover import find_last_path, resolve_checkpoint
+from threestudio_like.backgrounds import SolidColorBackground
+from threestudio_like.data.random_camera import OrbitCameraDataset
+from threestudio_like.materials import NoMaterial
+from threestudio_like.renderers.volume_renderer import NeRFVolumeRenderer
+from threestudio_like.representations.base import BaseImplicitGeometry
+from threestudio_like.systems.handover import find_last_path, resolve_checkpoint, silhouette_matched_level
 
 
 def make_trial(root, name: str, with_ckpt: bool = True) -> str:
@@ -37,3 +43,43 @@ def test_missing_stage_errors_say_what_to_check(tmp_path) -> None:
         find_last_path(str(tmp_path / "elsewhere" / "x@LAST"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         resolve_checkpoint(str(base / "a_red_cube@20261122-010000" / "ckpts" / "epoch=0.ckpt"))
+
+
+class SoftBall(BaseImplicitGeometry):
+    """A ball with a wide fringe of thin density, like a NeRF trained at low resolution."""
+
+    def forward_density(self, points: torch.Tensor) -> torch.Tensor:
+        return 30.0 * torch.sigmoid((0.45 - points.norm(dim=-1, keepdim=True)) * 12.0)
+
+    def isosurface_field(self, points: torch.Tensor) -> torch.Tensor:
+        return self.forward_density(points)
+
+    def forward(self, points: torch.Tensor, output_normal: bool = False) -> dict[str, torch.Tensor]:
+        return {"density": self.forward_density(points), "features": torch.zeros_like(points)}
+
+
+def _outline_iou(geometry, level: float, views, target) -> float:
+    from threestudio_like.export.isosurface import extract_isosurface
+    from threestudio_like.mesh.rasterize import TorchRasterizer
+    from threestudio_like.renderers.mesh_renderer import clip_positions
+
+    mesh = extract_isosurface(geometry.isosurface_field, geometry.bbox, 64, level)
+    rast, _ = TorchRasterizer().rasterize(clip_positions(mesh.v_pos, views["mvp_mtx"]), mesh.t_pos_idx.int(), target.shape[1:])
+    covered = rast[..., 3] > 0
+    return float((covered & target).sum() / (covered | target).sum())
+
+
+@torch.no_grad()
+def test_silhouette_level_outlines_what_the_volume_renders() -> None:
+    geometry = SoftBall({"radius": 1.0})
+    renderer = NeRFVolumeRenderer(
+        {"num_samples_per_ray": 256, "grid_prune": False},
+        geometry=geometry, material=NoMaterial({}), background=SolidColorBackground({}),
+    ).eval()
+    views = OrbitCameraDataset(4, elevation_deg=20.0, camera_distance=2.0, fovy_deg=50.0, height=48, width=48, batch_size=4)[0]
+    level = silhouette_matched_level(geometry, renderer, views)
+    target = renderer(**views)["opacity"][..., 0] > 0.5
+    matched = _outline_iou(geometry, level, views, target)
+    mean_density = _outline_iou(geometry, "auto", views, target)  # threestudio's "auto": the mean occupied density
+    print(f"outline IoU: silhouette-matched level {level:.3g}: {matched:.3f}; auto level: {mean_density:.3f}")
+    assert matched > 0.95 and matched > mean_density + 0.02

@@ -63,7 +63,8 @@ class TetrahedraSDFGrid(BaseGeometry):
         isosurface_remove_outliers: bool = False
         isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01  # < 1: fraction of faces; else a count
         # level of the previous stage's field used by create_from; null = that geometry's own
-        # isosurface_threshold (a number or "auto")
+        # isosurface_threshold (a number or "auto"); "silhouette": the level whose outline matches
+        # the previous stage's renders, chosen by the system at hand-over (geometry_convert_from)
         isosurface_threshold: Optional[Union[float, str]] = None
         n_input_dims: int = 3
         n_feature_dims: int = 3
@@ -109,9 +110,9 @@ class TetrahedraSDFGrid(BaseGeometry):
             raise ConfigError(
                 f"isosurface_resolution must be a positive number of cells, got {cfg.isosurface_resolution}"
             )
-        if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold != "auto":
+        if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold not in ("auto", "silhouette"):
             raise ConfigError(
-                f"isosurface_threshold: expected null, a number or 'auto', got {cfg.isosurface_threshold!r}"
+                f"isosurface_threshold: expected null, a number, 'auto' or 'silhouette', got {cfg.isosurface_threshold!r}"
             )
         if cfg.shape_init is not None and not (
             cfg.shape_init in ("sphere", "ellipsoid") or cfg.shape_init.startswith("mesh:")
@@ -294,6 +295,11 @@ class TetrahedraSDFGrid(BaseGeometry):
                     level = cfg.isosurface_threshold
                     if level is None:
                         level = other.cfg.isosurface_threshold
+                    if level == "silhouette":
+                        raise ConfigError(
+                            "isosurface_threshold: silhouette is chosen from the previous stage's renders; "
+                            "it works through system.geometry_convert_from, not a direct create_from"
+                        )
                     instance.sdf.data.copy_(instance._sdf_from_field(other, level).reshape(-1, 1).to(device))
                     if instance.deformation is not None:
                         instance.deformation.data.zero_()

@@ -101,9 +101,10 @@ class BaseLift3DSystem(pl.LightningModule):
         previous = StageCheckpoint.load(path)
         inherit = self.cfg.geometry_convert_inherit_texture
         geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
-        self.geometry = find(self.cfg.geometry_type).create_from(
-            previous.build_part("geometry"), geometry_cfg, copy_net=inherit
-        )
+        previous_geometry = previous.build_part("geometry")
+        if geometry_cfg.get("isosurface_threshold") == "silhouette":
+            geometry_cfg.isosurface_threshold = previous.silhouette_level(previous_geometry)
+        self.geometry = find(self.cfg.geometry_type).create_from(previous_geometry, geometry_cfg, copy_net=inherit)
         print(f"Geometry converted from the previous stage {previous.path}")
         if not inherit:
             return

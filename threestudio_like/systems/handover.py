@@ -66,11 +66,12 @@ def resolve_checkpoint(path: str) -> str:
 
 @dataclass
 class StageCheckpoint:
-    """A finished stage: its checkpoint file, system config and parameters."""
+    """A finished stage: its checkpoint file, configs and parameters."""
 
     path: str
     system_config: Any  # the ``system`` section of the stage's configs/parsed.yaml
     state_dict: dict[str, torch.Tensor]
+    data_config: Any = None  # its ``data`` section (cameras)
 
     @classmethod
     def load(cls, path: str) -> "StageCheckpoint":
@@ -82,21 +83,73 @@ class StageCheckpoint:
                 f"{path}: the stage's config {config_path} is missing, so its parts cannot be rebuilt. "
                 "Keep the checkpoint inside its trial folder (<trial>/ckpts/*.ckpt)."
             )
-        system_config = OmegaConf.to_container(OmegaConf.load(config_path).system, resolve=True)
+        config = OmegaConf.load(config_path)
+        system_config = OmegaConf.to_container(config.system, resolve=True)
+        data_config = OmegaConf.to_container(config.data, resolve=True) if "data" in config else {}
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        return cls(path, system_config, state)
+        return cls(path, system_config, state, data_config)
 
     def part_state(self, name: str) -> dict[str, torch.Tensor]:
         prefix = name + "."
         return {k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
-    def build_part(self, name: str) -> Any:
-        """The stage's ``geometry`` / ``material`` / ``background`` with its trained state."""
+    def build_part(self, name: str, **parts: Any) -> Any:
+        """The stage's ``geometry`` / ``material`` / ``background`` / ``renderer`` (given the
+        other three as keyword arguments) with its trained state, in eval mode."""
         from threestudio_like.registry import find
 
-        part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {})
+        part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {}, **parts)
         part.load_state_dict(self.part_state(name))
-        return part
+        return part.eval()
+
+    def silhouette_level(self, geometry: Any, n_views: int = 8, size: int = 64) -> float:
+        """The level of ``geometry``'s field whose surface outlines what this stage renders."""
+        parts = {name: self.build_part(name) for name in ("material", "background")}
+        renderer = self.build_part("renderer", geometry=geometry, **parts)
+        return silhouette_matched_level(geometry, renderer, orbit_views(self.data_config, n_views, size))
+
+
+SILHOUETTE_LEVELS = 24  # candidate levels tried by silhouette_matched_level
+SILHOUETTE_GRID = 64  # marching-cubes resolution while choosing
+
+
+@torch.no_grad()
+def silhouette_matched_level(geometry: Any, renderer: Any, views: Any) -> float:
+    """Hand-over level for a volume: the isosurface level whose mesh silhouettes best match
+    (IoU) where the volume renders opaque (opacity > 0.5) from ``views``.
+
+    A NeRF's fringe of thin density renders partly transparent; a fixed or mean-density level
+    can put the mesh outside or inside what the user saw. Candidates are spaced geometrically
+    between the weakest and strongest density inside the box.
+    """
+    from threestudio_like.export.isosurface import EmptyIsosurfaceError, marching_cubes, sample_grid
+    from threestudio_like.mesh.rasterize import make_rasterizer
+    from threestudio_like.renderers.mesh_renderer import clip_positions
+
+    target = renderer(**views)["opacity"][..., 0] > 0.5
+    if not bool(target.any()):
+        raise EmptyIsosurfaceError("the previous stage renders nothing opaque from its eval cameras; was it trained?")
+    field = sample_grid(geometry.isosurface_field, geometry.bbox.cpu(), SILHOUETTE_GRID)
+    positive = field[field > 1e-3]
+    if positive.numel() == 0:
+        raise EmptyIsosurfaceError("the previous stage's density is zero everywhere in its box")
+    low, high = float(positive.min()), float(positive.max())
+    levels = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), SILHOUETTE_LEVELS + 2)[1:-1]
+    rasterizer = make_rasterizer("auto", views["mvp_mtx"].device)
+    height, width = target.shape[1:]
+    best_level, best_iou = float(levels[0]), -1.0
+    for level in levels.tolist():
+        try:
+            mesh = marching_cubes(field, geometry.bbox.cpu(), level)
+        except EmptyIsosurfaceError:
+            continue
+        rast, _ = rasterizer.rasterize(clip_positions(mesh.v_pos, views["mvp_mtx"]), mesh.t_pos_idx.int(), (height, width))
+        covered = rast[..., 3] > 0
+        iou = float((covered & target).sum() / (covered | target).sum())
+        if iou > best_iou:
+            best_level, best_iou = level, iou
+    print(f"Hand-over level {best_level:.4g}: its silhouettes match the previous stage's renders with IoU {best_iou:.3f}")
+    return best_level
 
 
 def load_trained_system(path: str) -> tuple[Any, Any]:
