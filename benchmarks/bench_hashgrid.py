@@ -6,29 +6,18 @@ Run: ``python benchmarks/bench_hashgrid.py``. ``run()`` returns the numbers as a
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_time
 from threestudio_like.representations.encodings import get_encoding
 from threestudio_like.representations.implicit_volume import ImplicitVolume
 
 DEFAULT_GRID = ImplicitVolume.Config().pos_encoding_config  # tcnn's defaults, as the recipes use
-
-
-def _best_time(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up (allocator, lazy init)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _points(n: int, device: torch.device) -> torch.Tensor:
@@ -48,8 +37,8 @@ def bench_encoding(n_points: int, device: torch.device, repeats: int) -> dict[st
         encoding(x).sum().backward()
 
     return {
-        "forward_points_per_s": n_points / _best_time(forward, repeats),
-        "forward_backward_points_per_s": n_points / _best_time(forward_backward, repeats),
+        "forward_points_per_s": n_points / best_time(forward, repeats),
+        "forward_backward_points_per_s": n_points / best_time(forward_backward, repeats),
     }
 
 
@@ -65,7 +54,7 @@ def bench_geometry(n_points: int, device: torch.device, repeats: int, normal_typ
             loss = loss + out["normal"].mean()
         loss.backward()
 
-    return n_points / _best_time(step, repeats)
+    return n_points / best_time(step, repeats)
 
 
 def run(sizes: tuple[int, ...] = (2**16, 2**18), repeats: int = 3, device: str | None = None) -> dict:

@@ -15,29 +15,18 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_time
 from threestudio_like.mesh import tetgrid
 from threestudio_like.mesh.marching_tets import marching_tetrahedra
 from threestudio_like.representations.tetrahedra_sdf_grid import TetrahedraSDFGrid
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "bunny.obj"
-
-
-def _best_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_grid(resolution: int) -> dict[str, float]:
@@ -56,13 +45,13 @@ def bench_marching(resolution: int, repeats: int) -> dict[str, float]:
     vertices, tets = tetgrid.tetrahedral_grid(resolution)
     sdf = vertices.norm(dim=-1) - 0.6
     out: dict[str, float] = {"tets": tets.shape[0]}
-    out["forward_all_tets_s"] = _best_time(lambda: marching_tetrahedra(vertices, sdf, tets), repeats)
-    out["surface_tets_select_s"] = _best_time(lambda: tetgrid.surface_tets(sdf < 0, resolution), repeats)
+    out["forward_all_tets_s"] = best_time(lambda: marching_tetrahedra(vertices, sdf, tets), repeats)
+    out["surface_tets_select_s"] = best_time(lambda: tetgrid.surface_tets(sdf < 0, resolution), repeats)
 
     def forward_surface():
         return marching_tetrahedra(vertices, sdf, tetgrid.surface_tets(sdf < 0, resolution))
 
-    out["forward_surface_tets_s"] = _best_time(forward_surface, repeats)
+    out["forward_surface_tets_s"] = best_time(forward_surface, repeats)
     mesh = forward_surface()
     out["faces"], out["mesh_vertices"] = mesh.n_faces, mesh.n_vertices
     out["surface_tets"] = int(tetgrid.surface_tets(sdf < 0, resolution).shape[0])
@@ -93,7 +82,7 @@ def bench_geometry(resolution: int, repeats: int) -> dict[str, float]:
         mesh = geo.isosurface()
         (mesh.v_pos**2).sum().backward()
 
-    out = {"isosurface_forward_s": _best_time(lambda: geo.isosurface(), repeats), "isosurface_fwd_bwd_s": _best_time(step, repeats)}
+    out = {"isosurface_forward_s": best_time(lambda: geo.isosurface(), repeats), "isosurface_fwd_bwd_s": best_time(step, repeats)}
     del geo
     tetgrid.clear_memory_cache()
     return out

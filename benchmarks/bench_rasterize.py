@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_time
 from threestudio_like.data.cameras import get_mvp_matrix, get_projection_matrix, look_at_c2w, spherical_to_cartesian
 from threestudio_like.mesh.rasterize import TorchRasterizer, vertex_transform
 
@@ -52,16 +52,6 @@ def orbit_mvp(n_views: int, size: int, distance: float = 3.0, fovy_deg: float = 
     return get_mvp_matrix(c2w, proj)
 
 
-def _best_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
     """``threads`` pins torch's CPU threads (1 gives stable numbers on a machine shared with other jobs)."""
     if threads is not None:
@@ -81,9 +71,9 @@ def run(size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, thre
         stats = dict(rast_fn.last_stats)
         col, _ = rast_fn.interpolate(normals * 0.5 + 0.5, rast, f)
 
-        t_rast = _best_time(lambda: rast_fn.rasterize(pos, f, (size, size)), repeats)
-        t_interp = _best_time(lambda: rast_fn.interpolate(normals, rast, f), repeats)
-        t_aa = _best_time(lambda: rast_fn.antialias(col, rast, pos, f, topology_hash=topology), repeats)
+        t_rast = best_time(lambda: rast_fn.rasterize(pos, f, (size, size)), repeats)
+        t_interp = best_time(lambda: rast_fn.interpolate(normals, rast, f), repeats)
+        t_aa = best_time(lambda: rast_fn.antialias(col, rast, pos, f, topology_hash=topology), repeats)
 
         def forward(requires_grad: bool) -> torch.Tensor:
             v_param = v.clone().requires_grad_(requires_grad)
@@ -99,8 +89,8 @@ def run(size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, thre
             with torch.no_grad():
                 forward(False)
 
-        t_fwd = _best_time(forward_only, repeats)
-        t_fwdbwd = _best_time(lambda: forward(True), repeats)
+        t_fwd = best_time(forward_only, repeats)
+        t_fwdbwd = best_time(lambda: forward(True), repeats)
         tris = f.shape[0] * n_views
         results[n_views] = {
             **stats,

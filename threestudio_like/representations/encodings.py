@@ -26,6 +26,15 @@ from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
 
 # tcnn's coherent prime hash: the first prime is 1 so neighbouring x cells stay close in memory.
+# tiny-cuda-nn's hash grid as threestudio configures it: 16 levels from 16 to 4096
+DEFAULT_HASH_GRID = {
+    "otype": "HashGrid",
+    "n_levels": 16,
+    "n_features_per_level": 2,
+    "log2_hashmap_size": 19,
+    "base_resolution": 16,
+    "per_level_scale": 1.447269237440378,
+}
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 _UINT32 = 0xFFFFFFFF
 _MAX_DENSE_PARAMS = (2**32 - 1) // 2  # tcnn clamps a dense level's size to this

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from threestudio_like.config import ConfigError
 from threestudio_like.registry import close_matches, register
 from threestudio_like.representations.base import BaseImplicitGeometry
-from threestudio_like.representations.encodings import get_encoding
-from threestudio_like.representations.networks import get_activation, get_mlp
+from threestudio_like.representations.encodings import DEFAULT_HASH_GRID, get_encoding
+from threestudio_like.representations.networks import DEFAULT_MLP, get_activation, get_mlp
 from threestudio_like.utils.typing import Float, Tensor
 
 _DENSITY_BLOBS = ("blob_magic3d", "blob_dreamfusion")
@@ -42,25 +42,8 @@ class ImplicitVolume(BaseImplicitGeometry):
         density_bias: Union[float, str] = "blob_magic3d"
         density_blob_scale: float = 10.0
         density_blob_std: float = 0.5
-        pos_encoding_config: dict = field(
-            default_factory=lambda: {
-                "otype": "HashGrid",
-                "n_levels": 16,
-                "n_features_per_level": 2,
-                "log2_hashmap_size": 19,
-                "base_resolution": 16,
-                "per_level_scale": 1.447269237440378,
-            }
-        )
-        mlp_network_config: dict = field(
-            default_factory=lambda: {
-                "otype": "VanillaMLP",
-                "activation": "ReLU",
-                "output_activation": "none",
-                "n_neurons": 64,
-                "n_hidden_layers": 1,
-            }
-        )
+        pos_encoding_config: dict = field(default_factory=lambda: dict(DEFAULT_HASH_GRID))
+        mlp_network_config: dict = field(default_factory=lambda: dict(DEFAULT_MLP))
         normal_type: Optional[str] = "finite_difference"
         finite_difference_normal_eps: float = 0.01
         detach_blob_points: bool = False  # blob bias without gradient w.r.t. the query points

@@ -21,6 +21,15 @@ from threestudio_like.utils.backends import choose_backend, optional_import
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
 
+# the feature / density heads of threestudio's geometries
+DEFAULT_MLP = {
+    "otype": "VanillaMLP",
+    "activation": "ReLU",
+    "output_activation": "none",
+    "n_neurons": 64,
+    "n_hidden_layers": 1,
+}
+
 
 # --------------------------------------------------------------------------- activations
 class _TruncExp(torch.autograd.Function):

@@ -45,8 +45,8 @@ from threestudio_like.mesh.tetgrid import grid_vertices as unit_grid_vertices
 from threestudio_like.mesh.tetgrid import surface_tets
 from threestudio_like.registry import register
 from threestudio_like.representations.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
-from threestudio_like.representations.encodings import get_encoding
-from threestudio_like.representations.networks import get_mlp
+from threestudio_like.representations.encodings import DEFAULT_HASH_GRID, get_encoding
+from threestudio_like.representations.networks import DEFAULT_MLP, get_mlp
 from threestudio_like.utils.typing import Float, Tensor
 
 _SHAPES = ("sphere", "ellipsoid", "mesh:<path>")
@@ -68,25 +68,8 @@ class TetrahedraSDFGrid(BaseGeometry):
         isosurface_threshold: Optional[Union[float, str]] = None
         n_input_dims: int = 3
         n_feature_dims: int = 3
-        pos_encoding_config: dict = field(
-            default_factory=lambda: {
-                "otype": "HashGrid",
-                "n_levels": 16,
-                "n_features_per_level": 2,
-                "log2_hashmap_size": 19,
-                "base_resolution": 16,
-                "per_level_scale": 1.447269237440378,
-            }
-        )
-        mlp_network_config: dict = field(
-            default_factory=lambda: {
-                "otype": "VanillaMLP",
-                "activation": "ReLU",
-                "output_activation": "none",
-                "n_neurons": 64,
-                "n_hidden_layers": 1,
-            }
-        )
+        pos_encoding_config: dict = field(default_factory=lambda: dict(DEFAULT_HASH_GRID))
+        mlp_network_config: dict = field(default_factory=lambda: dict(DEFAULT_MLP))
         shape_init: Optional[str] = None  # null | sphere | ellipsoid | mesh:<path>
         shape_init_params: Optional[Any] = None
         shape_init_mesh_up: str = "+z"
