@@ -43,7 +43,7 @@ def load_textured(path: str) -> tuple[Mesh, Float[Tensor, "H W 3"]]:
     vertices = np.asarray(loaded.vertices)
     if path.lower().endswith(".glb"):  # stored y-up; undo the writer's rotation
         vertices = vertices @ np.linalg.inv(Z_UP_TO_Y_UP)[:3, :3].T
-    texture = torch.as_tensor(np.asarray(image.convert("RGB")), dtype=torch.float32) / 255.0
+    texture = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32) / 255.0
     mesh = Mesh(
         torch.as_tensor(vertices, dtype=torch.float32),
         torch.as_tensor(np.asarray(loaded.faces), dtype=torch.long),
