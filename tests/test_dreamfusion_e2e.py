@@ -76,10 +76,21 @@ def test_export_writes_loadable_meshes(tiny_model_dir, trained, tmp_path):
     obj = trimesh.load(os.path.join(folder, "model.obj"), force="mesh")
     glb = trimesh.load(os.path.join(folder, "model.glb"), force="mesh")
     assert len(obj.faces) > 0 and len(glb.faces) == len(obj.faces)
+    obj.merge_vertices(merge_tex=True)  # vertices are split along UV seams; welded, the surface is closed
     assert obj.is_watertight
-    assert os.path.isfile(os.path.join(folder, "model.mtl"))
-    colours = glb.visual.vertex_colors
-    assert colours.shape[0] == len(glb.vertices) and colours[:, :3].std() >= 0
+    assert os.path.isfile(os.path.join(folder, "model.mtl")) and os.path.isfile(os.path.join(folder, "model_albedo.png"))
+    assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.material.baseColorTexture is not None
+
+
+def test_export_without_texture_writes_vertex_colours(tiny_model_dir, trained, tmp_path):
+    args = tiny_recipe(
+        tiny_model_dir, str(tmp_path), resume=os.path.join(trained, "ckpts", "last.ckpt"),
+        **{"system.exporter.save_texture": "false", "system.exporter.save_name": "plain"},
+    )
+    assert main(["--config", os.path.join(ROOT, RECIPE), "--export", *args]) == 0
+    glb = trimesh.load(os.path.join(trained, "save", "it4-export", "plain.glb"), force="mesh")
+    assert glb.is_watertight and glb.visual.kind == "vertex"
+    assert glb.visual.vertex_colors.shape[0] == len(glb.vertices)
 
 
 def test_validate_and_test_modes_render_from_checkpoint(tiny_model_dir, trained, tmp_path):
@@ -163,3 +174,9 @@ def test_system_weights_initialise_a_fresh_run(tiny_model_dir, trained, tmp_path
     assert torch.equal(system.state_dict()["geometry.encoding.params"], saved["geometry.encoding.params"])
     background = [k for k in saved if k.startswith("background.")]
     assert background and not all(torch.equal(system.state_dict()[k], saved[k]) for k in background)
+
+
+def test_last_checkpoint_holds_the_final_step(tiny_model_dir, tmp_path):
+    """max_steps need not be a multiple of the checkpoint interval: the last steps are kept."""
+    trial = train(tiny_model_dir, str(tmp_path), **{"trainer.max_steps": 3, "checkpoint.every_n_train_steps": 2})
+    assert load_ckpt(os.path.join(trial, "ckpts", "last.ckpt"))["global_step"] == 3

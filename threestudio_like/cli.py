@@ -97,9 +97,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         dump_config(os.path.join(exp.trial_dir, "configs", "parsed.yaml"), exp)
         print(f"Trial directory: {exp.trial_dir}")
         trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)
+        # the final state is always kept, whether or not max_steps is a multiple of the checkpoint interval
+        path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
+        trainer.save_checkpoint(path)
         if interrupt.interrupted:
-            path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
-            trainer.save_checkpoint(path)
             print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
         trainer.test(system, datamodule=datamodule, verbose=False)
         for path in system.export():  # a run ends with a mesh, as well as a checkpoint and a video
