@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError, Schedule, parse_structured, schedule_value
+from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
 from threestudio_like.registry import find
 from threestudio_like.systems.optim import build_optimizer, build_scheduler
 from threestudio_like.utils.io import save_image, save_video
@@ -180,8 +181,6 @@ class BaseLift3DSystem(pl.LightningModule):
         if self.lambda_("z_variance") > 0 and "z_variance" in out:
             losses["loss_z_variance"] = out["z_variance"][out["opacity"] > 0.5].mean()
         if "mesh" in out:  # mesh renderers hand over the mesh they drew
-            from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
-
             mesh = out["mesh"]
             if self.lambda_("normal_consistency") > 0:
                 losses["loss_normal_consistency"] = normal_consistency_loss(mesh.v_pos, mesh.t_pos_idx)
