@@ -1,5 +1,6 @@
 """Typed configs, schedules, milestones and the registry's error messages."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -120,3 +121,16 @@ def test_bad_experiment_configs_fail_before_work(key, value, message):
     with pytest.raises((ConfigError, UnknownTypeError)) as e:
         _experiment(**{key: value})
     assert message in str(e.value)
+
+
+def test_magic3d_cpu_coarse_stage_is_the_dreamfusion_cpu_recipe() -> None:
+    """The two CPU recipes must not drift apart: Magic3D's coarse stage is DreamFusion's run."""
+    from omegaconf import OmegaConf
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dreamfusion = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "configs", "dreamfusion-cpu.yaml")))
+    coarse = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "configs", "magic3d-coarse-cpu.yaml")))
+    for config in (dreamfusion, coarse):
+        config.pop("name")
+        config.pop("system_type")
+    assert coarse == dreamfusion
