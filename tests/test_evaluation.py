@@ -1,7 +1,9 @@
 """The evaluator's geometry judge and prompt parsing (the classifier is tested with the prior)."""
 
+import pytest
 import torch
 
+from threestudio_like import evaluation
 from threestudio_like.evaluation import (
     Score,
     chamfer_to_references,
@@ -46,3 +48,16 @@ def test_table_reports_rates():
     table = format_table([good, bad])
     assert good.correct and not bad.correct
     assert "all three 1/2 (50%)" in table and "cube 7/8" in table
+
+
+def test_overrides_after_prompts_go_to_the_recipe_not_the_prompt_list(monkeypatch):
+    calls = []
+
+    def fake_train(prompts, config, overrides, out_root):
+        calls.append((list(prompts), list(overrides)))
+        raise SystemExit(0)  # stop before scoring: only the parsing is under test
+
+    monkeypatch.setattr(evaluation, "train_prompts", fake_train)
+    with pytest.raises(SystemExit):
+        evaluation.main(["--train", "--prompts", "a red cube", "data.batch_size=2", "a blue torus", "seed=3"])
+    assert calls == [(["a red cube", "a blue torus"], ["data.batch_size=2", "seed=3"])]

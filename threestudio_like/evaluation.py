@@ -229,10 +229,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--classifier", default=None, help="classifier folder (default: the built-in prior's)")
     args, overrides = parser.parse_known_args(argv)
     # key=value words are config overrides for --train, wherever they stand
-    overrides += [t for t in args.trials if "=" in t]
+    overrides += [t for t in args.trials + (args.prompts or []) if "=" in t]
     trials = [t for t in args.trials if "=" not in t]
+    prompts = [p for p in args.prompts or [] if "=" not in p]
     if args.train:
-        trials += train_prompts(args.prompts or default_prompts(), args.config, overrides, args.out)
+        trials += train_prompts(prompts or default_prompts(), args.config, overrides, args.out)
     if not trials:
         parser.error("give trial folders, or --train")
     from threestudio_like.guidance.models import resolve_model_path
