@@ -138,3 +138,28 @@ def test_glb_roundtrip_keeps_colours_and_converts_to_y_up(tmp_path, colored_sphe
     assert np.allclose(raw.vertices, colored_sphere.v_pos.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match=r"\.glb"):
         write_glb(str(tmp_path / "model.gltf"), colored_sphere)
+
+
+def test_exporter_drops_floaters_when_the_geometry_asks() -> None:
+    """A ball with a small detached blob: by default both are meshed; with
+    ``isosurface_remove_outliers`` only the ball is (floaters would become UV charts)."""
+    from types import SimpleNamespace
+
+    from threestudio_like.export.exporter import MeshExporter
+    from threestudio_like.mesh.marching_tets import face_components
+
+    def density(p: torch.Tensor) -> torch.Tensor:
+        ball = 0.5 - p.norm(dim=-1)
+        floater = 0.08 - (p - torch.tensor([0.8, 0.0, 0.0])).norm(dim=-1)
+        return torch.maximum(ball, floater)[..., None] * 10
+
+    def geometry(remove: bool) -> SimpleNamespace:
+        cfg = SimpleNamespace(isosurface_threshold=0.0, isosurface_resolution=48,
+                              isosurface_remove_outliers=remove, isosurface_outlier_n_faces_threshold=0.05)
+        return SimpleNamespace(forward_density=density, bbox=torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg=cfg)
+
+    exporter = MeshExporter(MeshExporter.Config())
+    kept, cleaned = exporter.surface(geometry(False)), exporter.surface(geometry(True))
+    assert face_components(kept)[1] == 2
+    assert face_components(cleaned)[1] == 1
+    assert cleaned.v_pos.norm(dim=-1).max() < 0.6  # the ball stayed, the blob at x = 0.8 went

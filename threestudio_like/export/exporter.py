@@ -14,6 +14,7 @@ from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.export.writers import write_glb, write_obj
+from threestudio_like.mesh.marching_tets import remove_outliers
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
 
@@ -59,7 +60,10 @@ class MeshExporter(BaseObject):
         if threshold is None:
             threshold = getattr(geometry.cfg, "isosurface_threshold", "auto")
         resolution = self.cfg.isosurface_resolution or getattr(geometry.cfg, "isosurface_resolution", 128)
-        return extract_isosurface(geometry.forward_density, geometry.bbox, resolution, threshold)
+        mesh = extract_isosurface(geometry.forward_density, geometry.bbox, resolution, threshold)
+        if getattr(geometry.cfg, "isosurface_remove_outliers", False):
+            mesh = remove_outliers(mesh, geometry.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh
 
     @torch.no_grad()
     def __call__(self, geometry: Any, material: Any, folder: str) -> list[str]:

@@ -40,7 +40,9 @@ class BaseGeometry(BaseModule):
 
     @dataclass
     class Config(BaseModule.Config):
-        pass
+        # drop floaters from the extracted mesh: they would become UV charts (slow unwrapping) and islands
+        isosurface_remove_outliers: bool = False
+        isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01  # < 1: fraction of faces; else a count
 
     @staticmethod
     def create_from(other: "BaseGeometry", cfg: Any = None, **kwargs: Any) -> "BaseGeometry":

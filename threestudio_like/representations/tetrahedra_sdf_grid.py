@@ -60,8 +60,6 @@ class TetrahedraSDFGrid(BaseGeometry):
         isosurface_resolution: int = 128  # grid cells per axis; (R+1)^3 vertices, 6 R^3 tetrahedra
         isosurface_deformable_grid: bool = True
         isosurface_deformation_scale: float = 0.25  # largest offset per axis, in grid cells
-        isosurface_remove_outliers: bool = False
-        isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01  # < 1: fraction of faces; else a count
         # level of the previous stage's field used by create_from; null = that geometry's own
         # isosurface_threshold (a number or "auto"); "silhouette": the level whose outline matches
         # the previous stage's renders, chosen by the system at hand-over (geometry_convert_from)
