@@ -163,3 +163,45 @@ def test_exporter_drops_floaters_when_the_geometry_asks() -> None:
     assert face_components(kept)[1] == 2
     assert face_components(cleaned)[1] == 1
     assert cleaned.v_pos.norm(dim=-1).max() < 0.6  # the ball stayed, the blob at x = 0.8 went
+
+
+def bumpy_sphere_density(p: torch.Tensor) -> torch.Tensor:
+    """A sphere of radius 0.6 with +-0.03 ripples: the many-faced surface a short SDS run gives."""
+    ripples = 0.03 * torch.sin(9 * p[..., 0]) * torch.sin(9 * p[..., 1]) * torch.sin(9 * p[..., 2])
+    return (0.6 + ripples - p.norm(dim=-1))[..., None] * 10
+
+
+def test_decimation_keeps_a_closed_surface_within_its_ripples() -> None:
+    from threestudio_like.export.decimate import decimate
+
+    mesh = extract_isosurface(bumpy_sphere_density, BOX, 96, threshold=0.0)
+    assert mesh.n_faces > 30000
+    small = decimate(mesh, 5000)
+    assert 4000 <= small.n_faces <= 5000
+    assert small.is_watertight and small.signed_volume() > 0
+    assert small.signed_volume() == pytest.approx(mesh.signed_volume(), rel=0.02)
+    # decimated vertices stay on the rippled surface: the field there is ~0 (|field| < 0.1 = 1 cm)
+    assert bumpy_sphere_density(small.v_pos).abs().max() < 0.1
+    assert decimate(small, 10000) is small  # small enough already: untouched
+    with pytest.raises(ValueError, match="before colouring"):
+        decimate(mesh.with_colors(torch.rand(mesh.n_vertices, 3)), 5000)
+
+
+def test_exporter_decimates_above_max_faces(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from threestudio_like.config import ConfigError
+    from threestudio_like.export.exporter import MeshExporter
+
+    cfg = SimpleNamespace(isosurface_threshold=0.0, isosurface_resolution=96, isosurface_remove_outliers=False)
+    geometry = SimpleNamespace(forward_density=bumpy_sphere_density, bbox=BOX, cfg=cfg,
+                               export=lambda points: {"features": points})
+    material = SimpleNamespace(export=lambda features: {"albedo": (features + 1) / 2})
+    exporter = MeshExporter(MeshExporter.Config(fmt="obj", save_texture=False, max_faces=3000))
+    (path,) = exporter(geometry, material, str(tmp_path))
+    loaded = trimesh.load(path, force="mesh", process=False)
+    assert 2500 <= len(loaded.faces) <= 3000 and loaded.is_watertight
+    colours = loaded.visual.vertex_colors[:, :3] / 255.0
+    assert np.abs(colours - (loaded.vertices + 1) / 2).max() < 2 / 255  # coloured after decimating
+    with pytest.raises(ConfigError, match="max_faces"):
+        MeshExporter(MeshExporter.Config(max_faces=0))

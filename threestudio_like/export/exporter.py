@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import torch
 
 from threestudio_like.config import ConfigError
+from threestudio_like.export.decimate import decimate
 from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.export.texture import textured_mesh
@@ -39,6 +40,9 @@ class MeshExporter(BaseObject):
         # None: take the geometry's isosurface_threshold / isosurface_resolution (density fields)
         isosurface_threshold: Optional[Union[float, str]] = None
         isosurface_resolution: Optional[int] = None
+        # decimate larger surfaces to about this many faces before colouring / unwrapping
+        # (quadric edge collapse); None keeps every face
+        max_faces: Optional[int] = None
 
     def configure(self, **kwargs: Any) -> None:
         formats = [self.cfg.fmt] if isinstance(self.cfg.fmt, str) else list(self.cfg.fmt)
@@ -50,6 +54,8 @@ class MeshExporter(BaseObject):
             raise ConfigError("system.exporter: save_texture needs save_uv: true (a texture is addressed by UVs).")
         if self.cfg.texture_format not in _TEXTURE_FORMATS:
             raise ConfigError(f"system.exporter.texture_format: expected one of {_TEXTURE_FORMATS}, got {self.cfg.texture_format!r}")
+        if self.cfg.max_faces is not None and self.cfg.max_faces < 1:
+            raise ConfigError(f"system.exporter.max_faces: expected a positive face count or null, got {self.cfg.max_faces}")
 
     def surface(self, geometry: Any) -> Mesh:
         """Density fields are meshed at the exporter's (or geometry's) level; explicit
@@ -68,6 +74,8 @@ class MeshExporter(BaseObject):
     @torch.no_grad()
     def __call__(self, geometry: Any, material: Any, folder: str) -> list[str]:
         mesh = self.surface(geometry)
+        if self.cfg.max_faces is not None:
+            mesh = decimate(mesh, self.cfg.max_faces)
         device = geometry.bbox.device if hasattr(geometry, "bbox") else mesh.v_pos.device
         mesh = mesh.to(device)
 

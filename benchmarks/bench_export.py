@@ -1,0 +1,138 @@
+"""Textured export of a many-faced surface, with and without decimation before unwrapping.
+
+A rippled sphere (radius 0.6, +-0.03 ripples, like the bumpy surfaces short SDS runs give) is
+meshed at resolution 128 and coloured by a smooth position field. For each ``max_faces`` it
+times decimation + xatlas unwrap + baking, and measures the PSNR of the textured result,
+rendered from 8 views at 128x128, against the full mesh coloured by the exact field.
+
+``--trial <trial folder>`` runs the same table on a trained model instead: its exporter's
+surface, its albedo, and PSNR against its own albedo renders (as ``export.fidelity`` does).
+
+Run ``python benchmarks/bench_export.py [--trial DIR]``; ``run()`` returns the numbers as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from threestudio_like.data.random_camera import OrbitCameraDataset
+from threestudio_like.export.decimate import decimate
+from threestudio_like.export.fidelity import psnr, render_textured
+from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.export.mesh import Mesh
+from threestudio_like.export.texture import textured_mesh
+from threestudio_like.mesh.rasterize import TorchRasterizer
+from threestudio_like.renderers.mesh_renderer import clip_positions
+
+BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+
+
+def rippled_sphere(p: torch.Tensor) -> torch.Tensor:
+    ripples = 0.03 * torch.sin(9 * p[..., 0]) * torch.sin(9 * p[..., 1]) * torch.sin(9 * p[..., 2])
+    return (0.6 + ripples - p.norm(dim=-1))[..., None] * 10
+
+
+def colour(points: torch.Tensor) -> torch.Tensor:
+    return 0.5 + 0.4 * torch.sin(3 * points)
+
+
+@torch.no_grad()
+def reference_render(mesh: Mesh, views: dict, rasterizer: TorchRasterizer) -> torch.Tensor:
+    """The full mesh with the exact colour field per pixel, on white."""
+    faces = mesh.t_pos_idx.to(torch.int32)
+    v_clip = clip_positions(mesh.v_pos, views["mvp_mtx"])
+    rast, _ = rasterizer.rasterize(v_clip, faces, tuple(views["rays_d"].shape[1:3]))
+    points, _ = rasterizer.interpolate(mesh.v_pos[None], rast, faces)
+    mask = rast[..., 3] > 0
+    image = torch.ones(*mask.shape, 3)
+    image[mask] = colour(points[mask])
+    return rasterizer.antialias(image, rast, v_clip, faces)
+
+
+BUDGETS = (None, 40000, 20000, 10000)
+
+
+def time_budgets(
+    mesh: Mesh, colour_fn: Callable, reference: torch.Tensor, views: dict, texture_size: int, budgets=BUDGETS
+) -> dict:
+    rasterizer = TorchRasterizer()
+    runs = {}
+    for budget in budgets:
+        start = time.perf_counter()
+        surface = mesh if budget is None else decimate(mesh, budget)
+        decimated = time.perf_counter()
+        textured, texture = textured_mesh(surface, colour_fn, rasterizer, texture_size=texture_size)
+        done = time.perf_counter()
+        runs[str(budget)] = {
+            "faces": surface.n_faces,
+            "decimate_s": decimated - start,
+            "unwrap_bake_s": done - decimated,
+            "total_s": done - start,
+            "psnr_db": psnr(reference, render_textured(textured, texture, views, rasterizer)),
+        }
+    return runs
+
+
+def run(resolution: int = 128, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
+    mesh = extract_isosurface(rippled_sphere, BOX, resolution, threshold=0.0)
+    views = OrbitCameraDataset(8, 15.0, 2.2, 50.0, 128, 128, batch_size=8)[0]
+    reference = reference_render(mesh, views, TorchRasterizer())
+    title = f"rippled sphere at resolution {resolution}: {mesh.n_faces} faces; texture 1024^2; PSNR vs exact colours"
+    return {"title": title, "runs": time_budgets(mesh, colour, reference, views, 1024, budgets)}
+
+
+@torch.no_grad()
+def run_trial(trial: str, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
+    """The table for a trained model: its exporter's surface and albedo, its own renders as reference."""
+    from threestudio_like.cli import load_weights
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.export.exporter import MeshExporter
+    from threestudio_like.export.fidelity import WHITE
+    from threestudio_like.registry import find
+    from threestudio_like.systems.handover import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(trial)
+    folder = os.path.dirname(os.path.dirname(ckpt))
+    exp = finalize_config(load_config(os.path.join(folder, "configs", "parsed.yaml")))
+    system = find(exp.system_type)(exp.system, resumed=True)
+    load_weights(system, ckpt)
+    system.eval()
+    system.update_step(system.current_step)
+    exporter = MeshExporter({**exp.system.get("exporter", {}), "max_faces": None})
+    data = exp.data
+    views = OrbitCameraDataset(8, data["eval_elevation_deg"], data["eval_camera_distance"], data["eval_fovy_deg"], 128, 128, batch_size=8)[0]
+    reference = system.renderer(**views, shading="albedo", bg_color=WHITE)["comp_rgb"].clamp(0, 1)
+    mesh = exporter.surface(system.geometry)
+
+    def albedo(points: torch.Tensor) -> torch.Tensor:
+        return system.material.export(system.geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
+
+    title = f"{folder}: {mesh.n_faces} faces; texture {exporter.cfg.texture_size}^2; PSNR vs the model's albedo renders"
+    return {"title": title, "runs": time_budgets(mesh, albedo, reference, views, exporter.cfg.texture_size, budgets)}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trial", help="a trained trial folder (LAST allowed) or checkpoint")
+    args = parser.parse_args(argv)
+    results = run_trial(args.trial) if args.trial else run()
+    print(results["title"] + " (8 views, 128^2)")
+    print(f"{'max_faces':>10} {'faces':>7} {'decimate s':>11} {'unwrap+bake s':>14} {'total s':>8} {'speed-up':>9} {'PSNR dB':>8}")
+    full = results["runs"]["None"]["total_s"]
+    for budget, r in results["runs"].items():
+        print(f"{budget:>10} {r['faces']:>7} {r['decimate_s']:>11.2f} {r['unwrap_bake_s']:>14.2f} {r['total_s']:>8.2f} "
+              f"{full / r['total_s']:>8.1f}x {r['psnr_db']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
