@@ -14,7 +14,6 @@ Run ``python benchmarks/bench_export.py [--trial DIR]``; ``run()`` returns the n
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,12 +26,13 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
 
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.decimate import decimate
-from threestudio_like.export.fidelity import psnr, render_textured
+from threestudio_like.export.fidelity import render_textured
 from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.mesh.rasterize import TorchRasterizer
 from threestudio_like.renderers.mesh_renderer import clip_positions
+from threestudio_like.utils.metrics import psnr
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -94,30 +94,17 @@ def run(resolution: int = 128, budgets: tuple[Optional[int], ...] = BUDGETS) -> 
 @torch.no_grad()
 def run_trial(trial: str, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
     """The table for a trained model: its exporter's surface and albedo, its own renders as reference."""
-    from threestudio_like.cli import load_weights
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.export.exporter import MeshExporter
+    from threestudio_like.export.exporter import MeshExporter, surface_albedo
     from threestudio_like.export.fidelity import WHITE
-    from threestudio_like.registry import find
-    from threestudio_like.systems.handover import resolve_checkpoint
+    from threestudio_like.systems.handover import load_trained_system, orbit_views
 
-    ckpt = resolve_checkpoint(trial)
-    folder = os.path.dirname(os.path.dirname(ckpt))
-    exp = finalize_config(load_config(os.path.join(folder, "configs", "parsed.yaml")))
-    system = find(exp.system_type)(exp.system, resumed=True)
-    load_weights(system, ckpt)
-    system.eval()
-    system.update_step(system.current_step)
+    system, exp = load_trained_system(trial)
     exporter = MeshExporter({**exp.system.get("exporter", {}), "max_faces": None})
-    data = exp.data
-    views = OrbitCameraDataset(8, data["eval_elevation_deg"], data["eval_camera_distance"], data["eval_fovy_deg"], 128, 128, batch_size=8)[0]
+    views = orbit_views(exp.data, 8, 128)
     reference = system.renderer(**views, shading="albedo", bg_color=WHITE)["comp_rgb"].clamp(0, 1)
     mesh = exporter.surface(system.geometry)
-
-    def albedo(points: torch.Tensor) -> torch.Tensor:
-        return system.material.export(system.geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
-
-    title = f"{folder}: {mesh.n_faces} faces; texture {exporter.cfg.texture_size}^2; PSNR vs the model's albedo renders"
+    albedo = surface_albedo(system.geometry, system.material)
+    title = f"{trial}: {mesh.n_faces} faces; texture {exporter.cfg.texture_size}^2; PSNR vs the model's albedo renders"
     return {"title": title, "runs": time_budgets(mesh, albedo, reference, views, exporter.cfg.texture_size, budgets)}
 
 

@@ -16,6 +16,7 @@ from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.registry import find
 from threestudio_like.systems.handover import load_trained_system, orbit_views
+from threestudio_like.utils.metrics import psnr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COARSE = os.path.join(ROOT, "configs", "magic3d-coarse-sd.yaml")
@@ -43,10 +44,6 @@ def coarse(tiny_model_dir, tmp_path_factory) -> str:
 def build_system(config: str, args: list[str], resumed: bool):
     exp = finalize_config(load_config(config, cli_args=args))
     return find(exp.system_type)(exp.system, resumed=resumed).eval()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
 
 
 @torch.no_grad()

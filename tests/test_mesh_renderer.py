@@ -12,6 +12,7 @@ from threestudio_like.materials import NoMaterial
 from threestudio_like.renderers.mesh_renderer import MeshRasterizer
 from threestudio_like.renderers.volume_renderer import NeRFVolumeRenderer
 from threestudio_like.representations.base import BaseImplicitGeometry
+from threestudio_like.utils.metrics import psnr
 
 CENTRE = torch.tensor([0.25, -0.15, 0.1])  # off-centre so a flipped or mirrored image cannot match
 
@@ -44,10 +45,6 @@ def _parts():
 
 def _views(n: int = 4, size: int = 64):
     return OrbitCameraDataset(n, elevation_deg=25.0, camera_distance=2.2, fovy_deg=50.0, height=size, width=size, batch_size=n)[0]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10.0 * torch.log10(((a - b) ** 2).mean()))
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -18,6 +18,15 @@ from threestudio_like.export.writers import write_glb, write_obj
 from threestudio_like.mesh.marching_tets import remove_outliers
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
+
+def surface_albedo(geometry: Any, material: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The learned base colour in [0, 1] at surface points [N,3] -> [N,3]: what textures bake."""
+
+    def albedo(points: torch.Tensor) -> torch.Tensor:
+        return material.export(geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
+
+    return albedo
+
 
 _FORMATS = {"obj": "obj", "obj-mtl": "obj", "glb": "glb"}
 _TEXTURE_FORMATS = ("png", "jpg")
@@ -78,9 +87,7 @@ class MeshExporter(BaseObject):
             mesh = decimate(mesh, self.cfg.max_faces)
         device = geometry.bbox.device if hasattr(geometry, "bbox") else mesh.v_pos.device
         mesh = mesh.to(device)
-
-        def albedo(points: torch.Tensor) -> torch.Tensor:
-            return material.export(geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
+        albedo = surface_albedo(geometry, material)
 
         texture = None
         if self.cfg.save_texture:

@@ -23,6 +23,7 @@ from threestudio_like.export.texture import sample_texture
 from threestudio_like.export.writers import Z_UP_TO_Y_UP
 from threestudio_like.mesh.rasterize import make_rasterizer
 from threestudio_like.renderers.mesh_renderer import clip_positions
+from threestudio_like.utils.metrics import psnr
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 WHITE = (1.0, 1.0, 1.0)
@@ -66,10 +67,6 @@ def render_textured(mesh: Mesh, texture: Float[Tensor, "H W 3"], views: CameraBa
     return rasterizer.antialias(image, rast, v_clip, faces)
 
 
-def psnr(a: Tensor, b: Tensor) -> float:
-    return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
-
-
 @torch.no_grad()
 def export_fidelity(system: Any, path: str, views: CameraBatch) -> tuple[float, list[float]]:
     """Mean and per-view PSNR of the exported file's renders against the model's albedo renders."""
@@ -81,11 +78,7 @@ def export_fidelity(system: Any, path: str, views: CameraBatch) -> tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from threestudio_like.cli import load_weights
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.data.random_camera import OrbitCameraDataset
-    from threestudio_like.registry import find
-    from threestudio_like.systems.handover import resolve_checkpoint
+    from threestudio_like.systems.handover import load_trained_system, orbit_views, resolve_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="trial folder (LAST allowed) or checkpoint")
@@ -94,17 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     ckpt = resolve_checkpoint(args.trial)
-    trial = os.path.dirname(os.path.dirname(ckpt))
-    exp = finalize_config(load_config(os.path.join(trial, "configs", "parsed.yaml")))
-    system = find(exp.system_type)(exp.system, resumed=True)
-    load_weights(system, ckpt)
-    system.eval()
-    system.update_step(system.current_step)
-    data = exp.data
-    views = OrbitCameraDataset(
-        args.views, data["eval_elevation_deg"], data["eval_camera_distance"], data["eval_fovy_deg"],
-        args.size, args.size, batch_size=args.views,
-    )[0]
+    trial = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+    system, exp = load_trained_system(ckpt)
+    views = orbit_views(exp.data, args.views, args.size)
     exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")), key=lambda p: int(os.path.basename(p)[2:-7]))
     if not exports:
         raise SystemExit(f"{trial} has no export folder; run --export with resume={ckpt}")

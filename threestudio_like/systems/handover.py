@@ -21,6 +21,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
+from threestudio_like.utils.metrics import psnr
+
 LAST = "LAST"
 
 
@@ -177,10 +179,6 @@ def orbit_views(data: dict, n_views: int, size: int) -> Any:
     return OrbitCameraDataset(
         n_views, cfg.eval_elevation_deg, cfg.eval_camera_distance, cfg.eval_fovy_deg, size, size, batch_size=n_views
     )[0]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
 
 
 @torch.no_grad()
