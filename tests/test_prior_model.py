@@ -140,12 +140,28 @@ def test_tiny_training_run_writes_a_loadable_folder(tmp_path, monkeypatch):
     cfg = TrainConfig(out=out, steps=3, batch_size=4, dataset_size=8, save_every=2, warmup=1, architecture=TINY)
     train(cfg, command=["test"])
     rows = open(os.path.join(out, "training_log.csv")).read().strip().splitlines()
-    assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert rows[0] == "step,loss,loss_smoothed,lr,elapsed_seconds,stage"
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     info = json.load(open(os.path.join(out, "training_info.json")))
     assert info["steps_done"] == 3 and info["batch_size"] == 4 and info["dataset_size"] == 8 and info["command"] == "test"
     assert not os.path.exists(os.path.join(out, "train_state.pt"))  # removed once finished
     assert os.path.isdir(os.path.join(tmp_path, "cache", "prior_data"))  # data cached outside the repo
     PriorModel.load(out)
+
+
+def test_warm_start_carries_the_earlier_stages_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREESTUDIO_LIKE_CACHE", str(tmp_path / "cache"))
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    train(TrainConfig(out=first, steps=3, batch_size=4, dataset_size=8, warmup=1, architecture=TINY), command=["1"])
+    # a log written before the stage column existed still carries over, as its folder's stage
+    log = os.path.join(first, "training_log.csv")
+    lines = open(log).read().splitlines()
+    open(log, "w").write("\n".join([",".join(line.split(",")[:5]) for line in lines]) + "\n")
+    train(TrainConfig(out=second, steps=2, batch_size=4, dataset_size=8, warmup=1, init_from=first), command=["2"])
+    rows = [r.split(",") for r in open(os.path.join(second, "training_log.csv")).read().strip().splitlines()[1:]]
+    assert [(r[0], r[5]) for r in rows] == [("1", "1"), ("2", "1"), ("3", "1"), ("1", "2"), ("2", "2")]
+    info = json.load(open(os.path.join(second, "training_info.json")))
+    assert info["initialised_from"]["command"] == "1" and info["initialised_from"]["steps_done"] == 3
 
 
 # --------------------------------------------------------------------------- shipped weights

@@ -7,7 +7,9 @@ the repository), then trains the UNet and the text encoder together on the epsil
 with min-SNR weighting, AdamW with linear warmup and cosine decay, and an EMA of the weights.
 Every ``--save-every`` steps it writes the EMA model folder to DIR and the full training state
 to DIR/train_state.pt, so an interrupted run resumes where it stopped (rerun the same command).
-DIR/training_log.csv holds the loss curve and DIR/training_info.json how the model was made.
+DIR/training_log.csv holds the loss curve and DIR/training_info.json how the model was made;
+a warm start (``--init-from``) carries both over from the folder it starts from, so a model
+trained in stages keeps every stage's curve (column ``stage``) and settings.
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     )
 
     log_path = os.path.join(cfg.out, LOG_FILE)
-    start_log(log_path, first_step)
+    stage = training_stage(cfg.init_from)
+    start_log(log_path, first_step, stage, carried_from=cfg.init_from)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     smoothed = state.get("loss_smoothed") if state is not None else None
@@ -230,7 +233,9 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
         smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
         elapsed = wall_before + time.time() - session_start
         with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([step + 1, f"{value:.5f}", f"{smoothed:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{elapsed:.1f}"])
+            csv.writer(f).writerow(
+                [step + 1, f"{value:.5f}", f"{smoothed:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", f"{elapsed:.1f}", stage]
+            )
         done = step + 1
         if done % 25 == 0 or done == cfg.steps:
             rate = (time.time() - session_start) / (done - first_step)
@@ -246,16 +251,38 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     return ema.shadow
 
 
-def start_log(path: str, first_step: int) -> None:
-    """A fresh loss log, or on resume the old one cut back to the steps the saved state has seen."""
-    rows: list[list[str]] = []
-    if first_step > 0 and os.path.isfile(path):
-        with open(path, newline="") as f:
-            rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= first_step]
+LOG_COLUMNS = ["step", "loss", "loss_smoothed", "lr", "elapsed_seconds", "stage"]
+
+
+def training_stage(init_from: Optional[str]) -> int:
+    """1 for a run from scratch; a warm start is one stage past the run it starts from."""
+    stage, info = 1, previous_training_info(init_from)
+    while info is not None:
+        stage, info = stage + 1, info.get("initialised_from")
+    return stage
+
+
+def read_log(folder: str, stage: int) -> list[list[str]]:
+    """The rows of ``folder``'s loss log; rows of logs written before the ``stage`` column get ``stage``."""
+    path = os.path.join(folder, LOG_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f)) or [[]]
+    return [r if "stage" in header else r + [str(stage)] for r in rows if r]
+
+
+def start_log(path: str, first_step: int, stage: int, carried_from: Optional[str] = None) -> None:
+    """A fresh loss log holding the earlier stages' rows of a warm start, or on resume the old
+    one with this stage cut back to the steps the saved state has seen."""
+    if first_step > 0:
+        rows = [r for r in read_log(os.path.dirname(path), stage) if int(r[5]) < stage or int(r[0]) <= first_step]
+    else:
+        rows = read_log(carried_from, stage - 1) if carried_from else []
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["step", "loss", "loss_smoothed", "lr", "elapsed_seconds"])
+            writer.writerow(LOG_COLUMNS)
             writer.writerows(rows)
 
 
