@@ -19,6 +19,7 @@ from threestudio_like.mesh.marching_tets import remove_outliers
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
 
+
 def surface_albedo(geometry: Any, material: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The learned base colour in [0, 1] at surface points [N,3] -> [N,3]: what textures bake."""
 
