@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)
         # the final state is always kept, whether or not max_steps is a multiple of the checkpoint interval
         path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state (optimiser, RNG, step): resume continues exactly
         if interrupt.interrupted:
             print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
         trainer.test(system, datamodule=datamodule, verbose=False)
