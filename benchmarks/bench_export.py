@@ -26,12 +26,11 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
 
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.decimate import decimate
-from threestudio_like.export.fidelity import render_textured
+from threestudio_like.export.fidelity import render_textured, render_unlit
 from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.mesh.rasterize import TorchRasterizer
-from threestudio_like.renderers.mesh_renderer import clip_positions
 from threestudio_like.utils.metrics import psnr
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -44,19 +43,6 @@ def rippled_sphere(p: torch.Tensor) -> torch.Tensor:
 
 def colour(points: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.4 * torch.sin(3 * points)
-
-
-@torch.no_grad()
-def reference_render(mesh: Mesh, views: dict, rasterizer: TorchRasterizer) -> torch.Tensor:
-    """The full mesh with the exact colour field per pixel, on white."""
-    faces = mesh.t_pos_idx.to(torch.int32)
-    v_clip = clip_positions(mesh.v_pos, views["mvp_mtx"])
-    rast, _ = rasterizer.rasterize(v_clip, faces, tuple(views["rays_d"].shape[1:3]))
-    points, _ = rasterizer.interpolate(mesh.v_pos[None], rast, faces)
-    mask = rast[..., 3] > 0
-    image = torch.ones(*mask.shape, 3)
-    image[mask] = colour(points[mask])
-    return rasterizer.antialias(image, rast, v_clip, faces)
 
 
 BUDGETS = (None, 40000, 20000, 10000)
@@ -86,7 +72,7 @@ def time_budgets(
 def run(resolution: int = 128, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
     mesh = extract_isosurface(rippled_sphere, BOX, resolution, threshold=0.0)
     views = OrbitCameraDataset(8, 15.0, 2.2, 50.0, 128, 128, batch_size=8)[0]
-    reference = reference_render(mesh, views, TorchRasterizer())
+    reference = render_unlit(mesh, mesh.v_pos, colour, views, TorchRasterizer())  # the exact field per pixel
     title = f"rippled sphere at resolution {resolution}: {mesh.n_faces} faces; texture 1024^2; PSNR vs exact colours"
     return {"title": title, "runs": time_budgets(mesh, colour, reference, views, 1024, budgets)}
 

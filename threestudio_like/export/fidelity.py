@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -54,17 +54,25 @@ def load_textured(path: str) -> tuple[Mesh, Float[Tensor, "H W 3"]]:
 
 
 @torch.no_grad()
-def render_textured(mesh: Mesh, texture: Float[Tensor, "H W 3"], views: CameraBatch, rasterizer: Any) -> Float[Tensor, "B H W 3"]:
-    """Unlit texture colour on white, antialiased like the mesh renderer."""
+def render_unlit(
+    mesh: Mesh, attribute: Float[Tensor, "V A"], colour_of: Callable[[Tensor], Tensor], views: CameraBatch, rasterizer: Any
+) -> Float[Tensor, "B H W 3"]:
+    """Unlit colour on white, antialiased like the mesh renderer: ``colour_of`` maps the
+    per-vertex ``attribute`` interpolated at covered pixels [N,A] to RGB [N,3]."""
     height, width = views["rays_d"].shape[1:3]
     faces = mesh.t_pos_idx.to(torch.int32)
     v_clip = clip_positions(mesh.v_pos, views["mvp_mtx"])
     rast, _ = rasterizer.rasterize(v_clip, faces, (height, width))
-    uv, _ = rasterizer.interpolate(mesh.v_tex[None], rast, faces)
+    values, _ = rasterizer.interpolate(attribute[None], rast, faces)
     mask = rast[..., 3] > 0
     image = torch.ones(*mask.shape, 3)
-    image[mask] = sample_texture(texture, uv[mask])
+    image[mask] = colour_of(values[mask])
     return rasterizer.antialias(image, rast, v_clip, faces)
+
+
+def render_textured(mesh: Mesh, texture: Float[Tensor, "H W 3"], views: CameraBatch, rasterizer: Any) -> Float[Tensor, "B H W 3"]:
+    """The texture's colour, unlit, on white."""
+    return render_unlit(mesh, mesh.v_tex, lambda uv: sample_texture(texture, uv), views, rasterizer)
 
 
 @torch.no_grad()
