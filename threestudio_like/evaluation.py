@@ -31,10 +31,11 @@ from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.export.mesh import Mesh
 from threestudio_like.priors import procedural
 from threestudio_like.priors.classifier import ShapeColourClassifier, load_classifier
+from threestudio_like.recipes import RECIPES_DIR
 from threestudio_like.registry import find
 
 DEFAULT_PRIOR = "builtin:shapes32"
-DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dreamfusion-cpu.yaml")
+DEFAULT_RECIPE = os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")  # shipped in the package
 N_VIEWS = 8
 CHAMFER_POINTS = 4096
 
@@ -166,7 +167,7 @@ def evaluate_system(system: Any, prompt: str, classifier: ShapeColourClassifier)
 
 def load_trial(trial_dir: str) -> tuple[Any, str]:
     """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt."""
-    from threestudio_like.systems.handover import load_trained_system
+    from threestudio_like.trials import load_trained_system
 
     system, exp = load_trained_system(trial_dir)
     return system, exp.system["prompt_processor"]["prompt"]
