@@ -82,7 +82,8 @@ def run_trial(trial: str, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
     """The table for a trained model: its exporter's surface and albedo, its own renders as reference."""
     from threestudio_like.export.exporter import MeshExporter, surface_albedo
     from threestudio_like.export.fidelity import WHITE
-    from threestudio_like.systems.handover import load_trained_system, orbit_views
+    from threestudio_like.systems.handover import orbit_views
+    from threestudio_like.trials import load_trained_system
 
     system, exp = load_trained_system(trial)
     exporter = MeshExporter({**exp.system.get("exporter", {}), "max_faces": None})

@@ -13,7 +13,8 @@ from threestudio_like.evaluation import evaluate_trials
 from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.guidance.models import resolve_model_path
 from threestudio_like.registry import find
-from threestudio_like.systems.handover import compare_renders, load_trained_system, orbit_views
+from threestudio_like.systems.handover import compare_renders, orbit_views
+from threestudio_like.trials import load_trained_system
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COARSE = os.path.join(ROOT, "configs", "magic3d-coarse-cpu.yaml")

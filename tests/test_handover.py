@@ -12,7 +12,8 @@ from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.materials import NoMaterial
 from threestudio_like.renderers.volume_renderer import NeRFVolumeRenderer
 from threestudio_like.representations.base import BaseImplicitGeometry
-from threestudio_like.systems.handover import find_last_path, resolve_checkpoint, silhouette_matched_level
+from threestudio_like.systems.handover import silhouette_matched_level
+from threestudio_like.trials import find_last_path, resolve_checkpoint
 
 
 def make_trial(root, name: str, with_ckpt: bool = True) -> str:

@@ -15,7 +15,8 @@ from threestudio_like.config import finalize_config, load_config
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.registry import find
-from threestudio_like.systems.handover import load_trained_system, orbit_views
+from threestudio_like.systems.handover import orbit_views
+from threestudio_like.trials import load_trained_system
 from threestudio_like.utils.metrics import psnr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -137,8 +137,18 @@ def test_only_missing_prompts_are_encoded(model_path, tmp_path, monkeypatch):
 
 
 def test_perp_neg_is_refused_clearly(model_path, tmp_path):
-    with pytest.raises(NotImplementedError, match="use_perp_neg"):
+    from threestudio_like.config import ConfigError
+
+    with pytest.raises(ConfigError, match="use_perp_neg"):
         make_processor(model_path, str(tmp_path), use_perp_neg=True)
+
+
+@pytest.mark.parametrize("prompt", ["", "   \t"])
+def test_empty_prompt_is_refused_when_the_config_is_read(prompt):
+    from threestudio_like.config import ConfigError, validate_against
+
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        validate_against(StableDiffusionPromptProcessor.Config, {"prompt": prompt}, "system.prompt_processor")
 
 
 def test_unknown_words_warn_and_list_the_vocabulary(tiny_model_dir, tmp_path):

@@ -11,12 +11,26 @@ from typing import Any, Optional
 
 import torch
 
-from threestudio_like.config import ConfigError, dump_config, finalize_config, load_config
+from threestudio_like.config import ConfigError, ExperimentConfig, finalize_config, load_config
 from threestudio_like.registry import UnknownTypeError, find
-from threestudio_like.systems.handover import find_last_path
+from threestudio_like.trials import (
+    CheckpointError,
+    check_state_matches,
+    create_trial_dir,
+    load_checkpoint,
+    load_system_weights,
+    remove_stale_temporaries,
+    resolve_checkpoint,
+    trial_dir_of_checkpoint,
+    write_trial_config,
+)
 
-# Mistakes in what the user asked for (bad config, missing file or model): a message, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownTypeError, FileNotFoundError)
+# Mistakes in what the user asked for (bad config, missing file or model, unusable checkpoint):
+# a message, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownTypeError, FileNotFoundError, CheckpointError)
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C: scripts can tell an interrupted run from a finished one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,70 +59,101 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)} (config overrides are written key=value)")
     if not args.verbose:
         _quiet_libraries()
+    from threestudio_like.export.isosurface import EmptyIsosurfaceError
+    from threestudio_like.systems.base import TrainingDivergedError
+
     try:
-        run(args, extras)
-    except USER_ERRORS as e:
+        return run(args, extras)
+    except (*USER_ERRORS, EmptyIsosurfaceError, TrainingDivergedError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        from threestudio_like.systems.base import TrainingDivergedError
-
-        if isinstance(e, TrainingDivergedError) and not args.verbose:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
-    return 0
+        return EXIT_DIVERGED if isinstance(e, TrainingDivergedError) else EXIT_USER_ERROR
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> None:
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    """One CLI invocation; returns the exit code. Everything that can be checked (config, model
+    files, the checkpoint to resume) is checked before the trial folder is created or written."""
     accelerator, devices = select_devices(args.gpu)
+    if args.typecheck:
+        print("--typecheck is accepted for threestudio compatibility and has no effect (tensor shapes are documented, not checked at run time).")
     cfg = load_config(args.config, cli_args=overrides)
     exp = finalize_config(cfg, n_gpus=len(devices) if isinstance(devices, list) else 1)
+    checkpoint = None
     if exp.resume is not None:
-        exp.resume = find_last_path(exp.resume)
-        if not os.path.isfile(exp.resume):
-            raise FileNotFoundError(f"resume={exp.resume}: no such checkpoint file.")
+        exp.resume = resolve_checkpoint(exp.resume)
         exp.trial_dir = trial_dir_of_checkpoint(exp.resume) or exp.trial_dir
+        checkpoint = load_checkpoint(exp.resume)
     elif not args.train:
         raise ConfigError("--validate, --test and --export need a checkpoint: add resume=<trial dir>/ckpts/last.ckpt")
 
     import lightning.pytorch as pl
 
     pl.seed_everything(exp.seed, workers=True, verbose=False)
-    save_dir = os.path.join(exp.trial_dir, "save")
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
-    system = find(exp.system_type)(exp.system, save_dir=save_dir, resumed=exp.resume is not None)
+    system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
+    if checkpoint is not None:
+        check_state_matches(system, checkpoint["state_dict"], exp.resume)
 
     if args.export:
-        load_weights(system, exp.resume)
+        load_system_weights(system, exp.resume, checkpoint)
         if accelerator == "gpu":
             system.to(f"cuda:{devices[0]}")
         for path in system.export():
             print(f"Exported {path}")
-        return
+        return 0
+
+    if args.train:
+        system.check_models_available()
+        if checkpoint is None:
+            exp.trial_dir = create_trial_dir(exp.trial_dir)  # never shared with another run
+            system.save_dir = os.path.join(exp.trial_dir, "save")
+        else:
+            for path in remove_stale_temporaries(exp.trial_dir):
+                print(f"Removed a partial file left by an interrupted write: {path}")
+        kept = write_trial_config(exp.trial_dir, exp)
+        if kept:
+            print(f"The config differs from the one this run started with; that one is kept as {kept}")
+        print(f"Trial directory: {exp.trial_dir}")
 
     from threestudio_like.trainer import build_trainer
 
     trainer, interrupt = build_trainer(exp, accelerator, devices)
-    if args.train:
-        system.check_models_available()
-        dump_config(os.path.join(exp.trial_dir, "configs", "parsed.yaml"), exp)
-        print(f"Trial directory: {exp.trial_dir}")
-        trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)
-        # the final state is always kept, whether or not max_steps is a multiple of the checkpoint interval
-        path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
-        trainer.save_checkpoint(path, weights_only=False)  # the full state (optimiser, RNG, step): resume continues exactly
-        if interrupt.interrupted:
-            print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
-        trainer.test(system, datamodule=datamodule, verbose=False)
-        for path in system.export():  # a run ends with a mesh, as well as a checkpoint and a video
-            print(f"Exported {path}")
-    elif args.validate:
+    del checkpoint  # Lightning reads the file again to restore the full training state
+    if args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
-    elif args.test:
+        return 0
+    if args.test:
         trainer.test(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
+        return 0
+    return train(trainer, interrupt, system, datamodule, exp)
+
+
+def train(trainer: Any, interrupt: Any, system: Any, datamodule: Any, exp: ExperimentConfig) -> int:
+    """Optimise, keep the final state, render the turntable and export the mesh."""
+    from threestudio_like.export.isosurface import EmptyIsosurfaceError
+
+    trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)
+    # the final state is always kept, whether or not max_steps is a multiple of the checkpoint interval
+    path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
+    trainer.save_checkpoint(path, weights_only=False)  # the full state (optimiser, RNG, step): resume continues exactly
+    if interrupt.interrupted:
+        print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
+    trainer.test(system, datamodule=datamodule, verbose=False)
+    try:
+        paths = system.export()  # a run ends with a mesh, as well as a checkpoint and a video
+    except EmptyIsosurfaceError as error:
+        # Training succeeded; only the configured level found no surface. Try the level that does.
+        print(f"warning: the end-of-training export found no surface ({error}); exporting at isosurface_threshold=auto instead.")
+        try:
+            paths = system.export(isosurface_threshold="auto")
+        except EmptyIsosurfaceError as again:
+            print(f"warning: no mesh exported: {again}. The checkpoint and turntable are saved; "
+                  f"export later with --export resume={path}")
+            paths = []
+    for exported in paths:
+        print(f"Exported {exported}")
+    return EXIT_INTERRUPTED if interrupt.interrupted else 0
 
 
 def select_devices(gpu: str) -> tuple[str, Any]:
@@ -117,18 +162,6 @@ def select_devices(gpu: str) -> tuple[str, Any]:
         return "gpu", [int(i) for i in gpu.split(",") if i.strip()]
     print("No CUDA GPU found: running on the CPU with the built-in PyTorch backends.")
     return "cpu", 1
-
-
-def trial_dir_of_checkpoint(ckpt: str) -> Optional[str]:
-    """``<trial>/ckpts/x.ckpt`` -> ``<trial>`` so a resumed run keeps writing to the same trial."""
-    folder = os.path.dirname(os.path.abspath(ckpt))
-    return os.path.dirname(folder) if os.path.basename(folder) == "ckpts" else None
-
-
-def load_weights(system: torch.nn.Module, ckpt: str) -> None:
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    system.load_state_dict(checkpoint["state_dict"])
-    system.on_load_checkpoint(checkpoint)
 
 
 def _quiet_libraries() -> None:

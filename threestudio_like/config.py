@@ -20,13 +20,14 @@ import os
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Optional, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from threestudio_like.registry import close_matches, find
+from threestudio_like.registry import did_you_mean, find
 
 T = TypeVar("T")
 
@@ -141,8 +142,7 @@ def parse_structured(cls: type[T], data: Any = None, path: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in data:
         if key not in names:
-            matches = close_matches(str(key), names)
-            hint = f" Did you mean '{_join(path, matches[0])}'?" if matches else ""
+            hint = did_you_mean(str(key), names, prefix=f"{path}." if path else "")
             raise ConfigError(
                 f"Unknown config key '{_join(path, key)}'.{hint} Valid keys here: {', '.join(names) or '(none)'}."
             )
@@ -179,8 +179,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if typing.get_origin(tp) is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            matches = close_matches(str(value), [str(a) for a in allowed])
-            hint = f" Did you mean '{matches[0]}'?" if matches else ""
+            hint = did_you_mean(str(value), allowed)
             raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}.{hint}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -259,18 +258,34 @@ class ExperimentConfig:
 def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: bool = False) -> DictConfig:
     """Merge YAML files (or strings) and ``key=value`` overrides into one DictConfig."""
     if from_string:
-        parts = [OmegaConf.create(y) for y in yamls]
+        parts = [_parse_yaml(lambda y=y: OmegaConf.create(y), "the config text") for y in yamls]
     else:
         for y in yamls:
             if not os.path.isfile(y):
                 raise ConfigError(f"Config file not found: {y}")
-        parts = [OmegaConf.load(y) for y in yamls]
-    overrides = cli_args or []
-    for arg in overrides:
+        parts = [_parse_yaml(lambda y=y: OmegaConf.load(y), y) for y in yamls]
+    overrides = []
+    for arg in cli_args or []:
         if "=" not in arg:
             raise ConfigError(f"Override '{arg}' is not of the form key=value (for example trainer.max_steps=100).")
-    merged = OmegaConf.merge(*parts, OmegaConf.from_dotlist(list(overrides)))
-    return merged
+        overrides.append(_parse_yaml(lambda arg=arg: OmegaConf.from_dotlist([arg]), f"the override {arg!r}"))
+    return OmegaConf.merge(*parts, *overrides)
+
+
+def _parse_yaml(parse: Any, where: str) -> DictConfig:
+    """Run ``parse``; a YAML syntax error becomes one line naming ``where``, line and column."""
+    import yaml
+    from omegaconf.errors import GrammarParseError
+
+    try:
+        return parse()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"YAML syntax error in {where}{at}: {error.problem}. Fix the YAML and run again.") from None
+    except (yaml.YAMLError, GrammarParseError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"Cannot parse {where}: {first}. Fix the YAML and run again.") from None
 
 
 def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
@@ -282,6 +297,12 @@ def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
             f"Add it on the command line, e.g. {missing[0]}=\"...\"."
         )
     OmegaConf.resolve(cfg)
+    _check_top_level_keys(cfg)
+    if "n_gpus" in cfg and cfg.n_gpus != n_gpus:
+        warnings.warn(
+            f"n_gpus: {cfg.n_gpus} is accepted for threestudio compatibility and has no effect; "
+            f"--gpu chooses the devices ({n_gpus} here)."
+        )
     exp = parse_structured(ExperimentConfig, cfg)
     exp.n_gpus = n_gpus
     if exp.use_timestamp and exp.timestamp is None:
@@ -303,6 +324,30 @@ def validate_experiment(exp: ExperimentConfig) -> None:
     _validate_part(exp.system_type, exp.system, "system")
     exp.trainer = _validate_kwargs(exp.trainer, "trainer", Trainer.__init__)
     exp.checkpoint = _validate_kwargs(exp.checkpoint, "checkpoint", ModelCheckpoint.__init__)
+    max_steps = exp.trainer.get("max_steps")
+    if max_steps is not None and max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be a positive number of optimisation steps, got {max_steps}.")
+
+
+def _check_top_level_keys(cfg: DictConfig) -> None:
+    """An unknown top-level key that is a known key one level down (``max_steps=5``) gets
+    pointed there (``trainer.max_steps``); others get the closest top-level key."""
+    from lightning.pytorch import Trainer
+
+    top = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    sections = {"trainer": [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]}
+    for section, type_key in (("data", "data_type"), ("system", "system_type")):
+        type_name = cfg.get(type_key, getattr(ExperimentConfig, type_key))
+        try:
+            sections[section] = [f.name for f in dataclasses.fields(find(type_name).Config)]
+        except Exception:  # an unknown type name is reported by the full validation
+            sections[section] = []
+    for key in cfg:
+        if key in top:
+            continue
+        homes = [f"{section}.{key}" for section, names in sections.items() if key in names]
+        hint = f" Did you mean '{homes[0]}'?" if homes else did_you_mean(str(key), top)
+        raise ConfigError(f"Unknown config key '{key}'.{hint} Valid top-level keys: {', '.join(top)}.")
 
 
 def _validate_part(type_name: str, data: Any, path: str) -> None:
@@ -342,8 +387,7 @@ def _validate_kwargs(data: dict, path: str, fn: Any) -> dict:
     checked = {}
     for key, value in data.items():
         if key not in allowed:
-            matches = close_matches(key, allowed)
-            hint = f" Did you mean '{path}.{matches[0]}'?" if matches else ""
+            hint = did_you_mean(key, allowed, prefix=f"{path}.")
             raise ConfigError(f"Unknown config key '{path}.{key}'.{hint}")
         checked[key] = _coerce(value, hints[key], _join(path, key)) if _is_simple(hints.get(key)) else value
     return checked

@@ -7,7 +7,7 @@ string back into the class, and an unknown name fails with the closest registere
 from __future__ import annotations
 
 import difflib
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T", bound=type)
 
@@ -38,14 +38,23 @@ def close_matches(word: str, options: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, options, n=n, cutoff=0.5)
 
 
+def did_you_mean(word: str, options: Iterable[str], prefix: str = "", n: int = 1) -> str:
+    """`` Did you mean 'prefix.option'?`` for the closest of ``options`` (up to ``n``), or ``""``;
+    every "unknown name" message builds its hint here."""
+    matches = close_matches(str(word), [str(o) for o in options], n=n)
+    if not matches:
+        return ""
+    named = " or ".join(f"'{prefix}{m}'" for m in matches)
+    return f" Did you mean {named}?"
+
+
 def find(name: str, key_path: str = "") -> type:
     """The class registered as ``name``; ``key_path`` (e.g. ``system.geometry_type``) goes into the error."""
     _import_all_parts()
     if name in _REGISTRY:
         return _REGISTRY[name]
     where = f" (at {key_path})" if key_path else ""
-    matches = close_matches(name, sorted(_REGISTRY))
-    hint = f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+    hint = did_you_mean(name, sorted(_REGISTRY), n=3)
     raise UnknownTypeError(
         f"Unknown type name '{name}'{where}.{hint} Registered types: {', '.join(sorted(_REGISTRY))}."
     )

@@ -11,25 +11,24 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from tqdm import tqdm
 
 from threestudio_like.config import ExperimentConfig
-from threestudio_like.utils.io import atomic_path
+from threestudio_like.loggers import build_loggers
+from threestudio_like.trials import load_checkpoint, save_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file then renames, so a crash never leaves a torn checkpoint;
-    loads with ``weights_only=True`` so a checkpoint cannot run code."""
+    """Checkpoints through ``trials``: written atomically (a crash never leaves a torn file, a
+    full disk keeps the previous one), read with ``weights_only=True`` (a checkpoint cannot run code)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        with atomic_path(str(path)) as tmp:
-            torch.save(checkpoint, tmp)
+        save_checkpoint(checkpoint, str(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
         if not os.path.isfile(str(path)):
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return torch.load(str(path), map_location=map_location or "cpu", weights_only=True)
+        return load_checkpoint(str(path))
 
 
 class StepProgressBar(Callback):
@@ -103,7 +102,7 @@ def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tupl
         accelerator=accelerator,
         devices=devices,
         default_root_dir=exp.trial_dir,
-        logger=CSVLogger(exp.trial_dir, name="csv_logs", version=""),
+        logger=build_loggers(exp.trial_dir, exp.system.get("loggers") or {}),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=False,

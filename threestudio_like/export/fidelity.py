@@ -86,7 +86,8 @@ def export_fidelity(system: Any, path: str, views: CameraBatch) -> tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from threestudio_like.systems.handover import load_trained_system, orbit_views, resolve_checkpoint
+    from threestudio_like.systems.handover import orbit_views
+    from threestudio_like.trials import load_trained_system, resolve_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="trial folder (LAST allowed) or checkpoint")

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from threestudio_like.config import ConfigError
 from threestudio_like.guidance.models import load_diffusion_components, resolve_model_path
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
@@ -134,17 +135,29 @@ class StableDiffusionPromptProcessor(BaseObject):
         use_prompt_debiasing: bool = False
         spawn: bool = False  # threestudio runs the encoder in a subprocess; here it always runs in-process
 
+        def __post_init__(self) -> None:
+            # Checked when the config is parsed: before a trial folder exists or a model loads.
+            if not self.prompt.strip():
+                raise ConfigError(
+                    'system.prompt_processor.prompt is empty: say what to make, e.g. system.prompt_processor.prompt="a red cube".'
+                )
+            if self.use_perp_neg:
+                raise ConfigError(
+                    "system.prompt_processor.use_perp_neg: Perp-Neg is not implemented yet; set it to false."
+                )
+            if self.use_prompt_debiasing:
+                raise ConfigError(
+                    "system.prompt_processor.use_prompt_debiasing is not implemented; set it to false."
+                )
+            if self.spawn:
+                warnings.warn(
+                    "system.prompt_processor.spawn is accepted for threestudio compatibility and has no effect: "
+                    "the text encoder runs once in this process and its embeddings are cached."
+                )
+
     cfg: Config
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
-        if self.cfg.use_perp_neg:
-            raise NotImplementedError(
-                "use_perp_neg=true (Perp-Neg) is not implemented yet; set system.prompt_processor.use_perp_neg=false."
-            )
-        if self.cfg.use_prompt_debiasing:
-            raise NotImplementedError(
-                "use_prompt_debiasing=true is not implemented; set system.prompt_processor.use_prompt_debiasing=false."
-            )
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model_path = resolve_model_path(self.cfg.pretrained_model_name_or_path)
         warn_unknown_words(self.model_path, [self.cfg.prompt, self.cfg.negative_prompt])

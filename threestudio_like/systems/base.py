@@ -97,14 +97,15 @@ class BaseLift3DSystem(pl.LightningModule):
         appearance carries over too: feature network, and material / background of the same type."""
         from omegaconf import OmegaConf
 
-        from threestudio_like.systems.handover import StageCheckpoint
+        from threestudio_like.systems.handover import stage_silhouette_level
+        from threestudio_like.trials import StageCheckpoint
 
         previous = StageCheckpoint.load(path)
         inherit = self.cfg.geometry_convert_inherit_texture
         geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
         previous_geometry = previous.build_part("geometry")
         if geometry_cfg.get("isosurface_threshold") == "silhouette":
-            geometry_cfg.isosurface_threshold = previous.silhouette_level(previous_geometry)
+            geometry_cfg.isosurface_threshold = stage_silhouette_level(previous, previous_geometry)
         self.geometry = find(self.cfg.geometry_type).create_from(previous_geometry, geometry_cfg, copy_net=inherit)
         print(f"Geometry converted from the previous stage {previous.path}")
         if not inherit:
@@ -114,9 +115,10 @@ class BaseLift3DSystem(pl.LightningModule):
                 getattr(self, name).load_state_dict(previous.part_state(name))
 
     def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"system.weights={path}: no such checkpoint file.")
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        from threestudio_like.trials import load_checkpoint, resolve_checkpoint
+
+        path = resolve_checkpoint(path)
+        state = load_checkpoint(path)["state_dict"]
         state = {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in ignore_modules)}
         _, unexpected = self.load_state_dict(state, strict=False)
         if unexpected:
@@ -289,9 +291,10 @@ class BaseLift3DSystem(pl.LightningModule):
         path = save_video(self._save_path(f"it{self.global_step}-test.mp4"), images, fps=30)
         print(f"Turntable video: {path}")
 
-    def export(self) -> list[str]:
-        """Extract the surface and write the configured mesh files; returns their paths."""
-        exporter = find(self.cfg.exporter_type)(self.cfg.exporter)
+    def export(self, **exporter_overrides: Any) -> list[str]:
+        """Extract the surface and write the configured mesh files; returns their paths.
+        ``exporter_overrides`` replace keys of ``system.exporter`` for this export only."""
+        exporter = find(self.cfg.exporter_type)({**self.cfg.exporter, **exporter_overrides})
         self.eval()
         self.update_step(self.current_step)
         folder = os.path.join(self.save_dir, f"it{self.current_step}-export")

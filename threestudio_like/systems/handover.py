@@ -15,100 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
 
+from threestudio_like.trials import StageCheckpoint, load_trained_system
 from threestudio_like.utils.metrics import psnr
 
-LAST = "LAST"
-
-
-def find_last_path(path: str) -> str:
-    """Replace ``LAST`` by the newest trial folder whose name matches around it.
-
-    Trial folders end in ``@YYYYMMDD-HHMMSS``, so the newest sorts last. Only trials that
-    contain the rest of the path (e.g. ``ckpts/last.ckpt``) are candidates, so a run that
-    failed before its first checkpoint is skipped.
-    """
-    if LAST not in path:
-        return path
-    path = path.replace(" ", "_")  # trial names replace the prompt's spaces
-    head, rest = path.split(LAST, 1)
-    folder, name_prefix = os.path.split(head)
-    folder = folder or "."
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{path}: there is no folder {folder!r} to look for the newest trial in.")
-    candidates = sorted(
-        entry
-        for entry in os.listdir(folder)
-        if entry.startswith(name_prefix) and os.path.exists(os.path.join(folder, entry) + rest)
-    )
-    if not candidates:
-        wanted = os.path.join(folder, name_prefix + "*" + rest)
-        raise FileNotFoundError(f"{path}: no trial matches {wanted!r}. Has the previous stage run and saved a checkpoint?")
-    return os.path.join(folder, candidates[-1]) + rest
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file from a checkpoint path or a trial folder (its ``ckpts/last.ckpt``)."""
-    if LAST in path and not path.endswith(".ckpt"):  # the newest trial that has a checkpoint
-        path = os.path.join(path, "ckpts", "last.ckpt")
-    path = find_last_path(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "ckpts", "last.ckpt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: no such checkpoint. Point at the previous stage's trial folder or its ckpts/last.ckpt."
-        )
-    return path
-
-
-@dataclass
-class StageCheckpoint:
-    """A finished stage: its checkpoint file, configs and parameters."""
-
-    path: str
-    system_config: Any  # the ``system`` section of the stage's configs/parsed.yaml
-    state_dict: dict[str, torch.Tensor]
-    data_config: Any = None  # its ``data`` section (cameras)
-
-    @classmethod
-    def load(cls, path: str) -> "StageCheckpoint":
-        path = resolve_checkpoint(path)
-        trial = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        config_path = os.path.join(trial, "configs", "parsed.yaml")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(
-                f"{path}: the stage's config {config_path} is missing, so its parts cannot be rebuilt. "
-                "Keep the checkpoint inside its trial folder (<trial>/ckpts/*.ckpt)."
-            )
-        config = OmegaConf.load(config_path)
-        system_config = OmegaConf.to_container(config.system, resolve=True)
-        data_config = OmegaConf.to_container(config.data, resolve=True) if "data" in config else {}
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        return cls(path, system_config, state, data_config)
-
-    def part_state(self, name: str) -> dict[str, torch.Tensor]:
-        prefix = name + "."
-        return {k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
-
-    def build_part(self, name: str, **parts: Any) -> Any:
-        """The stage's ``geometry`` / ``material`` / ``background`` / ``renderer`` (given the
-        other three as keyword arguments) with its trained state, in eval mode."""
-        from threestudio_like.registry import find
-
-        part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {}, **parts)
-        part.load_state_dict(self.part_state(name))
-        return part.eval()
-
-    def silhouette_level(self, geometry: Any, n_views: int = 8, size: int = 64) -> float:
-        """The level of ``geometry``'s field whose surface outlines what this stage renders."""
-        parts = {name: self.build_part(name) for name in ("material", "background")}
-        renderer = self.build_part("renderer", geometry=geometry, **parts)
-        return silhouette_matched_level(geometry, renderer, orbit_views(self.data_config, n_views, size))
+def stage_silhouette_level(previous: StageCheckpoint, geometry: Any, n_views: int = 8, size: int = 64) -> float:
+    """The level of ``geometry``'s field whose surface outlines what the ``previous`` stage renders."""
+    parts = {name: previous.build_part(name) for name in ("material", "background")}
+    renderer = previous.build_part("renderer", geometry=geometry, **parts)
+    return silhouette_matched_level(geometry, renderer, orbit_views(previous.data_config, n_views, size))
 
 
 SILHOUETTE_LEVELS = 24  # candidate levels tried by silhouette_matched_level
@@ -152,23 +70,6 @@ def silhouette_matched_level(geometry: Any, renderer: Any, views: Any) -> float:
             best_level, best_iou = level, iou
     print(f"Hand-over level {best_level:.4g}: its silhouettes match the previous stage's renders with IoU {best_iou:.3f}")
     return best_level
-
-
-def load_trained_system(path: str) -> tuple[Any, Any]:
-    """The trained system of a trial folder or checkpoint (LAST allowed), in eval mode at its
-    step, and its experiment config."""
-    from threestudio_like.cli import load_weights
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.registry import find
-
-    ckpt = resolve_checkpoint(path)
-    trial = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
-    exp = finalize_config(load_config(os.path.join(trial, "configs", "parsed.yaml")))
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial, "save"), resumed=True)
-    load_weights(system, ckpt)
-    system.eval()
-    system.update_step(system.current_step)
-    return system, exp
 
 
 def orbit_views(data: dict, n_views: int, size: int) -> Any:

@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+TEMPORARY_PREFIX = ".tmp-"  # partial files of atomic writes; stale ones are removed by trials.remove_stale_temporaries
+
 
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
@@ -18,7 +20,7 @@ def atomic_path(path: str) -> Iterator[str]:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path))
     os.close(fd)
     try:
         yield tmp

@@ -1,0 +1,274 @@
+"""Trial folders and checkpoints, owned in one place.
+
+A run writes ``outputs/<name>/<tag>@<timestamp>/`` (its *trial*): ``configs/parsed.yaml``,
+``ckpts/*.ckpt``, ``save/`` and the metrics logs. This module creates trial folders (never
+shared between two runs), finds checkpoints (``LAST`` picks the newest trial), loads them
+with checks that fail with one clear line, and writes them atomically. The CLI, the stage
+hand-over (Magic3D's ``geometry_convert_from``) and the evaluators all go through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from threestudio_like.config import ConfigError, dump_config, finalize_config, load_config
+from threestudio_like.utils.io import TEMPORARY_PREFIX, atomic_path
+
+LAST = "LAST"
+CKPT_DIR = "ckpts"
+LAST_CKPT = "last.ckpt"
+PARSED_CONFIG = os.path.join("configs", "parsed.yaml")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, unsafe, from another recipe, or not writable."""
+
+
+# --------------------------------------------------------------------------- trial folders
+def create_trial_dir(path: str) -> str:
+    """Create ``path`` exclusively and return it; when it is taken (another run with the same
+    name and tag, started in the same second), ``path-1``, ``path-2``, ... instead."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    candidate, n = path, 0
+    while True:
+        try:
+            os.mkdir(candidate)  # atomic: exactly one process succeeds for each name
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
+
+
+def trial_dir_of_checkpoint(ckpt: str) -> Optional[str]:
+    """``<trial>/ckpts/x.ckpt`` -> ``<trial>``; None for a checkpoint outside a trial folder."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    return os.path.dirname(folder) if os.path.basename(folder) == CKPT_DIR else None
+
+
+def remove_stale_temporaries(trial_dir: str) -> list[str]:
+    """Delete the partial ``.tmp-*`` files an interrupted write (kill -9, power loss) left in a
+    trial folder; an atomic write never leaves one behind otherwise. Returns what was removed."""
+    removed = []
+    for folder, _, files in os.walk(trial_dir):
+        for name in files:
+            if name.startswith(TEMPORARY_PREFIX):
+                path = os.path.join(folder, name)
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+def write_trial_config(trial_dir: str, exp: Any) -> Optional[str]:
+    """Write ``configs/parsed.yaml``. A different config already there (a resume with other
+    settings) is kept as ``parsed-<time>.yaml``; returns that path, or None."""
+    path = os.path.join(trial_dir, PARSED_CONFIG)
+    kept = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = f.read()
+        dump_config(path + ".new", exp)
+        with open(path + ".new") as f:
+            changed = f.read() != previous
+        os.remove(path + ".new")
+        if not changed:
+            return None
+        kept = os.path.join(os.path.dirname(path), f"parsed-{datetime.now():%Y%m%d-%H%M%S}.yaml")
+        os.replace(path, kept)
+    dump_config(path, exp)
+    return kept
+
+
+def load_trial_config(trial_dir: str) -> Any:
+    """The experiment config a trial ran with (its ``configs/parsed.yaml``)."""
+    path = os.path.join(trial_dir, PARSED_CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing, so the trial's parts cannot be rebuilt. "
+            "Keep checkpoints inside their trial folder (<trial>/ckpts/*.ckpt)."
+        )
+    return finalize_config(load_config(path))
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+def find_last_path(path: str) -> str:
+    """Replace ``LAST`` by the newest trial folder whose name matches around it.
+
+    Trial folders end in ``@YYYYMMDD-HHMMSS`` (and ``-<n>`` when a name was taken), so the
+    newest sorts last. Only trials that contain the rest of the path (e.g.
+    ``ckpts/last.ckpt``) are candidates, so a run that failed before its first checkpoint is skipped.
+    """
+    if LAST not in path:
+        return path
+    path = path.replace(" ", "_")  # trial names replace the prompt's spaces
+    head, rest = path.split(LAST, 1)
+    folder, name_prefix = os.path.split(head)
+    folder = folder or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: there is no folder {folder!r} to look for the newest trial in.")
+    candidates = sorted(
+        (entry for entry in os.listdir(folder)
+         if entry.startswith(name_prefix) and os.path.exists(os.path.join(folder, entry) + rest)),
+        key=_trial_order,
+    )
+    if not candidates:
+        wanted = os.path.join(folder, name_prefix + "*" + rest)
+        raise FileNotFoundError(f"{path}: no trial matches {wanted!r}. Has the previous stage run and saved a checkpoint?")
+    return os.path.join(folder, candidates[-1]) + rest
+
+
+def _trial_order(name: str) -> tuple[str, int]:
+    """``tag@time`` < ``tag@time-1`` < ``tag@time-2`` < ``tag@time-10``."""
+    stem, _, suffix = name.rpartition("-")
+    if stem and suffix.isdigit() and "@" in stem and len(suffix) < 4:
+        return stem, int(suffix)
+    return name, 0
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file from a checkpoint path or a trial folder (its ``ckpts/last.ckpt``)."""
+    if LAST in path and not path.endswith(".ckpt"):  # the newest trial that has a checkpoint
+        path = os.path.join(path, CKPT_DIR, LAST_CKPT)
+    path = find_last_path(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, CKPT_DIR, LAST_CKPT)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint. Point at a trial folder or one of its ckpts/*.ckpt files."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain containers only: ``weights_only=True``)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values; such a file can run code when "
+            "loaded, so it was not loaded. Use a checkpoint written by this program."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: checkpoint is truncated or corrupt ({_first_line(error)}). "
+            f"Resume from another checkpoint in {os.path.dirname(path)}."
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this program (it has no state_dict).")
+    return checkpoint
+
+
+def check_state_matches(module: torch.nn.Module, state_dict: dict[str, Any], path: str) -> None:
+    """Fail, naming the first differences, unless ``state_dict`` fits ``module`` exactly."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = [
+        f"{label} {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape of", wrong_shape))
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} does not match this config: {'; '.join(problems)}. Was it written by another recipe "
+            "or with other geometry settings? Use that run's config (its configs/parsed.yaml)."
+        )
+
+
+def load_system_weights(system: Any, path: str, checkpoint: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Checked load of a checkpoint's weights into ``system`` (then its ``on_load_checkpoint``)."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
+    check_state_matches(system, checkpoint["state_dict"], path)
+    system.load_state_dict(checkpoint["state_dict"])
+    system.on_load_checkpoint(checkpoint)
+    return checkpoint
+
+
+def load_trained_system(path: str) -> tuple[Any, Any]:
+    """The trained system of a trial folder or checkpoint (LAST allowed), in eval mode at its
+    step, and its experiment config."""
+    from threestudio_like.registry import find
+
+    ckpt = resolve_checkpoint(path)
+    trial = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+    exp = load_trial_config(trial)
+    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial, "save"), resumed=True)
+    load_system_weights(system, ckpt)
+    system.eval()
+    system.update_step(system.current_step)
+    return system, exp
+
+
+@dataclass
+class StageCheckpoint:
+    """A finished stage, for the next one to start from: its checkpoint, configs and parameters."""
+
+    path: str
+    system_config: dict  # the ``system`` section of the stage's configs/parsed.yaml
+    state_dict: dict[str, torch.Tensor]
+    data_config: dict  # its ``data`` section (cameras)
+
+    @classmethod
+    def load(cls, path: str) -> "StageCheckpoint":
+        path = resolve_checkpoint(path)
+        trial = trial_dir_of_checkpoint(path) or os.path.dirname(path)
+        config_path = os.path.join(trial, PARSED_CONFIG)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(
+                f"{path}: the stage's config {config_path} is missing, so its parts cannot be rebuilt. "
+                "Keep the checkpoint inside its trial folder (<trial>/ckpts/*.ckpt)."
+            )
+        config = OmegaConf.load(config_path)
+        system_config = OmegaConf.to_container(config.system, resolve=True)
+        data_config = OmegaConf.to_container(config.data, resolve=True) if "data" in config else {}
+        return cls(path, system_config, load_checkpoint(path)["state_dict"], data_config)
+
+    def part_state(self, name: str) -> dict[str, torch.Tensor]:
+        prefix = name + "."
+        return {k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
+    def build_part(self, name: str, **parts: Any) -> Any:
+        """The stage's ``geometry`` / ``material`` / ``background`` / ``renderer`` (given the
+        other three as keyword arguments) with its trained state, in eval mode."""
+        from threestudio_like.registry import find
+
+        part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {}, **parts)
+        state = self.part_state(name)
+        check_state_matches(part, state, f"{self.path} ({name})")
+        part.load_state_dict(state)
+        return part.eval()
+
+
+# --------------------------------------------------------------------------- saving
+def save_checkpoint(checkpoint: dict[str, Any], path: str) -> None:
+    """Write atomically: the previous file at ``path`` stays until the new one is complete,
+    and a full disk is one clear error, not a traceback and a torn file."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(
+                f"no space left writing {path}; the previous checkpoint is kept. Free disk space and "
+                f"resume from the last checkpoint in {os.path.dirname(path)}."
+            ) from None
+        raise
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:160] if text else type(error).__name__
