@@ -28,7 +28,7 @@ from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.decimate import decimate
 from threestudio_like.export.fidelity import render_textured, render_unlit
 from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.mesh.rasterize import TorchRasterizer
 from threestudio_like.utils.metrics import psnr

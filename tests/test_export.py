@@ -10,8 +10,9 @@ import pytest
 import torch
 import trimesh
 
-from threestudio_like.export import EmptyIsosurfaceError, Mesh, extract_isosurface, write_glb, write_obj
+from threestudio_like.export import EmptyIsosurfaceError, extract_isosurface, write_glb, write_obj
 from threestudio_like.export.isosurface import sample_grid
+from threestudio_like.mesh.types import Mesh
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.mesh import tetgrid
 from threestudio_like.mesh.marching_tets import TRIANGLE_COUNT, marching_tetrahedra, remove_outliers
 from threestudio_like.mesh.mesh_sdf import (

@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 from gltf_validation import gltf_report
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import bake_texture, dilate, sample_texture, textured_mesh, unwrap_uv
 from threestudio_like.export.writers import write_glb, write_obj
 from threestudio_like.mesh.rasterize import TorchRasterizer

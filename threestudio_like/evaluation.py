@@ -28,7 +28,7 @@ import torch
 
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.priors import procedural
 from threestudio_like.priors.classifier import ShapeColourClassifier, load_classifier
 from threestudio_like.recipes import RECIPES_DIR

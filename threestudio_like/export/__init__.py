@@ -1,7 +1,6 @@
-"""Mesh export: isosurface extraction, the Mesh record, OBJ / GLB writers."""
+"""Mesh export: isosurface extraction, OBJ / GLB writers (the Mesh record is threestudio_like.mesh.types.Mesh)."""
 
 from threestudio_like.export.isosurface import EmptyIsosurfaceError, extract_isosurface
-from threestudio_like.export.mesh import Mesh
 from threestudio_like.export.writers import write_glb, write_obj
 
-__all__ = ["EmptyIsosurfaceError", "Mesh", "extract_isosurface", "write_glb", "write_obj"]
+__all__ = ["EmptyIsosurfaceError", "extract_isosurface", "write_glb", "write_obj"]

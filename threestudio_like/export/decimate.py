@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 
 
 def decimate(mesh: Mesh, max_faces: int) -> Mesh:

@@ -12,7 +12,7 @@ import torch
 from threestudio_like.config import ConfigError
 from threestudio_like.export.decimate import decimate
 from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.export.writers import write_glb, write_obj
 from threestudio_like.mesh.marching_tets import remove_outliers

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import sample_texture
 from threestudio_like.export.writers import Z_UP_TO_Y_UP
 from threestudio_like.mesh.rasterize import make_rasterizer

@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional, Union
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Float, Tensor
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N ..."]]

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Bool, Float, Tensor
 
 ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N C"]]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 
 if TYPE_CHECKING:
     import trimesh

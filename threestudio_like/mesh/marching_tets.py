@@ -24,7 +24,7 @@ import itertools
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Float, Int, Tensor
 
 # the six edges of a tetrahedron as pairs of local vertex indices

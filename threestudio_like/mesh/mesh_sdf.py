@@ -24,7 +24,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Float, Tensor
 
 _AXES = {"+x": (1, 0, 0), "+y": (0, 1, 0), "+z": (0, 0, 1), "-x": (-1, 0, 0), "-y": (0, -1, 0), "-z": (0, 0, -1)}

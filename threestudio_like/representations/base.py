@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from threestudio_like.config import ConfigError
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
-
-if TYPE_CHECKING:  # export/ is optional at import time; only isosurface() needs it
-    from threestudio_like.export.mesh import Mesh
 
 
 def scale_to_unit(x: Float[Tensor, "... 3"], bbox: Float[Tensor, "2 3"]) -> Float[Tensor, "... 3"]:

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError, parse_structured
-from threestudio_like.export.mesh import Mesh
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.mesh.marching_tets import empty_mesh, marching_tetrahedra, remove_outliers
 from threestudio_like.mesh.tetgrid import grid_vertices as unit_grid_vertices
 from threestudio_like.mesh.tetgrid import surface_tets

@@ -1,4 +1,4 @@
-"""A minimal triangle mesh record passed between isosurface extraction, baking and writers."""
+"""The triangle mesh record shared by rasterization, marching tetrahedra, isosurface extraction, baking and writers."""
 
 from __future__ import annotations
 
