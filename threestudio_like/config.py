@@ -260,10 +260,9 @@ def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: 
     if from_string:
         parts = [_parse_yaml(lambda y=y: OmegaConf.create(y), "the config text") for y in yamls]
     else:
-        for y in yamls:
-            if not os.path.isfile(y):
-                raise ConfigError(f"Config file not found: {y}")
-        parts = [_parse_yaml(lambda y=y: OmegaConf.load(y), y) for y in yamls]
+        from threestudio_like.recipes import find_config
+
+        parts = [_parse_yaml(lambda y=y: OmegaConf.load(find_config(y)), y) for y in yamls]
     overrides = []
     for arg in cli_args or []:
         if "=" not in arg:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,7 +28,39 @@ SHARED_REGULARISERS = ("orient", "sparsity", "opaque", "z_variance", "normal_con
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss or a gradient became NaN / infinite; the last good checkpoint is kept."""
+    """The loss, a render, a gradient, a parameter or the optimiser state became NaN / infinite.
+
+    Raised before the step's checkpoint is written, so the checkpoints on disk stay good.
+    """
+
+
+# Render outputs every renderer produces; a NaN field shows up in them (renderers never skip NaN samples).
+CHECKED_RENDER_KEYS = ("comp_rgb", "opacity")
+MAX_NAMES_IN_MESSAGE = 6
+
+
+def nonfinite_names(named: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """The distinct names whose tensor holds a NaN or inf, in order; one device sync for all."""
+    named = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
+    if not named:
+        return []
+    device = named[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named]).tolist()
+    return list(dict.fromkeys(n for (n, _), ok in zip(named, finite) if not ok))
+
+
+def _list_names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
+    more = len(names) - MAX_NAMES_IN_MESSAGE
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def diverged(step: int, what: str) -> TrainingDivergedError:
+    """The error for a divergence found at ``step``; ``what`` says which values went bad."""
+    return TrainingDivergedError(
+        f"training diverged at step {step}: {what}. Checkpoints written before step {step} are untouched; "
+        f"resume from one with a lower learning rate or loss weight."
+    )
 
 
 class BaseLift3DSystem(pl.LightningModule):
@@ -79,12 +111,14 @@ class BaseLift3DSystem(pl.LightningModule):
         self.renderer = find(self.cfg.renderer_type)(
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
-        # Guidance and prompts are built lazily: validation, test and export never load a diffusion model.
-        self._guidance: Optional[torch.nn.Module] = None
+        # The guidance is built by prepare_for_training (the fit's setup), prompts at first use:
+        # validation, test and export never load a diffusion model.
         self._prompt_utils: Any = None
-        self._checked_loss_names = False
         self._loaded_step = 0
         self.configure()
+        # Config mistakes surface now, before a trial folder exists or a diffusion model loads.
+        self._check_loss_names()
+        build_optimizer(self, self.cfg.optimizer)  # unknown groups, optimiser names or arguments
         if self.cfg.weights is not None:
             self.load_initial_weights(self.cfg.weights, self.cfg.weights_ignore_modules or [])
 
@@ -125,11 +159,32 @@ class BaseLift3DSystem(pl.LightningModule):
             raise ConfigError(f"system.weights={path} holds parameters this system does not have: {unexpected[:5]}")
 
     # ------------------------------------------------------------------ parts
+    def prepare_for_training(self, device: Optional[torch.device] = None) -> None:
+        """Build the guidance (once) on ``device``, so the first step's ``update_step`` reaches it.
+
+        A submodule named ``guidance``: a trainable guidance (e.g. a VSD critic) gets its
+        parameters into the checkpoint and can be an optimiser group ``guidance``; the frozen
+        diffusion model stays outside the module tree.
+        """
+        if "guidance" in self._modules:
+            return
+        # fork_rng: model loading may draw random initial weights; the training stream must not
+        # depend on whether the components were already cached in this process.
+        with torch.random.fork_rng(devices=[]):
+            guidance = find(self.cfg.guidance_type)(self.cfg.guidance, device=device or self.device)
+        self.add_module("guidance", guidance)
+
+    def setup(self, stage: str) -> None:
+        # Runs before a resumed checkpoint is restored and before configure_optimizers.
+        if stage == "fit":
+            self.prepare_for_training(self.trainer.strategy.root_device)
+
     @property
     def guidance(self) -> torch.nn.Module:
-        if self._guidance is None:
-            self._guidance = find(self.cfg.guidance_type)(self.cfg.guidance, device=self.device)
-        return self._guidance
+        """The guidance; built here on first use outside a fit (e.g. a test driving the system)."""
+        if "guidance" not in self._modules:
+            self.prepare_for_training()
+        return self._modules["guidance"]
 
     @property
     def prompt_utils(self) -> Any:
@@ -148,14 +203,17 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def parts(self) -> list[Any]:
         parts = [self.geometry, self.material, self.background, self.renderer]
-        return parts + ([self._guidance] if self._guidance is not None else [])
+        return parts + ([self._modules["guidance"]] if "guidance" in self._modules else [])
 
     def update_step(self, global_step: int) -> None:
         for part in self.parts():
             part.update_step(global_step)
 
     def forward(self, batch: CameraBatch) -> RenderOutput:
-        return self.renderer(**batch)
+        out = self.renderer(**batch)
+        if self.training:
+            self.check_render(out)
+        return out
 
     # ------------------------------------------------------------------ losses
     def lambda_(self, name: str) -> float:
@@ -192,8 +250,6 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """Sum of ``lambda_X * loss_X``; logs every term and fails on NaN."""
-        if not self._checked_loss_names:
-            self._check_loss_names(losses)
         total = torch.zeros((), device=self.device)
         for name, value in losses.items():
             weight = self.lambda_(name[len("loss_") :])
@@ -203,13 +259,11 @@ class BaseLift3DSystem(pl.LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True)
         if not torch.isfinite(total):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise TrainingDivergedError(f"the loss became {total.item()} at step {self.global_step} ({terms}).")
+            raise diverged(self.global_step, f"the loss became {total.item()} ({terms})")
         return total
 
-    def _check_loss_names(self, losses: dict[str, Tensor]) -> None:
-        self._checked_loss_names = True
-        produced = {k[len("loss_") :] for k in losses} | set(SHARED_REGULARISERS)
-        produced |= set(self.extra_loss_names())
+    def _check_loss_names(self) -> None:
+        produced = set(SHARED_REGULARISERS) | set(self.extra_loss_names())
         for key in self.cfg.loss:
             if key[len("lambda_") :] not in produced:
                 raise ConfigError(
@@ -218,13 +272,65 @@ class BaseLift3DSystem(pl.LightningModule):
                 )
 
     def extra_loss_names(self) -> list[str]:
-        """Losses a recipe computes only at some steps (so the name check accepts them)."""
+        """The ``loss_<name>`` terms this recipe computes besides the shared regularisers
+        (its guidance's among them), so ``system.loss.lambda_<name>`` can be checked up front."""
         return []
 
-    def on_after_backward(self) -> None:
-        for name, param in self.named_parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                raise TrainingDivergedError(f"the gradient of {name} became NaN/inf at step {self.global_step}.")
+    # ------------------------------------------------------------------ divergence checks
+    def check_render(self, out: RenderOutput) -> None:
+        """A training render must be finite: a NaN here is a broken field, not noise to clean."""
+        bad = nonfinite_names((k, out[k]) for k in CHECKED_RENDER_KEYS if k in out)
+        if not bad:
+            return
+        largest = max(self.named_parameters(), key=lambda item: item[1].detach().abs().max().item(), default=None)
+        hint = ""
+        if largest is not None and not nonfinite_names(self.named_parameters()):
+            hint = f"; the parameters are finite, the largest is {largest[0]} (|x| up to {largest[1].abs().max().item():.3g})"
+        raise diverged(self.global_step, f"the render's {', '.join(bad)} became NaN/inf{hint}")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after a mixed-precision plugin unscaled the gradients.
+        bad = nonfinite_names(self._named_optimised_parameters(optimizer, grads=True))
+        if bad and self._grad_scaler() is None:
+            raise diverged(self.global_step, f"the gradients of {_list_names(bad)} became NaN/inf")
+        # With a GradScaler, inf gradients are its normal overflow signal: it skips this step
+        # and lowers the loss scale. A real divergence still shows in the loss, renders or parameters.
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Here, not in on_train_batch_end: Lightning runs ModelCheckpoint's batch-end hook first.
+        self.check_state_after_step(optimizer)
+
+    def check_state_after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Parameters and optimiser state must be finite after a step (one device sync)."""
+        bad = nonfinite_names(self._named_optimised_parameters(optimizer, grads=False, state=True))
+        if bad:
+            raise diverged(self.global_step, f"after the optimiser step these hold NaN/inf: {_list_names(bad)}")
+
+    def _named_optimised_parameters(
+        self, optimizer: torch.optim.Optimizer, grads: bool, state: bool = False
+    ) -> list[tuple[str, Tensor]]:
+        """(name, tensor) for the optimiser's parameters (or their gradients), then its state tensors
+        named "optimizer state of group <name>"."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrap Lightning's LightningOptimizer
+        names = {id(p): n for n, p in self.named_parameters()}
+        tensors: list[tuple[str, Tensor]] = []
+        states: list[tuple[str, Tensor]] = []
+        for index, group in enumerate(optimizer.param_groups):
+            label = f"optimizer state of group {group.get('name', index)}"
+            for param in group["params"]:
+                value = param.grad if grads else param
+                if value is not None:
+                    tensors.append((names.get(id(param), f"a parameter of group {group.get('name', index)}"), value))
+                if state:
+                    states.extend((label, t) for t in optimizer.state.get(param, {}).values() if torch.is_tensor(t))
+        return tensors + states
+
+    def _grad_scaler(self) -> Optional[Any]:
+        """The mixed-precision GradScaler of the running trainer, if any (16-mixed on GPU)."""
+        if self._trainer is None:
+            return None
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
