@@ -172,7 +172,7 @@ class BaseLift3DSystem(pl.LightningModule):
         # depend on whether the components were already cached in this process.
         with torch.random.fork_rng(devices=[]):
             guidance = find(self.cfg.guidance_type)(self.cfg.guidance, device=device or self.device)
-        self.add_module("guidance", guidance)
+        self.guidance = guidance  # nn.Module.__setattr__ registers it (the property below only reads)
 
     def setup(self, stage: str) -> None:
         # Runs before a resumed checkpoint is restored and before configure_optimizers.
@@ -280,13 +280,16 @@ class BaseLift3DSystem(pl.LightningModule):
     def check_render(self, out: RenderOutput) -> None:
         """A training render must be finite: a NaN here is a broken field, not noise to clean."""
         bad = nonfinite_names((k, out[k]) for k in CHECKED_RENDER_KEYS if k in out)
-        if not bad:
-            return
-        largest = max(self.named_parameters(), key=lambda item: item[1].detach().abs().max().item(), default=None)
-        hint = ""
-        if largest is not None and not nonfinite_names(self.named_parameters()):
-            hint = f"; the parameters are finite, the largest is {largest[0]} (|x| up to {largest[1].abs().max().item():.3g})"
-        raise diverged(self.global_step, f"the render's {', '.join(bad)} became NaN/inf{hint}")
+        if bad:
+            raise diverged(self.global_step, f"the render's {', '.join(bad)} became NaN/inf{self._parameter_hint()}")
+
+    def _parameter_hint(self) -> str:
+        """Which parameter to suspect when everything stored is finite: the largest in magnitude."""
+        named = [(n, p.detach().abs().max().item()) for n, p in self.named_parameters() if p.numel() > 0]
+        if not named or nonfinite_names(self.named_parameters()):
+            return ""
+        name, size = max(named, key=lambda item: item[1])
+        return f"; the parameters are finite, the largest is {name} (|x| up to {size:.3g})"
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after a mixed-precision plugin unscaled the gradients.
