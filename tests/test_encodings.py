@@ -310,12 +310,16 @@ def test_bad_configs_name_the_problem():
 def test_vanilla_mlp_structure_and_aliases():
     for otype in ("VanillaMLP", "FullyFusedMLP", "CutlassMLP"):
         mlp = get_mlp(8, 3, {"otype": otype, "n_neurons": 16, "n_hidden_layers": 2, "backend": "torch"})
-        weights = [p for name, p in mlp.named_parameters()]
-        assert [tuple(w.shape) for w in weights] == [(16, 8), (16, 16), (3, 16)]  # no biases
+        assert [name for name, _ in mlp.named_parameters()] == ["params"]  # one flat vector, as tcnn
+        # tcnn's layout: input padded to 16, output to 16, row-major [fan_out, fan_in] matrices
+        assert mlp.layout.shapes == [(16, 16), (16, 16), (16, 16)]
+        assert mlp.params.numel() == 3 * 16 * 16
     mlp = get_mlp(4, 2, {"otype": "VanillaMLP", "n_neurons": 5, "n_hidden_layers": 1, "output_activation": "sigmoid"})
     x = torch.randn(7, 4)
-    w0, w1 = mlp.layers[0].weight, mlp.layers[2].weight
-    expected = torch.sigmoid(torch.relu(x @ w0.T) @ w1.T)
+    w0, w1 = mlp.layout.matrices(mlp.params.detach())
+    # at initialisation the padding weights are zero: a plain bias-free MLP
+    assert w0[:, 4:].abs().sum() == 0 and w1[2:].abs().sum() == 0
+    expected = torch.sigmoid(torch.relu(x @ w0[:, :4].T) @ w1[:2].T)
     torch.testing.assert_close(mlp(x), expected)
     assert mlp(torch.randn(2, 3, 4)).shape == (2, 3, 2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_analytic_normals_are_differentiable_when_grad_is_enabled():
     # an orientation-style loss must reach the encoding and the density network
     (normal * torch.randn_like(normal)).sum().backward()
     assert geo.encoding.params.grad is not None and geo.encoding.params.grad.abs().sum() > 0
-    assert geo.density_network.layers[0].weight.grad.abs().sum() > 0
+    assert geo.density_network.params.grad.abs().sum() > 0
     with torch.no_grad():
         out = geo(pts, output_normal=True)
     assert not any(v.requires_grad for v in out.values())
@@ -175,3 +176,18 @@ def test_empty_query_is_fine(normal_type):
     out = geo(torch.zeros(0, 3), output_normal=True)
     assert out["density"].shape == (0, 1) and out["features"].shape == (0, 3) and out["normal"].shape == (0, 3)
     (out["density"].sum() + out["normal"].sum()).backward()
+
+
+def test_ignored_threestudio_isosurface_options_warn_once(monkeypatch):
+    from threestudio_like.representations import base
+
+    monkeypatch.setattr(base, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"isosurface_method: mt .*no effect.*marching cubes \(scikit-image"):
+        make(isosurface_method="mt")
+    with pytest.warns(UserWarning, match=r"isosurface_deformable_grid: true .*no effect.*tetrahedra-sdf-grid"):
+        make(isosurface_deformable_grid=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(isosurface_method="mt", isosurface_deformable_grid=True)  # once per process
+        make()  # the defaults describe what is done: no warning
+    assert make().cfg.isosurface_method == "mc-cpu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -33,6 +34,15 @@ def contract_to_unisphere(
     return x / 4.0 + 0.5  # [-2, 2] -> [0, 1]
 
 
+_WARNED: set[str] = set()  # ignored options already reported in this process
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
 class BaseGeometry(BaseModule):
     """Anything the renderer queries for geometry; ``create_from`` hands a stage over to the next."""
 
@@ -51,20 +61,21 @@ class BaseImplicitGeometry(BaseGeometry):
     """A field on the box ``[-radius, radius]^3`` (buffer ``bbox``) that can be meshed.
 
     The isosurface options keep threestudio's names. Extraction is marching cubes on the CPU
-    for every ``isosurface_method`` ("mt" and "mc-cpu" are accepted for compatibility).
-    Subclasses implement ``isosurface_field`` (larger = more inside).
+    (scikit-image) on a regular grid: ``isosurface_method: mt`` (marching tetrahedra) and
+    ``isosurface_deformable_grid: true`` are accepted for threestudio configs, have no effect,
+    and say so once per process. Subclasses implement ``isosurface_field`` (larger = more inside).
     """
 
     @dataclass
     class Config(BaseGeometry.Config):
         radius: float = 1.0
         isosurface: bool = True
-        isosurface_method: str = "mt"
+        isosurface_method: str = "mc-cpu"  # what is done; "mt" is accepted (threestudio's default) and warns
         isosurface_resolution: int = 128
         isosurface_threshold: Union[float, str] = 0.0
         isosurface_chunk: int = 0  # points per field evaluation; 0 = the extractor's default
         isosurface_coarse_to_fine: bool = False
-        isosurface_deformable_grid: bool = False  # accepted for compatibility; volumes have no deformation
+        isosurface_deformable_grid: bool = False  # accepted for compatibility (warns); fields have no grid to deform
 
     cfg: Config
     bbox: Float[Tensor, "2 3"]
@@ -76,6 +87,19 @@ class BaseImplicitGeometry(BaseGeometry):
             raise ConfigError(f"radius must be positive, got {cfg.radius}")
         if cfg.isosurface_method not in ("mt", "mc-cpu"):
             raise ConfigError(f"isosurface_method: {cfg.isosurface_method!r} is not one of ['mt', 'mc-cpu']")
+        name = type(self).__name__
+        if cfg.isosurface_method == "mt":
+            _warn_once(
+                "isosurface_method",
+                f"isosurface_method: mt is accepted for threestudio compatibility and has no effect on {name}: "
+                "its isosurface is extracted by marching cubes (scikit-image, on the CPU), as with mc-cpu.",
+            )
+        if cfg.isosurface_deformable_grid:
+            _warn_once(
+                "isosurface_deformable_grid",
+                f"isosurface_deformable_grid: true is accepted for threestudio compatibility and has no effect on "
+                f"{name}: marching cubes runs on a regular grid. Only tetrahedra-sdf-grid deforms its grid.",
+            )
         if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold != "auto":
             raise ConfigError(
                 f"isosurface_threshold: expected a number or 'auto', got {cfg.isosurface_threshold!r}"

@@ -21,7 +21,8 @@ import torch.nn as nn
 from threestudio_like.config import ConfigError
 from threestudio_like.registry import close_matches
 from threestudio_like.representations.otype import register_otype, split_otype
-from threestudio_like.utils.backends import choose_backend, optional_import
+from threestudio_like.utils import backends
+from threestudio_like.utils.backends import choose_backend
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
 
@@ -329,7 +330,7 @@ class HashGrid(Encoding):
 
     def _tcnn_forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N L"]:
         if self._tcnn_encoding is None:
-            tcnn = optional_import("tinycudann")
+            tcnn = backends.optional_import("tinycudann")
             encoding = tcnn.Encoding(self.n_input_dims, self.tcnn_config(), dtype=torch.float32)
             if encoding.params.numel() != self.params.numel():
                 raise RuntimeError(

@@ -68,7 +68,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         self.encoding = get_encoding(cfg.n_input_dims, self._with_backend(cfg.pos_encoding_config))
         mlp_config = self._with_backend(cfg.mlp_network_config)
         enc_dims = self.encoding.n_output_dims
-        self.density_network = get_mlp(enc_dims, 1, mlp_config)
+        # analytic normals are a gradient of the density that losses differentiate again: tcnn's
+        # MLPs have no second derivative, so this one stays in PyTorch under backend: auto
+        self.density_network = get_mlp(enc_dims, 1, mlp_config, double_backward=cfg.normal_type == "analytic")
         self.feature_network = get_mlp(enc_dims, cfg.n_feature_dims, mlp_config)
         if cfg.normal_type == "pred":
             self.normal_network = get_mlp(enc_dims, 3, mlp_config)

@@ -7,6 +7,7 @@ scale_-11_01, ...); names are matched case-insensitively.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from threestudio_like.config import ConfigError
 from threestudio_like.registry import close_matches
 from threestudio_like.representations.otype import register_otype, split_otype
-from threestudio_like.utils.backends import choose_backend, optional_import
+from threestudio_like.utils import backends
+from threestudio_like.utils.backends import choose_backend
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
 
@@ -105,15 +107,85 @@ class Activation(nn.Module):
 
 
 # --------------------------------------------------------------------------- MLP
+_TCNN_ALIGNMENT = 16  # tcnn pads network inputs (with ones) and outputs to multiples of 16
+
+
+def _next_multiple(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+@dataclass(frozen=True)
+class MLPLayout:
+    """tiny-cuda-nn's flat parameter vector of an MLP (``tcnn.Network``, Fully fused or CUTLASS).
+
+    ``tcnn.Network`` wraps the MLP in an Identity encoding that pads the input to a multiple of
+    16 with **ones** (so the padding columns of the first matrix act as a bias). The output is
+    padded to a multiple of 16 rows (ignored); hidden layers are ``n_neurons`` wide. The vector
+    holds the weight matrices in order, each row-major ``[fan_out, fan_in]`` (``y = W x``, the
+    shape of a ``torch.nn.Linear`` weight): ``[n_neurons, in_pad]``, ``n_hidden_layers - 1`` times
+    ``[n_neurons, n_neurons]``, ``[out_pad, n_neurons]``; with no hidden layer ``[out_pad, in_pad]``.
+    """
+
+    n_input_dims: int
+    n_output_dims: int
+    n_neurons: int
+    n_hidden_layers: int
+
+    @property
+    def padded_input(self) -> int:
+        return _next_multiple(self.n_input_dims, _TCNN_ALIGNMENT)
+
+    @property
+    def padded_output(self) -> int:
+        return _next_multiple(self.n_output_dims, _TCNN_ALIGNMENT)
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """``(rows, cols)`` of each weight matrix, first layer first."""
+        fan_in = [self.padded_input] + [self.n_neurons] * self.n_hidden_layers
+        fan_out = [self.n_neurons] * self.n_hidden_layers + [self.padded_output]
+        return list(zip(fan_out, fan_in))
+
+    @property
+    def true_shapes(self) -> list[tuple[int, int]]:
+        """The unpadded ``(rows, cols)``: the weights a plain bias-free MLP would have."""
+        fan_in = [self.n_input_dims] + [self.n_neurons] * self.n_hidden_layers
+        fan_out = [self.n_neurons] * self.n_hidden_layers + [self.n_output_dims]
+        return list(zip(fan_out, fan_in))
+
+    @property
+    def n_params(self) -> int:
+        return sum(rows * cols for rows, cols in self.shapes)
+
+    def matrices(self, params: Float[Tensor, "P"]) -> list[Tensor]:
+        """Views of ``params`` as the weight matrices ``[rows, cols]``."""
+        out, offset = [], 0
+        for rows, cols in self.shapes:
+            out.append(params[offset : offset + rows * cols].view(rows, cols))
+            offset += rows * cols
+        return out
+
+    def pack(self, weights: list[Tensor]) -> Float[Tensor, "P"]:
+        """Unpadded ``[fan_out, fan_in]`` weights -> the flat vector, zeros in the padding (same function)."""
+        if [tuple(w.shape) for w in weights] != self.true_shapes:
+            raise ValueError(f"MLP weights {[tuple(w.shape) for w in weights]} do not match {self.true_shapes}")
+        params = weights[0].new_zeros(self.n_params)
+        for matrix, w in zip(self.matrices(params), weights):
+            matrix[: w.shape[0], : w.shape[1]] = w
+        return params
+
+
 @register_otype("network", "VanillaMLP", "FullyFusedMLP", "CutlassMLP")
 class VanillaMLP(BaseModule):
     """``n_hidden_layers`` hidden layers of ``n_neurons`` without biases (as tcnn and threestudio).
 
-    ``n_hidden_layers: 1`` means input -> hidden -> output (two weight matrices). The torch
-    path's layers are ``layers.{0,2,...}.weight`` like threestudio's VanillaMLP. With
-    ``backend: auto`` on a machine where CUDA and tinycudann are available at construction, the
-    network is a ``tcnn.Network`` instead (its own flat ``tcnn_network.params``; checkpoints then
-    only load where tinycudann is available).
+    ``n_hidden_layers: 1`` means input -> hidden -> output (two weight matrices). Both paths hold
+    one flat ``params`` vector in tcnn's layout (:class:`MLPLayout`), so a checkpoint moves between
+    machines with and without tinycudann; the torch path computes exactly tcnn's function (input
+    padding of ones included). ``backend: auto`` picks ``tcnn.Network`` per call, for inputs on a
+    CUDA device when tinycudann imports, except when ``double_backward`` is set: tcnn's MLPs have
+    no second derivative, which analytic normals trained through (orientation loss) need.
+    Checkpoints of earlier versions (``layers.{0,2,...}.weight`` or ``tcnn_network.params``) load too.
     """
 
     @dataclass
@@ -126,29 +198,42 @@ class VanillaMLP(BaseModule):
 
     cfg: Config
 
-    def configure(self, n_input_dims: int = 3, n_output_dims: int = 1, **kwargs: Any) -> None:
+    def configure(
+        self, n_input_dims: int = 3, n_output_dims: int = 1, double_backward: bool = False, **kwargs: Any
+    ) -> None:
         cfg = self.cfg
         if cfg.n_neurons < 1 or cfg.n_hidden_layers < 0:
             raise ConfigError(
                 f"an MLP needs n_neurons >= 1 and n_hidden_layers >= 0, got {cfg.n_neurons} and {cfg.n_hidden_layers}"
             )
+        if double_backward and cfg.backend == "tinycudann":
+            raise ConfigError(
+                "backend: tinycudann cannot serve this MLP: it needs second derivatives (normal_type: analytic) "
+                "and tiny-cuda-nn's MLPs have none. Use backend: auto or torch for it."
+            )
+        if cfg.backend not in ("auto", "torch", "tinycudann"):
+            raise ConfigError(f"backend: {cfg.backend!r} is not one of auto, torch, tinycudann")
+        if cfg.backend == "tinycudann" and backends.optional_import("tinycudann") is None:
+            choose_backend(cfg.backend, "tinycudann", "cuda")  # raises now, with the install hint
         self.n_input_dims, self.n_output_dims = n_input_dims, n_output_dims
-        get_activation(cfg.activation)  # validate names now, not at the first forward
+        self.double_backward = double_backward
+        self.layout = MLPLayout(n_input_dims, n_output_dims, cfg.n_neurons, cfg.n_hidden_layers)
+        self.activation = Activation(cfg.activation)  # validates the names now, not at the first forward
         self.output_activation = Activation(cfg.output_activation)
-        # the backend is fixed at construction: the two paths hold differently shaped parameters
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.backend = choose_backend(cfg.backend, "tinycudann", device)
-        if self.backend == "tinycudann":
-            tcnn = optional_import("tinycudann")
-            self.tcnn_network = tcnn.Network(n_input_dims, n_output_dims, self.tcnn_config())
-        else:
-            widths = [n_input_dims] + [cfg.n_neurons] * cfg.n_hidden_layers + [n_output_dims]
-            layers: list[nn.Module] = []
-            for i, (w_in, w_out) in enumerate(zip(widths, widths[1:])):
-                layers.append(nn.Linear(w_in, w_out, bias=False))
-                if i < len(widths) - 2:
-                    layers.append(Activation(cfg.activation))
-            self.layers = nn.Sequential(*layers)
+        # nn.Linear's initialisation, drawn in the same order as the earlier per-layer modules
+        weights = []
+        for fan_out, fan_in in self.layout.true_shapes:
+            w = torch.empty(fan_out, fan_in)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            weights.append(w)
+        self.params = nn.Parameter(self.layout.pack(weights))
+        self.__dict__["_tcnn_network"] = None  # built on the first CUDA call; not a submodule (one `params`)
+
+    def backend_for(self, device: torch.device | str) -> str:
+        """``torch`` or ``tinycudann`` for inputs on ``device``."""
+        if self.double_backward and self.cfg.backend == "auto":
+            return "torch"
+        return choose_backend(self.cfg.backend, "tinycudann", device)
 
     def tcnn_config(self) -> dict:
         cfg = self.cfg
@@ -166,15 +251,58 @@ class VanillaMLP(BaseModule):
     def forward(self, x: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N Do"]:
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"MLP expects inputs [..., {self.n_input_dims}], got shape {tuple(x.shape)}")
-        if self.backend == "tinycudann":
+        if self.backend_for(x.device) == "tinycudann":
             batch = x.shape[:-1]
-            out = self.tcnn_network(x.reshape(-1, self.n_input_dims)).float().reshape(*batch, self.n_output_dims)
+            out = self._tcnn_forward(x.reshape(-1, self.n_input_dims)).reshape(*batch, self.n_output_dims)
         else:
-            out = self.layers(x)
+            out = self.forward_torch(x)
         return self.output_activation(out)
 
+    def forward_torch(self, x: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N Do"]:
+        """The built-in path on the tcnn layout (differentiable to any order)."""
+        matrices = self.layout.matrices(self.params)
+        matrices[-1] = matrices[-1][: self.n_output_dims]  # padded output rows are never read
+        first = matrices[0]
+        h = F.linear(x, first[:, : self.n_input_dims])
+        if first.shape[1] > self.n_input_dims:  # tcnn's padding inputs are ones: their columns sum to a bias
+            h = h + first[:, self.n_input_dims :].sum(dim=1).to(h.dtype)
+        for weight in matrices[1:]:
+            h = F.linear(self.activation(h), weight)
+        return h
 
-def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> VanillaMLP:
-    """Build an MLP from a tcnn-style mapping ``{otype: VanillaMLP, n_neurons: 64, ...}``."""
+    def _tcnn_forward(self, x: Float[Tensor, "N Di"]) -> Float[Tensor, "N Do"]:
+        network = self._tcnn_network
+        if network is None:
+            network = backends.optional_import("tinycudann").Network(self.n_input_dims, self.n_output_dims, self.tcnn_config())
+            if network.params.numel() != self.params.numel():
+                raise RuntimeError(
+                    f"tcnn.Network has {network.params.numel()} parameters but this MLP has {self.params.numel()}; "
+                    "this tinycudann version lays the network out differently. Set backend: torch."
+                )
+            self.__dict__["_tcnn_network"] = network
+        network.params = self.params  # tcnn reads our fp32 vector (cast to its precision, differentiably)
+        if x.shape[0] == 0:  # tcnn kernels reject empty batches
+            return x.new_zeros(0, self.n_output_dims)
+        return network(x.float().contiguous()).float()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # earlier layouts: tcnn's own module (`tcnn_network.params`, often fp16) and per-layer torch weights
+        old_tcnn = state_dict.pop(prefix + "tcnn_network.params", None)
+        if old_tcnn is not None and prefix + "params" not in state_dict:
+            state_dict[prefix + "params"] = old_tcnn
+        n_matrices = len(self.layout.shapes)
+        layer_keys = [f"{prefix}layers.{2 * i}.weight" for i in range(n_matrices)]
+        if prefix + "params" not in state_dict and all(k in state_dict for k in layer_keys):
+            weights = [state_dict.pop(k).float() for k in layer_keys]
+            state_dict[prefix + "params"] = self.layout.pack(weights)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def get_mlp(n_input_dims: int, n_output_dims: int, config: Any, double_backward: bool = False) -> VanillaMLP:
+    """Build an MLP from a tcnn-style mapping ``{otype: VanillaMLP, n_neurons: 64, ...}``.
+
+    ``double_backward``: the caller differentiates the MLP's input gradient again (analytic
+    normals in a loss), so ``backend: auto`` keeps it in PyTorch.
+    """
     cls, options = split_otype("network", config, "network")
-    return cls(options, n_input_dims=n_input_dims, n_output_dims=n_output_dims)
+    return cls(options, n_input_dims=n_input_dims, n_output_dims=n_output_dims, double_backward=double_backward)

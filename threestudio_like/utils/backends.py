@@ -3,6 +3,11 @@
 Every part has a pure-PyTorch path that runs on any device. When a CUDA library imports
 and the tensors live on a CUDA device, ``backend: auto`` uses it; ``backend: torch`` forces
 the built-in path; naming a library that is missing is a clear error.
+
+The choice is made per call from the device of the tensors a part is given, never from
+``torch.cuda.is_available()``: a model on the CPU of a GPU machine (export, tests, a CPU
+evaluation) must take the built-in path. The representations and the rasterizer look a
+library up as ``backends.optional_import(...)``, so patching this module reaches them all.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ def optional_import(name: str) -> Optional[ModuleType]:
         return None
 
 
+def is_cuda_device(device: torch.device | str) -> bool:
+    """Whether tensors on ``device`` can go to a CUDA library (the one device check, patchable in tests)."""
+    return torch.device(device).type == "cuda"
+
+
 def choose_backend(requested: str, library: str, device: torch.device | str) -> str:
-    """Resolve ``auto | torch | <library>`` to ``torch`` or ``library``."""
-    device = torch.device(device)
+    """Resolve ``auto | torch | <library>`` to ``torch`` or ``library`` for tensors on ``device``."""
     if requested == "torch":
         return "torch"
-    available = device.type == "cuda" and optional_import(library) is not None
+    available = is_cuda_device(device) and optional_import(library) is not None
     if requested == "auto":
         return library if available else "torch"
     if requested == library:
