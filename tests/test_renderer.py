@@ -184,6 +184,49 @@ def test_occupancy_update_marks_only_dense_cells_and_is_saved():
     assert grid.occupied[4, 3, 1]
 
 
+def cell_constant_density(resolution: int, alphas: dict[int, float], step_size: float):
+    """A field constant in each cell of the [-1, 1]^3 grid whose step opacity is ``alphas[flat cell]`` (else 0)."""
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution)
+    sigma = torch.zeros(grid.n_cells)
+    for cell, alpha in alphas.items():
+        sigma[cell] = -math.log(1.0 - alpha) / step_size  # 1 - exp(-sigma * step) = alpha
+    return lambda p: sigma[grid.cell_indices(p)[0]][:, None]
+
+
+def test_occupancy_threshold_is_the_mean_over_all_cells_as_in_nerfacc():
+    # nerfacc: occupied = alpha > min(occ_thre, mean of every cell's alpha), empty cells included.
+    # Step opacities 0.04, 0.008, 0.002 and five empty cells: mean = 0.05 / 8 = 0.00625 < occ_thre = 0.01,
+    # so the 0.008 cell is occupied (a mean over the positive cells only, 0.0167, would drop it).
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=2)
+    grid.update(0, cell_constant_density(2, {0: 0.04, 5: 0.008, 6: 0.002}, 0.5), step_size=0.5, occ_thre=0.01)
+    torch.testing.assert_close(grid.cell_alphas(0.5)[[0, 5, 6]], torch.tensor([0.04, 0.008, 0.002]))
+    assert torch.nonzero(grid.occupied.reshape(-1))[:, 0].tolist() == [0, 5]
+    # above occ_thre the mean does not matter: threshold 0.01
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=2)
+    grid.update(0, cell_constant_density(2, {c: 0.5 for c in range(4)} | {7: 0.009}, 0.5), step_size=0.5)
+    assert torch.nonzero(grid.occupied.reshape(-1))[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_nan_density_is_never_skipped_as_empty_space():
+    """A field that turned NaN must show in the render (where training reports it), not vanish."""
+    nan_box = lambda p: torch.where((p.abs() <= 0.25).all(-1), torch.nan, 0.0)  # noqa: E731
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
+    grid.update(0, lambda p: nan_box(p)[:, None], step_size=0.01)
+    expected = torch.zeros(8, 8, 8, dtype=torch.bool)
+    expected[3:5, 3:5, 3:5] = True  # the cells of [-0.25, 0.25]^3
+    assert torch.equal(grid.occupied, expected)
+    assert torch.isfinite(grid.density_ema).all()  # the saved grid state stays finite
+
+    renderer = make_renderer(ToyGeometry(nan_box), num_samples_per_ray=64)
+    renderer.train()
+    renderer.update_step(0)
+    rays_o, rays_d = perspective_rays(8)
+    out = renderer(rays_o, rays_d, LIGHT)
+    through_box = out["opacity"][0, 3:5, 3:5]  # the centre rays cross the NaN box
+    assert torch.isnan(through_box).all() and torch.isnan(out["comp_rgb"][0, 3:5, 3:5]).all()
+    assert torch.isfinite(out["opacity"][0, 0, 0])  # a corner ray misses it
+
+
 def test_march_rays_partitions_the_chord_exactly():
     torch.manual_seed(1)
     o = torch.randn(50, 3) * 2

@@ -20,6 +20,16 @@ from threestudio_like.utils.typing import Bool, Float, Int, Tensor
 
 DensityFn = Callable[[Float[Tensor, "P 3"]], Float[Tensor, "P 1"]]
 
+def nan_as_opaque(density: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
+    """Density for deciding what to skip: NaN counts as opaque (the largest finite density).
+
+    A NaN field must not be skipped as empty space: kept, its NaN reaches the render, where the
+    training loop reports the divergence instead of silently drawing nothing.
+    """
+    largest = torch.finfo(density.dtype).max
+    return torch.nan_to_num(density, nan=largest, posinf=largest)
+
+
 # Rays are marched in blocks holding at most this many candidate intervals, to bound memory
 # when a full image (hundreds of thousands of rays) is rendered at once.
 MAX_CANDIDATES_PER_BLOCK = 1 << 21
@@ -183,8 +193,9 @@ class OccupancyGrid(nn.Module):
 
         Before ``warmup_steps`` every cell is measured; afterwards a random quarter of all
         cells plus up to as many currently occupied ones. Cells not measured keep their EMA.
-        A cell is occupied when its step opacity exceeds ``min(occ_thre, mean positive
-        opacity)`` (nerfacc's rule: the mean guard keeps a faint early-training field visible).
+        A cell is occupied when its step opacity exceeds ``min(occ_thre, mean opacity of all
+        cells)`` (nerfacc's rule: the mean guard keeps a faint early-training field visible).
+        A NaN density counts as opaque (see ``nan_as_opaque``).
         """
         device = self.density_ema.device
         if step < warmup_steps:
@@ -201,7 +212,7 @@ class OccupancyGrid(nn.Module):
         unit = (ijk + torch.rand_like(ijk)) / r
         points = self.bbox[0] + unit * (self.bbox[1] - self.bbox[0])
         density = torch.cat([density_fn(p).reshape(-1) for p in points.split(chunk_size)]).float()
-        density = torch.nan_to_num(density, nan=0.0).clamp_min(0.0)
+        density = nan_as_opaque(density).clamp_min(0.0)
 
         ema = self.density_ema.clone()
         ema[cells] = self.density_ema[cells] * ema_decay
@@ -210,8 +221,7 @@ class OccupancyGrid(nn.Module):
         self.density_ema.copy_(ema)
 
         alphas = self.cell_alphas(step_size)
-        positive = alphas[alphas > 0]
-        threshold = min(occ_thre, positive.mean().item()) if positive.numel() > 0 else occ_thre
+        threshold = min(occ_thre, alphas.mean().item())
         self.occupied.copy_((alphas > threshold).reshape(r, r, r))
 
     @torch.no_grad()
@@ -231,13 +241,14 @@ class OccupancyGrid(nn.Module):
 
         With ``density_fn`` the candidates are also pruned by visibility: those behind
         opaque material (transmittance below ``early_stop_eps``) and those nearly
-        transparent (step opacity below ``min(alpha_thre, mean cell opacity)``) are dropped.
+        transparent (step opacity below ``min(alpha_thre, mean cell opacity)``) are dropped;
+        NaN densities count as opaque, so they are kept.
         """
         samples = march_rays(rays_o, rays_d, self.bbox, step_size, near, far, randomized, keep_fn=self.is_occupied)
         if density_fn is None or samples.ray_indices.numel() == 0:
             return samples
         alpha_thre = min(alpha_thre, self.cell_alphas(step_size).mean().item())
-        sigmas = density_fn(samples.points(rays_o, rays_d)).reshape(-1)
+        sigmas = nan_as_opaque(density_fn(samples.points(rays_o, rays_d)).reshape(-1))
         keep = visible_mask(
             samples.t_starts, samples.t_ends, sigmas, samples.ray_indices, rays_o.shape[0], alpha_thre, early_stop_eps
         )

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from threestudio_like.registry import register
 from threestudio_like.renderers import packed
 from threestudio_like.renderers.base import BaseRenderer
-from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays
+from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays, nan_as_opaque
 from threestudio_like.renderers.packed import PackedSamples
 from threestudio_like.utils.backends import choose_backend, optional_import
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
@@ -226,7 +226,8 @@ class NeRFVolumeRenderer(BaseRenderer):
 
             def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
                 t_mid = (t_starts + t_ends)[:, None] / 2.0
-                return density_fn(rays_o[ray_indices] + rays_d[ray_indices] * t_mid)[:, 0]
+                # NaN as opaque, as in the built-in sampler: a broken field must reach the render
+                return nan_as_opaque(density_fn(rays_o[ray_indices] + rays_d[ray_indices] * t_mid)[:, 0])
 
         with torch.no_grad():
             ray_indices, t_starts, t_ends = estimator.sampling(
