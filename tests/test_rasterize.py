@@ -301,3 +301,26 @@ def test_silhouette_fitting_from_a_sphere_reaches_bunny_iou_above_0_9():
     print(f"silhouette IoU over 8 views: {iou_before:.3f} -> {iou_after:.3f} ({time.perf_counter() - start:.1f} s)")
     assert iou_before < 0.6
     assert iou_after > 0.9
+
+
+def test_clip_space_is_float32_under_autocast_and_keeps_the_depth_order_of_nearby_surfaces():
+    from threestudio_like.data.cameras import get_mvp_matrix, get_projection_matrix, look_at_c2w
+    from threestudio_like.renderers.mesh_renderer import clip_positions
+
+    # two facing triangles 2 mm apart, 2 m from the camera, near 0.01 / far 100 (threestudio's planes);
+    # the farther one has the smaller id, so a depth tie would wrongly show it
+    far = [[0.0, -0.5, -0.5], [0.0, 0.5, -0.5], [0.0, 0.0, 0.5]]
+    near = [[0.002, -0.5, -0.5], [0.002, 0.5, -0.5], [0.002, 0.0, 0.5]]
+    v_pos = torch.tensor(far + near)
+    tri = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    eye = torch.tensor([[2.0, 0.0, 0.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c2w = look_at_c2w(eye, torch.zeros_like(eye), torch.tensor([[0.0, 0.0, 1.0]]))
+        mvp = get_mvp_matrix(c2w, get_projection_matrix(torch.tensor([math.radians(40.0)]), 1.0, 0.01, 100.0))
+        pos = clip_positions(v_pos, mvp)
+        assert mvp.dtype == torch.float32 and pos.dtype == torch.float32
+        assert vertex_transform(v_pos.half(), mvp.half()).dtype == torch.float32
+        rast, _ = TorchRasterizer().rasterize(pos, tri, (16, 16))
+    torch.testing.assert_close(pos, clip_positions(v_pos, mvp))  # the same numbers as without autocast
+    ids = rast[0, ..., 3]
+    assert (ids == 2.0).sum() > 30 and not (ids == 1.0).any()  # the nearer triangle wherever they overlap

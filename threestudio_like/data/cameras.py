@@ -93,8 +93,10 @@ def get_projection_matrix(
 
 
 def get_mvp_matrix(c2w: Float[Tensor, "B 4 4"], proj: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B 4 4"]:
-    """World -> clip space: ``proj @ inverse(c2w)``."""
-    return proj @ rigid_inverse(c2w)
+    """World -> clip space: ``proj @ inverse(c2w)``, at least float32 even under autocast (depth precision)."""
+    dtype = torch.promote_types(torch.promote_types(c2w.dtype, proj.dtype), torch.float32)
+    with torch.autocast(device_type=c2w.device.type, enabled=False):
+        return proj.to(dtype) @ rigid_inverse(c2w.to(dtype))
 
 
 def rigid_inverse(c2w: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B 4 4"]:

@@ -22,15 +22,14 @@ from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
 
-
 def clip_positions(v_pos: Float[Tensor, "V 3"], mvp_mtx: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B V 4"]:
     """Clip-space vertices for a rasteriser, rows ordered like our camera rays (row 0 on top).
 
     Our projection keeps +y up in clip space while rasterisers put NDC y = -1 in image row 0,
-    so clip y is negated.
+    so clip y is negated. Float32 whatever the autocast state (see ``vertex_transform``).
     """
-    flip_y = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=v_pos.dtype, device=v_pos.device)
-    return vertex_transform(v_pos, mvp_mtx) * flip_y
+    clip = vertex_transform(v_pos, mvp_mtx)
+    return clip * torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=clip.dtype, device=clip.device)
 
 
 @register("nvdiff-rasterizer", "mesh-rasterizer")
