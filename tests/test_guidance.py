@@ -251,3 +251,91 @@ def test_latent_model_sds_backpropagates_through_the_vae(latent_model_path):
     out["loss_sds"].backward()
     assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
     assert torch.isfinite(out["loss_sds_img"]) and out["loss_sds_img"] > 0
+
+
+# --------------------------------------------------------------------------- prediction types
+def model_with_prediction_type(source: str, folder, prediction_type: str) -> str:
+    """A copy of the model at ``source`` whose scheduler declares ``prediction_type``."""
+    import json
+
+    copy = shutil.copytree(source, folder)
+    config_path = copy / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = prediction_type
+    config_path.write_text(json.dumps(config))
+    return str(copy)
+
+
+class PredictionOracle(torch.nn.Module):
+    """The red-image oracle answering as a ``prediction_type`` model: its noise, its v (diffusers'
+    ``get_velocity``) or the clean image itself."""
+
+    def __init__(self, prediction_type: str, scheduler, sample_size: int) -> None:
+        super().__init__()
+        self.eps_oracle = TargetImageUNet([1.0, 0.0, 0.0], scheduler, sample_size=sample_size)
+        self.scheduler, self.prediction_type = scheduler, prediction_type
+        self.config, self.dtype = self.eps_oracle.config, torch.float32
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+        eps = self.eps_oracle(sample, timestep).sample
+        x0 = self.eps_oracle.target.expand_as(sample)
+        output = {
+            "epsilon": eps,
+            "v_prediction": self.scheduler.get_velocity(x0, eps, timestep),
+            "sample": x0,
+        }[self.prediction_type]
+        return SimpleNamespace(sample=output)
+
+
+@pytest.fixture(scope="module")
+def prediction_models(model_path, tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("prediction")
+    return {kind: model_with_prediction_type(model_path, root / kind, kind) for kind in ("v_prediction", "sample")}
+
+
+def oracle_sds(path: str, prediction_type: str, rgb: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """d loss_sds / d rgb and the outputs for an oracle answering as ``prediction_type``, at a fixed seed."""
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": path, "use_img_loss": True})
+    guidance.components.unet = PredictionOracle(prediction_type, guidance.components.scheduler, sample_size=16)
+    rgb = rgb.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    out = guidance(rgb, random_prompt_utils(), *views(rgb.shape[0]))
+    out["loss_sds"].backward()
+    return rgb.grad, out
+
+
+def test_v_and_sample_prediction_models_give_the_epsilon_sds_gradient(model_path, prediction_models):
+    rgb = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    grad_eps, out_eps = oracle_sds(model_path, "epsilon", rgb)
+    red = torch.tensor([1.0, 0.0, 0.0])
+    # the denoised image of an oracle is its target exactly: loss_sds_img = 0.5 |rgb - red|^2 / B
+    expected_img_loss = 0.5 * ((rgb - red) ** 2).sum() / 2
+    torch.testing.assert_close(out_eps["loss_sds_img"], expected_img_loss, rtol=1e-4, atol=1e-4)
+    for kind, path in prediction_models.items():
+        grad, out = oracle_sds(path, kind, rgb)
+        assert ((red - rgb) * -grad).sum() > 0, kind  # descending the gradient moves the image toward red
+        torch.testing.assert_close(grad, grad_eps, rtol=1e-3, atol=1e-5, msg=f"{kind}: SDS gradient differs")
+        torch.testing.assert_close(out["loss_sds_img"], expected_img_loss, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_prediction_type_is_a_clear_error(model_path, tmp_path):
+    path = model_with_prediction_type(model_path, tmp_path / "flow", "flow_prediction")
+    with pytest.raises(ValueError, match="prediction_type 'flow_prediction' is not supported"):
+        StableDiffusionGuidance({"pretrained_model_name_or_path": path})
+
+
+def test_nonfinite_predictions_are_counted_and_reported_not_silently_zeroed(model_path):
+    class OverflowingUNet(RecordingUNet):  # fp16 overflow in one corner of the prediction
+        def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+            out = super().forward(sample, timestep, encoder_hidden_states)
+            out.sample[:, :, :2, :2] = torch.inf
+            return out
+
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": model_path, "guidance_scale": 7.5})
+    guidance.components.unet = OverflowingUNet(sample_size=16)
+    rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"NaN/inf in 24 of 1536 gradient entries at step 0"):
+        out = guidance(rgb, random_prompt_utils(), *views(2))
+    assert int(out["grad_nonfinite"]) == 2 * 3 * 2 * 2
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all()

@@ -2,7 +2,9 @@
 
 For a render x (pixels, or VAE latents for latent models) SDS noises it to a random timestep,
 asks the UNet for the noise with classifier-free guidance, and pushes x along
-w(t) * (eps_cfg - noise). The push is delivered as a loss whose gradient with respect to x is
+w(t) * (eps_cfg - noise). UNets predicting v or the clean sample instead of the noise (the
+scheduler's ``prediction_type``, e.g. v for Stable Diffusion 2.x at 768 px) are converted to
+the noise they imply first. The push is delivered as a loss whose gradient with respect to x is
 exactly that vector (divided by the batch size), so any optimiser can consume it.
 """
 
@@ -24,6 +26,7 @@ from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Int, Tensor
 
 WeightingStrategy = Literal["sds", "uniform", "fantasia"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' scheduler.config.prediction_type
 
 
 def sds_weighting(strategy: str, alphas_cumprod_t: Float[Tensor, "B"]) -> Float[Tensor, "B 1 1 1"]:
@@ -36,6 +39,37 @@ def sds_weighting(strategy: str, alphas_cumprod_t: Float[Tensor, "B"]) -> Float[
     if strategy == "fantasia":
         return abar.sqrt() * (1.0 - abar)
     raise ValueError(f"Unknown weighting_strategy '{strategy}': use sds, uniform or fantasia.")
+
+
+def epsilon_from_prediction(
+    output: Float[Tensor, "B c h w"],
+    noisy: Float[Tensor, "B c h w"],
+    alphas_cumprod_t: Float[Tensor, "B"],
+    prediction_type: str,
+) -> Float[Tensor, "B c h w"]:
+    """The noise a UNet output implies for x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+
+    "epsilon": the output is eps. "v_prediction": v = sqrt(abar) eps - sqrt(1 - abar) x0, so
+    eps = sqrt(abar) v + sqrt(1 - abar) x_t. "sample": the output is x0, so
+    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). All are affine in the output with the same
+    x_t for both halves of classifier-free guidance, so guiding before or after converting agree.
+    """
+    abar = alphas_cumprod_t.view(-1, 1, 1, 1)
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * output + (1.0 - abar).sqrt() * noisy
+    if prediction_type == "sample":
+        return (noisy - abar.sqrt() * output) / (1.0 - abar).sqrt()
+    raise ValueError(f"Unknown prediction_type '{prediction_type}': expected one of {', '.join(PREDICTION_TYPES)}.")
+
+
+def denoised_from_epsilon(
+    noisy: Float[Tensor, "B c h w"], eps: Float[Tensor, "B c h w"], alphas_cumprod_t: Float[Tensor, "B"]
+) -> Float[Tensor, "B c h w"]:
+    """The clean sample x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+    abar = alphas_cumprod_t.view(-1, 1, 1, 1)
+    return (noisy - (1.0 - abar).sqrt() * eps) / abar.sqrt()
 
 
 def _image_size(sample_size: Any) -> tuple[int, int]:
@@ -80,6 +114,7 @@ class StableDiffusionGuidance(BaseModule):
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
         self.global_step = 0
+        self._warned_nonfinite = False
         self._attach(torch.device(device) if device is not None else torch.device("cpu"))
         self.update_step(0)
 
@@ -97,6 +132,12 @@ class StableDiffusionGuidance(BaseModule):
         )
         self._apply_memory_options(components, offload)
         self.num_train_timesteps = int(components.scheduler.config.num_train_timesteps)
+        self.prediction_type = str(components.scheduler.config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"{components.path}: scheduler prediction_type '{self.prediction_type}' is not supported; "
+                f"score distillation handles {', '.join(PREDICTION_TYPES)}."
+            )
         # object.__setattr__: keep nn.Module from ever treating these as submodules.
         object.__setattr__(self, "components", components)
 
@@ -185,33 +226,56 @@ class StableDiffusionGuidance(BaseModule):
         t: Int[Tensor, "B"],
         text_embeddings: Float[Tensor, "2B L D"],
     ) -> Float[Tensor, "B c h w"]:
-        """Classifier-free-guided noise prediction: eps_u + scale (eps_c - eps_u), one batched UNet call."""
+        """Classifier-free-guided noise prediction: eps_u + scale (eps_c - eps_u), one batched UNet call.
+
+        The UNet's output (noise, v or clean sample, per the scheduler) is converted to noise.
+        """
         unet = self.components.unet
         dtype = unet.dtype
-        eps = unet(
+        output = unet(
             torch.cat([noisy, noisy]).to(dtype),
             torch.cat([t, t]),
             encoder_hidden_states=text_embeddings.to(device=noisy.device, dtype=dtype),
         ).sample.float()
-        eps_cond, eps_uncond = eps.chunk(2)
-        return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
+        cond, uncond = output.chunk(2)
+        guided = uncond + self.cfg.guidance_scale * (cond - uncond)
+        return epsilon_from_prediction(guided, noisy, self._alphas_cumprod(t), self.prediction_type)
+
+    def _alphas_cumprod(self, t: Int[Tensor, "B"]) -> Float[Tensor, "B"]:
+        return self.components.scheduler.alphas_cumprod.to(t.device)[t].float()
 
     def sds_gradient(
         self, latents: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"]
     ) -> dict[str, Tensor]:
-        """w(t) (eps_cfg - noise), cleaned and clipped; plus the noisy input and prediction for diagnostics."""
+        """w(t) (eps_cfg - noise), cleaned and clipped; plus the noisy input and prediction for diagnostics.
+
+        ``nonfinite``: how many gradient entries were NaN/inf and zeroed (an fp16 overflow of the
+        frozen model; a NaN render never gets here, the system checks renders first).
+        """
         scheduler = self.components.scheduler
         with torch.no_grad():
             noise = torch.randn_like(latents)
             noisy = scheduler.add_noise(latents.detach(), noise, t)
             eps = self.predict_noise(noisy, t, text_embeddings)
-        alphas_cumprod = scheduler.alphas_cumprod.to(latents.device)[t]
+        alphas_cumprod = self._alphas_cumprod(t)
         grad = sds_weighting(self.cfg.weighting_strategy, alphas_cumprod) * (eps - noise)
+        nonfinite = (~torch.isfinite(grad)).sum()
         grad = torch.nan_to_num(grad)
         clip = schedule_value(self.cfg.grad_clip, self.global_step)
         if clip is not None:
             grad = grad.clamp(-clip, clip)
-        return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod}
+        return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod, "nonfinite": nonfinite}
+
+    def _report_nonfinite(self, count: int, total: int) -> None:
+        """Say once per guidance that predictions were zeroed; every step's count is in the output."""
+        if count == 0 or self._warned_nonfinite:
+            return
+        self._warned_nonfinite = True
+        warnings.warn(
+            f"SDS: the diffusion model's prediction was NaN/inf in {count} of {total} gradient entries at step "
+            f"{self.global_step}; they were zeroed (logged as train/grad_nonfinite). If it repeats, set "
+            f"system.guidance.half_precision_weights: false."
+        )
 
     def __call__(
         self,
@@ -223,7 +287,8 @@ class StableDiffusionGuidance(BaseModule):
         rgb_as_latents: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Returns ``loss_sds`` (d loss / d latents = grad / B), ``grad_norm``, ``min_step``, ``max_step``."""
+        """Returns ``loss_sds`` (d loss / d latents = grad / B), ``grad_norm``, ``grad_nonfinite`` (entries
+        zeroed), ``min_step``, ``max_step``; with ``use_img_loss`` also ``loss_sds_img``."""
         self._follow(rgb.device)
         batch = rgb.shape[0]
         latents, images = self.model_space(rgb, rgb_as_latents)
@@ -233,18 +298,18 @@ class StableDiffusionGuidance(BaseModule):
         t = torch.randint(self.min_step, self.max_step + 1, (batch,), dtype=torch.long, device=latents.device)
         step = self.sds_gradient(latents, t, text_embeddings)
         grad = step["grad"]
+        self._report_nonfinite(int(step["nonfinite"]), grad.numel())
         # MSE against a detached target one gradient step away: its gradient is exactly grad / B.
         target = (latents - grad).detach()
         out: dict[str, Any] = {
             "loss_sds": 0.5 * F.mse_loss(latents, target, reduction="sum") / batch,
             "grad_norm": grad.norm(),
+            "grad_nonfinite": step["nonfinite"],
             "min_step": self.min_step,
             "max_step": self.max_step,
         }
         if self.cfg.use_img_loss and not rgb_as_latents:
-            abar = step["alphas_cumprod"].view(-1, 1, 1, 1)
             with torch.no_grad():
-                denoised = (step["noisy"] - (1.0 - abar).sqrt() * step["eps"]) / abar.sqrt()
-                denoised_image = self.decode(denoised)
+                denoised_image = self.decode(denoised_from_epsilon(step["noisy"], step["eps"], step["alphas_cumprod"]))
             out["loss_sds_img"] = 0.5 * F.mse_loss(images, denoised_image, reduction="sum") / batch
         return out

@@ -27,7 +27,7 @@ class DreamFusion(BaseLift3DSystem):
         )
         losses = {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
         losses.update(self.regularisers(out))
-        for key in ("min_step", "max_step", "grad_norm"):
+        for key in ("min_step", "max_step", "grad_norm", "grad_nonfinite"):
             if key in guidance_out:
                 self.log(f"train/{key}", float(guidance_out[key]))
         return self.weighted_loss(losses)
