@@ -1,5 +1,7 @@
 """Optimiser construction from threestudio-style configs, with scheduled learning rates."""
 
+import warnings
+
 import pytest
 from torch import nn
 
@@ -46,3 +48,18 @@ def test_torch_scheduler_by_name():
     optimizer.step()
     sched["scheduler"].step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_top_level_lr_unused_by_every_group_is_warned_about():
+    cfg = {"args": {"lr": 0.05}, "params": {"geometry": {"lr": 0.01}, "background": {"lr": 0.001}}}
+    with pytest.warns(UserWarning, match=r"args.lr \(0.05\) is unused.*\(geometry, background\)"):
+        optimizer, _ = build_optimizer(Parts(), cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.001]
+
+
+def test_top_level_lr_used_as_a_group_default_is_not_warned_about():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer, _ = build_optimizer(Parts(), {"args": {"lr": 0.05}, "params": {"geometry": {"lr": 0.01}, "background": {}}})
+        build_optimizer(Parts(), {"args": {"lr": 0.05}})
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.05]

@@ -9,6 +9,7 @@ through a ``LambdaLR`` stepped every training step.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -77,6 +78,7 @@ def build_optimizer(module: nn.Module, cfg: Any) -> tuple[torch.optim.Optimizer,
                 groups.append({"params": params, "name": name, **(options or {})})
     if not any(g["params"] for g in groups):
         raise ConfigError("system.optimizer: no trainable parameters were selected; check system.optimizer.params.")
+    _warn_if_default_lr_unused(cfg)
 
     default_lr = cfg.args.get("lr", 1e-3)
     lambdas: list[Callable[[int], float]] = []
@@ -92,6 +94,18 @@ def build_optimizer(module: nn.Module, cfg: Any) -> tuple[torch.optim.Optimizer,
     args = {k: (1.0 if k == "lr" and isinstance(v, (list, tuple)) else v) for k, v in cfg.args.items()}
     optimizer = cls(groups, **args)
     return optimizer, (lambdas if scheduled else None)
+
+
+def _warn_if_default_lr_unused(cfg: OptimizerConfig) -> None:
+    """threestudio users tune ``args.lr``; say so when no group falls back to it (Python shows it once)."""
+    if cfg.params is None or "lr" not in cfg.args or not all("lr" in (o or {}) for o in cfg.params.values()):
+        return
+    warnings.warn(
+        f"system.optimizer.args.lr ({cfg.args['lr']}) is unused: every group in system.optimizer.params sets its own "
+        f"lr ({', '.join(cfg.params)}); change system.optimizer.params.<group>.lr instead.",
+        UserWarning,
+        stacklevel=2,  # one location whoever calls: Python then shows it once per run
+    )
 
 
 def build_scheduler(
