@@ -74,3 +74,100 @@ def test_background_shows_where_the_mesh_is_not() -> None:
     assert bool(empty.any()) and bool((~empty).any())
     assert torch.allclose(out["comp_rgb"][empty], torch.ones(3))
     assert torch.all(out["comp_normal"][empty] == 0) and torch.all(out["depth"][empty] == 0)
+
+
+# --------------------------------------------------------------------------- empty meshes
+SMALL_TET = {
+    "isosurface_resolution": 8,
+    "pos_encoding_config": {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8, "base_resolution": 4, "per_level_scale": 1.5},
+    "mlp_network_config": {"otype": "VanillaMLP", "n_neurons": 16, "n_hidden_layers": 1},
+    "backend": "torch",
+}
+BG = (0.2, 0.4, 0.6)
+
+
+def _empty_dmtet():
+    from threestudio_like.representations.tetrahedra_sdf_grid import TetrahedraSDFGrid
+
+    torch.manual_seed(0)
+    geometry = TetrahedraSDFGrid(SMALL_TET)
+    geometry.sdf.data.fill_(1.0)  # outside everywhere: no sign change, no triangle
+    return geometry, NoMaterial({}), SolidColorBackground({"color": list(BG), "learned": True})
+
+
+class RaisingRasterizer:
+    """A backend that, like nvdiffrast, rejects triangle arrays without rows; else the torch one."""
+
+    def __init__(self) -> None:
+        from threestudio_like.mesh.rasterize import TorchRasterizer
+
+        self.inner = TorchRasterizer()
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def checked(*args, **kwargs):
+            tri = kwargs.get("tri", args[2] if name == "interpolate" else args[1] if name == "rasterize" else args[3])
+            if tri.shape[0] == 0:
+                raise RuntimeError(f"{name}: triangle array has no rows")
+            return method(*args, **kwargs)
+
+        return checked
+
+
+def test_empty_dmtet_renders_the_background_with_zero_opacity_and_gradients() -> None:
+    from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
+
+    geometry, material, background = _empty_dmtet()
+    renderer = MeshRasterizer({"backend": "torch"}, geometry=geometry, material=material, background=background)
+    out = renderer(**_views(2, 16))
+    assert out["mesh"].n_faces == 0
+    assert torch.all(out["opacity"] == 0) and torch.all(out["depth"] == 0) and torch.all(out["comp_normal"] == 0)
+    torch.testing.assert_close(out["comp_rgb"], torch.tensor(BG).expand(2, 16, 16, 3))
+    # the losses a DMTet stage adds stay finite (a NaN would stop training as a divergence)
+    mesh = out["mesh"]
+    regularisers = laplacian_smoothness_loss(mesh.v_pos, mesh.t_pos_idx) + normal_consistency_loss(mesh.v_pos, mesh.t_pos_idx)
+    assert torch.isfinite(regularisers) and regularisers.item() == 0.0
+    ((out["comp_rgb"] - 1.0) ** 2).mean().backward()  # a loss pulling the image to white
+    assert background.env_color.grad is not None and torch.all(background.env_color.grad < 0)
+
+
+def test_empty_mesh_never_reaches_the_rasterizer_backend(monkeypatch) -> None:
+    geometry, material, background = _empty_dmtet()
+    renderer = MeshRasterizer({"backend": "torch"}, geometry=geometry, material=material, background=background)
+    monkeypatch.setattr(renderer, "rasterizer", lambda device: RaisingRasterizer())
+    out = renderer(**_views(1, 16))
+    torch.testing.assert_close(out["comp_rgb"], torch.tensor(BG).expand(1, 16, 16, 3))
+    assert torch.all(out["opacity"] == 0)
+    # the same backend draws a mesh that has triangles
+    geometry.sdf.data.copy_((geometry.grid_vertices.norm(dim=-1) - 0.5).reshape(-1, 1))
+    assert renderer(**_views(1, 16))["opacity"].max() > 0.5
+
+
+def test_nvdiffrast_wrapper_answers_empty_triangle_arrays_itself(monkeypatch) -> None:
+    import types
+
+    from threestudio_like.mesh.rasterize import NvdiffrastRasterizer
+    from threestudio_like.utils import backends
+
+    raising = RaisingRasterizer()
+    fake_dr = types.SimpleNamespace(
+        RasterizeCudaContext=lambda device=None: object(),
+        RasterizeGLContext=lambda device=None: object(),
+        rasterize=lambda ctx, pos, tri, resolution, ranges=None, grad_db=True: raising.rasterize(pos, tri, resolution),
+        interpolate=lambda attr, rast, tri, rast_db=None, diff_attrs=None: raising.interpolate(attr, rast, tri),
+        antialias=lambda color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0: raising.antialias(color, rast, pos, tri),
+    )
+    real = backends.optional_import
+    monkeypatch.setattr(backends, "optional_import", lambda name: fake_dr if name == "nvdiffrast.torch" else real(name))
+    r = NvdiffrastRasterizer("cpu", "cuda")
+    pos = torch.rand(2, 5, 4) + torch.tensor([0.0, 0.0, 0.0, 1.0])
+    no_tri = torch.zeros(0, 3, dtype=torch.int32)
+    rast, rast_db = r.rasterize(pos, no_tri, (6, 7))
+    assert rast.shape == rast_db.shape == (2, 6, 7, 4) and torch.all(rast == 0)
+    attr, _ = r.interpolate(torch.rand(1, 5, 3), rast, no_tri)
+    assert attr.shape == (2, 6, 7, 3) and torch.all(attr == 0)
+    color = torch.rand(2, 6, 7, 3)
+    assert torch.equal(r.antialias(color, rast, pos, no_tri), color)
+    rast, _ = r.rasterize(pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (6, 7))  # non-empty: the library
+    assert rast.shape == (2, 6, 7, 4)

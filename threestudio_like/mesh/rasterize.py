@@ -28,7 +28,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from threestudio_like.utils.backends import choose_backend, optional_import
+from threestudio_like.utils import backends
+from threestudio_like.utils.backends import choose_backend
 from threestudio_like.utils.typing import Float, Int
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -512,7 +513,7 @@ class NvdiffrastRasterizer:
     backend = "nvdiffrast"
 
     def __init__(self, device: Union[str, torch.device] = "cuda", context_type: str = "cuda") -> None:
-        dr = optional_import("nvdiffrast.torch")
+        dr = backends.optional_import("nvdiffrast.torch")
         if dr is None:
             raise RuntimeError(
                 "nvdiffrast is not installed (pip install git+https://github.com/NVlabs/nvdiffrast); "
@@ -526,16 +527,45 @@ class NvdiffrastRasterizer:
         else:
             raise ValueError(f"context_type must be 'cuda' or 'gl', got {context_type!r}")
 
-    def rasterize(self, pos: Tensor, tri: Tensor, resolution: Union[tuple[int, int], list[int]], ranges=None, grad_db: bool = True):
+    # nvdiffrast rejects a triangle array with no rows (an empty DMTet mesh): those calls are
+    # answered here with what it would give for triangles that cover nothing
+
+    def rasterize(
+        self,
+        pos: Float[Tensor, "B V 4"],
+        tri: Int[Tensor, "F 3"],
+        resolution: Union[tuple[int, int], list[int]],
+        ranges: Optional[Tensor] = None,
+        grad_db: bool = True,
+    ) -> tuple[Float[Tensor, "B H W 4"], Float[Tensor, "B H W 4"]]:
+        if tri.shape[0] == 0:
+            empty = pos.new_zeros(pos.shape[0], int(resolution[0]), int(resolution[1]), 4, dtype=torch.float32)
+            return empty, torch.zeros_like(empty)
         return self.dr.rasterize(self.ctx, pos.float().contiguous(), tri.int().contiguous(), list(resolution), ranges=ranges, grad_db=grad_db)
 
-    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor, rast_db=None, diff_attrs=None):
+    def interpolate(
+        self, attr: Tensor, rast: Float[Tensor, "B H W 4"], tri: Int[Tensor, "F 3"], rast_db: Any = None, diff_attrs: Any = None
+    ) -> tuple[Float[Tensor, "B H W C"], Tensor]:
+        if tri.shape[0] == 0:
+            batch, height, width, _ = rast.shape
+            n_da = 0 if diff_attrs is None else 2 * (attr.shape[-1] if diff_attrs == "all" else len(diff_attrs))
+            return rast.new_zeros(batch, height, width, attr.shape[-1]), rast.new_zeros(batch, height, width, n_da)
         return self.dr.interpolate(attr.float().contiguous(), rast, tri.int().contiguous(), rast_db=rast_db, diff_attrs=diff_attrs)
 
-    def construct_topology_hash(self, tri: Tensor):
+    def construct_topology_hash(self, tri: Int[Tensor, "F 3"]) -> Any:
         return self.dr.antialias_construct_topology_hash(tri.int().contiguous())
 
-    def antialias(self, color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology_hash=None, pos_gradient_boost: float = 1.0):
+    def antialias(
+        self,
+        color: Float[Tensor, "B H W C"],
+        rast: Float[Tensor, "B H W 4"],
+        pos: Float[Tensor, "B V 4"],
+        tri: Int[Tensor, "F 3"],
+        topology_hash: Any = None,
+        pos_gradient_boost: float = 1.0,
+    ) -> Float[Tensor, "B H W C"]:
+        if tri.shape[0] == 0:
+            return color  # no edges: nothing to antialias
         return self.dr.antialias(
             color.contiguous(), rast, pos.float().contiguous(), tri.int().contiguous(),
             topology_hash=topology_hash, pos_gradient_boost=pos_gradient_boost,

@@ -22,8 +22,10 @@ def unique_edges(t_pos_idx: Int[Tensor, "F 3"]) -> Int[Tensor, "E 2"]:
 def laplacian_smoothness_loss(v_pos: Float[Tensor, "V 3"], t_pos_idx: Int[Tensor, "F 3"]) -> Float[Tensor, ""]:
     """Mean over vertices of ``|v_i - mean_{j in N(i)} v_j|^2`` (uniform Laplacian over mesh edges).
 
-    Vertices that belong to no edge contribute 0.
+    Vertices that belong to no edge contribute 0; a mesh without vertices (empty DMTet) gives 0, not NaN.
     """
+    if v_pos.shape[0] == 0:
+        return v_pos.sum() * 0.0  # keeps the graph, so a weighted sum of losses still backpropagates
     edges = unique_edges(t_pos_idx)
     n_vert = v_pos.shape[0]
     src = torch.cat([edges[:, 0], edges[:, 1]])

@@ -78,6 +78,8 @@ class MeshRasterizer(BaseRenderer):
         """
         batch, height, width, _ = rays_d.shape
         mesh = self.geometry.isosurface()
+        if mesh.n_faces == 0:  # before any backend: nvdiffrast rejects meshes without triangles
+            return self._render_empty(mesh, rays_d, bg_color, render_rgb)
         faces = mesh.t_pos_idx.to(torch.int32)
         rasterizer = self.rasterizer(mesh.v_pos.device)
         v_clip = clip_positions(mesh.v_pos, mvp_mtx)
@@ -119,4 +121,23 @@ class MeshRasterizer(BaseRenderer):
         out["comp_rgb_fg"] = antialias(rgb_fg)
         out["comp_rgb_bg"] = comp_rgb_bg
         out["comp_rgb"] = antialias(torch.where(mask, rgb_fg, comp_rgb_bg))
+        return out  # type: ignore[return-value]
+
+    def _render_empty(
+        self, mesh: Any, rays_d: Float[Tensor, "B H W 3"], bg_color: Optional[Any], render_rgb: bool
+    ) -> RenderOutput:
+        """No surface (e.g. DMTet before any sign change): zero opacity / depth / normals and the
+        background everywhere, still differentiable with respect to a learned background."""
+        batch, height, width, _ = rays_d.shape
+        out: dict[str, Any] = {
+            "mesh": mesh,
+            "opacity": rays_d.new_zeros(batch, height, width, 1),
+            "comp_normal": rays_d.new_zeros(batch, height, width, 3),
+            "depth": rays_d.new_zeros(batch, height, width, 1),
+        }
+        if render_rgb:
+            comp_rgb_bg = self.background_color(rays_d, bg_color)
+            out["comp_rgb_fg"] = torch.zeros_like(comp_rgb_bg)
+            out["comp_rgb_bg"] = comp_rgb_bg
+            out["comp_rgb"] = comp_rgb_bg.clone()
         return out  # type: ignore[return-value]
