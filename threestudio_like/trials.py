@@ -152,12 +152,16 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain containers only: ``weights_only=True``)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "unsupported global" not in str(error).lower():  # no refused object: damaged bytes
+            raise CheckpointError(f"{path}: checkpoint is truncated or corrupt (unreadable data).") from None
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain values; such a file can run code when "
             "loaded, so it was not loaded. Use a checkpoint written by this program."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise CheckpointError(
             f"{path}: checkpoint is truncated or corrupt ({_first_line(error)}). "
             f"Resume from another checkpoint in {os.path.dirname(path)}."
