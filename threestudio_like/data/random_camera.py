@@ -17,7 +17,9 @@ Training views are drawn around the origin the way threestudio draws them:
 Every batch is a pure function of ``(seed, step)``: the sampler seeds a private
 ``torch.Generator`` from both and never touches global RNG. The training loader prefetches
 and a resumed run recreates it, so a stateful RNG would hand different cameras to the same
-step; this one gives step N the same cameras however the run got there.
+step; this one gives step N the same cameras however the run got there. With several
+training processes the data module's sampler seed is ``rank_seed(seed, global rank)``, so
+ranks draw different views (rank 0, and a single process, keep ``seed``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from threestudio_like.config import ConfigError, milestone_value, parse_structured
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.registry import register
+from threestudio_like.utils.ranks import global_rank, rank_seed
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 Range = Tuple[float, float]
@@ -285,9 +288,15 @@ class RandomCameraDataModule(LightningDataModule):
         self.seed = int(seed)
 
     def setup(self, stage: Optional[str] = None) -> None:
+        # runs in every training process once the ranks are known: each rank its own camera stream
+        self.sampler.seed = rank_seed(self.seed, self._global_rank())
         self.train_dataset = TrainCameraStream(self.sampler, start_step=self._trainer_step)
         self.val_dataset = self._orbit(self.cfg.n_val_views)
         self.test_dataset = self._orbit(self.cfg.n_test_views)
+
+    def _global_rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_rank) if trainer is not None else global_rank()
 
     def _trainer_step(self) -> int:
         trainer = getattr(self, "trainer", None)

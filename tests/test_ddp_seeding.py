@@ -1,0 +1,92 @@
+"""Several training processes draw different cameras and noise; one process is unchanged.
+
+The multi-process test runs two CPU processes under ``torch.distributed`` (gloo), the way
+``--gpu 0,1`` runs two ranks: same config, same seed, same step.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from threestudio_like.data.random_camera import RandomCameraDataModule, RandomCameraSampler
+from threestudio_like.utils.ranks import global_rank, rank_seed
+
+CFG = {"height": 8, "width": 8, "batch_size": 2}
+SEED, STEP = 7, 3
+
+
+def test_rank_seed_keeps_rank_zero_and_separates_the_others():
+    assert rank_seed(SEED, 0) == SEED
+    assert len({rank_seed(SEED, r) for r in range(8)}) == 8
+    with pytest.raises(ValueError):
+        rank_seed(SEED, -1)
+
+
+def test_global_rank_reads_the_launcher_environment(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert global_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's subprocess launcher, one node
+    assert global_rank() == 1
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert global_rank() == 5
+    monkeypatch.setenv("RANK", "6")  # torchrun's global rank wins
+    assert global_rank() == 6
+
+
+def test_a_single_process_draws_exactly_what_it_drew_before(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    dm = RandomCameraDataModule(CFG, seed=SEED)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    reference = RandomCameraSampler(CFG, seed=SEED).sample(0)
+    torch.testing.assert_close(batch["c2w"], reference["c2w"], rtol=0, atol=0)
+
+
+def test_the_trainers_rank_picks_the_camera_stream():
+    from types import SimpleNamespace
+
+    dm = RandomCameraDataModule(CFG, seed=SEED)
+    dm.trainer = SimpleNamespace(global_rank=1, global_step=STEP)  # what Lightning attaches before setup
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))  # the stream starts at the trainer's step
+    torch.testing.assert_close(batch["c2w"], RandomCameraSampler(CFG, seed=SEED + 1).sample(STEP)["c2w"], rtol=0, atol=0)
+    assert not torch.allclose(batch["c2w"], RandomCameraSampler(CFG, seed=SEED).sample(STEP)["c2w"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        dm = RandomCameraDataModule(CFG, seed=SEED)
+        dm.setup("fit")  # no trainer: the rank comes from torch.distributed
+        cameras = dm.sampler.sample(STEP)["c2w"]
+        torch.manual_seed(rank_seed(SEED, global_rank()))  # what the CLI does for the global RNG
+        noise = torch.randn(4)
+        torch.save({"rank": global_rank(), "c2w": cameras, "noise": noise}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~25 s: two fresh interpreters import the package on a loaded machine
+def test_two_ranks_draw_different_cameras_and_noise_for_the_same_step(tmp_path):
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    assert not torch.allclose(r0["c2w"], r1["c2w"])
+    assert not torch.allclose(r0["noise"], r1["noise"])
+    # rank 0 is the single-process stream
+    torch.testing.assert_close(r0["c2w"], RandomCameraSampler(CFG, seed=SEED).sample(STEP)["c2w"], rtol=0, atol=0)
