@@ -62,6 +62,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from threestudio_like.export.isosurface import EmptyIsosurfaceError
     from threestudio_like.systems.base import TrainingDivergedError
 
+    previous_showwarning = warnings.showwarning
+    if not args.verbose:
+        warnings.showwarning = _show_warning
     try:
         return run(args, extras)
     except (*USER_ERRORS, EmptyIsosurfaceError, TrainingDivergedError) as e:
@@ -69,6 +72,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED if isinstance(e, TrainingDivergedError) else EXIT_USER_ERROR
+    finally:
+        warnings.showwarning = previous_showwarning
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -162,6 +167,11 @@ def select_devices(gpu: str) -> tuple[str, Any]:
         return "gpu", [int(i) for i in gpu.split(",") if i.strip()]
     print("No CUDA GPU found: running on the CPU with the built-in PyTorch backends.")
     return "cpu", 1
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings are advice to the user: one line, without the source location."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _quiet_libraries() -> None:
