@@ -7,7 +7,8 @@ Run: ``python benchmarks/bench_marching_tets.py``. ``run()`` returns the numbers
   tetrahedra, forward over the tetrahedra of surface cells only (``tetgrid.surface_tets``, what
   the geometry does), and the backward of a loss on the vertex positions;
 - ``tetrahedra-sdf-grid``: ``isosurface()`` forward + backward, and initialisation from the
-  Stanford bunny (``../shared/data/bunny.obj``) at resolution 128.
+  Stanford bunny (``../shared/data/bunny.obj``; without it a generated bumpy sphere of 5,120
+  faces, ``benchmarks/meshes.py``) at resolution 128.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ import torch
 if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.meshes import benchmark_mesh
 from benchmarks.timing import best_time
 from threestudio_like.mesh import tetgrid
 from threestudio_like.mesh.marching_tets import marching_tetrahedra
 from threestudio_like.representations.tetrahedra_sdf_grid import TetrahedraSDFGrid
-
-BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "bunny.obj"
-
 
 def bench_grid(resolution: int) -> dict[str, float]:
     tetgrid.clear_memory_cache()
@@ -88,17 +87,16 @@ def bench_geometry(resolution: int, repeats: int) -> dict[str, float]:
     return out
 
 
-def bench_bunny(resolution: int) -> dict[str, float]:
-    if not BUNNY.exists():
-        return {}
+def bench_mesh_init(resolution: int) -> dict:
+    path, label = benchmark_mesh("bunny", subdivisions=4)  # 5,120 faces, near the bunny's 4,968
     geo = TetrahedraSDFGrid({"isosurface_resolution": resolution, "geometry_only": True,
-                             "shape_init": f"mesh:{BUNNY}", "shape_init_params": 0.8,
+                             "shape_init": f"mesh:{path}", "shape_init_params": 0.8,
                              "shape_init_mesh_up": "+y", "shape_init_mesh_front": "+z"}, skip_shape_init=True)
     start = time.perf_counter()
     geo.initialize_shape()
     seconds = time.perf_counter() - start
     mesh = geo.isosurface()
-    out = {"init_s": seconds, "faces": mesh.n_faces, "watertight": float(mesh.is_watertight)}
+    out = {"mesh": label, "init_s": seconds, "faces": mesh.n_faces, "watertight": float(mesh.is_watertight)}
     del geo
     tetgrid.clear_memory_cache()
     return out
@@ -110,7 +108,7 @@ def run(resolutions: tuple[int, ...] = (64, 128), repeats: int = 3) -> dict:
         results["grid"][r] = bench_grid(r)
         results["marching"][r] = bench_marching(r, repeats if r <= 64 else max(1, repeats - 1))
         results["geometry"][r] = bench_geometry(r, repeats)
-    results["bunny"] = {128: bench_bunny(128)}
+    results["mesh_init"] = {128: bench_mesh_init(128)}
     return results
 
 
@@ -126,11 +124,8 @@ def _print(results: dict) -> None:
     print(f"{'geometry R':<12}{'isosurface() s':>16}{'fwd+bwd s':>12}")
     for r, g in results["geometry"].items():
         print(f"{r:<12}{g['isosurface_forward_s']:>16.3f}{g['isosurface_fwd_bwd_s']:>12.3f}")
-    for r, b in results["bunny"].items():
-        if b:
-            print(f"bunny mesh init at R={r}: {b['init_s']:.2f} s, {b['faces']} faces, watertight={bool(b['watertight'])}")
-        else:
-            print(f"bunny mesh init: skipped ({BUNNY} not found)")
+    for r, b in results["mesh_init"].items():
+        print(f"{b['mesh']} mesh init at R={r}: {b['init_s']:.2f} s, {b['faces']} faces, watertight={bool(b['watertight'])}")
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 """Throughput of the built-in PyTorch rasterizer on a real 100k-triangle mesh (armadillo), 512x512.
 
+The armadillo is ``../shared/data/armadillo.obj``; without it (a fresh clone) a generated bumpy
+sphere of 82k triangles stands in (``benchmarks/meshes.py``), and ``--mesh`` takes any other.
+
 Times ``rasterize``, ``interpolate`` (vertex normals), ``antialias``, the whole forward pass and
 forward + backward (a loss on the antialiased image, gradients w.r.t. vertex positions), for 1
 and 4 views. Run ``python benchmarks/bench_rasterize.py``; ``run()`` returns the numbers as a dict.
@@ -19,12 +22,10 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.meshes import benchmark_mesh
 from benchmarks.timing import best_time
 from threestudio_like.data.cameras import get_mvp_matrix, get_projection_matrix, look_at_c2w, spherical_to_cartesian
 from threestudio_like.mesh.rasterize import TorchRasterizer, vertex_transform
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
 
 def load_mesh(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertices normalised to the box [-1, 1]^3 (centred, longest side 2) and int64 faces."""
@@ -52,18 +53,19 @@ def orbit_mvp(n_views: int, size: int, distance: float = 3.0, fovy_deg: float = 
     return get_mvp_matrix(c2w, proj)
 
 
-def run(size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
-    """``threads`` pins torch's CPU threads (1 gives stable numbers on a machine shared with other jobs)."""
+def run(
+    size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, threads: int | None = None, mesh: str | None = None
+) -> dict[str, Any]:
+    """``threads`` pins torch's CPU threads (1 gives stable numbers on a machine shared with other jobs);
+    ``mesh`` is a mesh file (default: the armadillo, or its generated stand-in)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    path = DATA / "armadillo.obj"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing (see ../shared/data/README.md)")
+    path, label = (Path(mesh), Path(mesh).name) if mesh else benchmark_mesh("armadillo")
     v, f = load_mesh(path)
     normals = vertex_normals(v, f)
     rast_fn = TorchRasterizer()
     topology = rast_fn.construct_topology_hash(f)
-    results: dict[str, Any] = {"triangles": f.shape[0], "vertices": v.shape[0], "size": size, "threads": torch.get_num_threads()}
+    results: dict[str, Any] = {"mesh": label, "triangles": f.shape[0], "vertices": v.shape[0], "size": size, "threads": torch.get_num_threads()}
     for n_views in views:
         mvp = orbit_mvp(n_views, size)
         pos = vertex_transform(v, mvp)
@@ -106,15 +108,16 @@ def run(size: int = 512, views: tuple[int, ...] = (1, 4), repeats: int = 3, thre
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4], help="batch sizes (views per call)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
-    r = run(args.size, tuple(args.views), args.repeats, args.threads)
-    print(f"armadillo: {r['triangles']} triangles, {r['vertices']} vertices, {r['size']}x{r['size']}, {r['threads']} thread(s)")
+    parser.add_argument("--mesh", default=None, help="mesh file (default: ../shared/data/armadillo.obj, else a generated one)")
+    args = parser.parse_args(argv)
+    r = run(args.size, tuple(args.views), args.repeats, args.threads, args.mesh)
+    print(f"{r['mesh']}: {r['triangles']} triangles, {r['vertices']} vertices, {r['size']}x{r['size']}, {r['threads']} thread(s)")
     print(
         f"{'views':>5}{'cand.pairs':>12}{'covered px':>12}{'rast ms':>9}{'interp ms':>10}{'aa ms':>8}"
         f"{'fwd ms':>9}{'fwd+bwd ms':>12}{'rast Mtri/s':>13}{'fwd Mtri/s':>12}{'f+b Mtri/s':>12}"

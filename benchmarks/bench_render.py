@@ -138,12 +138,12 @@ def run(size: int = 32, num_samples_per_ray: int = 256, repeats: int = 3, thread
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--samples", type=int, default=256, help="num_samples_per_ray")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     r = run(args.size, args.samples, threads=args.threads)
     print(f"geometry: {r['geometry']}; {r['rays']} rays, num_samples_per_ray={r['num_samples_per_ray']}")
     print(f"{'sampler':<16}{'samples/ray':>12}{'occupied':>10}{'fwd rays/s':>13}{'fwd+bwd rays/s':>16}")

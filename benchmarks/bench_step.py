@@ -15,9 +15,10 @@ import torch
 
 from threestudio_like.config import finalize_config, load_config
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
+from threestudio_like.recipes import RECIPES_DIR
 from threestudio_like.registry import find
 
-RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dreamfusion-sd.yaml")
+RECIPE = os.path.join(RECIPES_DIR, "dreamfusion-sd.yaml")
 
 
 def _timed(fn: Callable[[], object], times: dict[str, float], key: str) -> object:
