@@ -1,0 +1,109 @@
+"""A diverging run stops at the step it diverged, names what went bad, and leaves good checkpoints.
+
+Through the CLI on the tiny recipe: a geometry learning rate jumps to infinity (the parameters
+turn NaN) or to 1e30 (the parameters stay finite but the field's density overflows, so the
+renders turn NaN). And under mixed precision the GradScaler's skipped overflow steps are not
+mistaken for a divergence.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from recipe_overrides import RECIPE, tiny_recipe
+from threestudio_like.cli import main
+from threestudio_like.config import finalize_config, load_config
+from threestudio_like.registry import find
+from threestudio_like.systems.base import TrainingDivergedError
+from threestudio_like.systems.dreamfusion import DreamFusion
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def float_tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """Every floating-point tensor of a checkpoint: weights, buffers and the optimiser state."""
+    found = {k: v for k, v in checkpoint["state_dict"].items() if v.is_floating_point()}
+    for i, optimizer in enumerate(checkpoint["optimizer_states"]):
+        for index, state in optimizer["state"].items():
+            found.update({f"optimizer{i}.{index}.{k}": v for k, v in state.items() if torch.is_tensor(v)})
+    return found
+
+
+@pytest.mark.parametrize(
+    "lr, jump_step, failing_step, named",
+    [
+        # inf: the step-5 update makes the weights NaN; Lightning writes the step-6 checkpoint in its
+        # batch-end hook right after, so the check must run inside the optimiser step.
+        (".inf", 5, 5, ["after the optimiser step", "geometry.encoding.params"]),
+        # 1e30: the step-4 update leaves finite weights near 1e29 whose density overflows to NaN;
+        # the step-5 render shows it (and the message points at the huge parameters).
+        ("1e30", 4, 5, ["render's comp_rgb, opacity", "the largest is geometry."]),
+    ],
+)
+def test_divergence_stops_at_its_step_and_keeps_good_checkpoints(
+    tiny_model_dir, tmp_path, capsys, lr, jump_step, failing_step, named
+):
+    schedule = f"[[0,0.01],[{jump_step - 1},0.01],[{jump_step},{lr}]]"
+    args = tiny_recipe(
+        tiny_model_dir, str(tmp_path), **{"trainer.max_steps": 10, "system.optimizer.params.geometry.lr": schedule}
+    )
+    assert main(["--config", os.path.join(ROOT, RECIPE), "--train", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"training diverged at step {failing_step}:" in err
+    for part in named:
+        assert part in err, err
+
+    ckpts = os.path.join(str(tmp_path), "outputs", "dreamfusion-sd", "a_red_cube", "ckpts")
+    steps = sorted(int(p.split("step=")[1][: -len(".ckpt")]) for p in glob.glob(os.path.join(ckpts, "epoch=*")))
+    assert steps == [2, 4]  # nothing written from the diverged steps on
+    last = torch.load(os.path.join(ckpts, "last.ckpt"), map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+    step4 = torch.load(glob.glob(os.path.join(ckpts, "*step=4.ckpt"))[0], map_location="cpu", weights_only=True)
+    for name, value in float_tensors(last).items():
+        assert torch.isfinite(value).all(), f"{name} is not finite in last.ckpt"
+        assert value.abs().max() < 1e6, f"{name} holds huge values in last.ckpt"
+        assert torch.equal(value, float_tensors(step4)[name])
+
+
+class InfiniteGradientAtStep2(DreamFusion):
+    """Adds sqrt(0) to the loss at step 2: the loss stays finite, the geometry's gradient is inf,
+    as when an fp16 backward overflows under a GradScaler."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step == 2:
+            param = next(self.geometry.parameters())
+            loss = loss + (param - param.detach()).sum().sqrt()
+        return loss
+
+
+def fit_with_infinite_gradient(model_dir: str, tmp: str, plugins: list) -> pl.Trainer:
+    exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=tiny_recipe(model_dir, tmp)))
+    system = InfiniteGradientAtStep2(exp.system, save_dir=os.path.join(tmp, "save"))
+    trainer = pl.Trainer(
+        max_steps=4, accelerator="cpu", plugins=plugins, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    trainer.fit(system, datamodule=find(exp.data_type)(exp.data, seed=0))
+    return trainer
+
+
+def test_grad_scaler_overflow_skips_are_not_a_divergence(tiny_model_dir, tmp_path):
+    # 16-mixed as on the GPU (CPU autocast); init_scale 1 so the only overflow is the injected one
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    trainer = fit_with_infinite_gradient(tiny_model_dir, str(tmp_path), [MixedPrecision("16-mixed", "cpu", scaler)])
+    assert trainer.global_step == 4
+    assert scaler.get_scale() == 0.5  # the scaler skipped exactly that step and halved its scale
+    assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
+
+
+def test_infinite_gradient_without_a_scaler_is_a_divergence(tiny_model_dir, tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"at step 2: the gradients of geometry\.\S+ became NaN/inf"):
+        fit_with_infinite_gradient(tiny_model_dir, str(tmp_path), [])
