@@ -206,15 +206,15 @@ class VanillaMLP(BaseModule):
             raise ConfigError(
                 f"an MLP needs n_neurons >= 1 and n_hidden_layers >= 0, got {cfg.n_neurons} and {cfg.n_hidden_layers}"
             )
+        if cfg.backend not in ("auto", "torch", "tinycudann"):
+            raise ConfigError(f"backend: {cfg.backend!r} is not one of auto, torch, tinycudann")
         if double_backward and cfg.backend == "tinycudann":
             raise ConfigError(
                 "backend: tinycudann cannot serve this MLP: it needs second derivatives (normal_type: analytic) "
                 "and tiny-cuda-nn's MLPs have none. Use backend: auto or torch for it."
             )
-        if cfg.backend not in ("auto", "torch", "tinycudann"):
-            raise ConfigError(f"backend: {cfg.backend!r} is not one of auto, torch, tinycudann")
         if cfg.backend == "tinycudann" and backends.optional_import("tinycudann") is None:
-            choose_backend(cfg.backend, "tinycudann", "cuda")  # raises now, with the install hint
+            raise backends.unavailable_error("tinycudann", "it is not installed")  # now, not at the first forward
         self.n_input_dims, self.n_output_dims = n_input_dims, n_output_dims
         self.double_backward = double_backward
         self.layout = MLPLayout(n_input_dims, n_output_dims, cfg.n_neurons, cfg.n_hidden_layers)

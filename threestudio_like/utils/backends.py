@@ -49,10 +49,14 @@ def choose_backend(requested: str, library: str, device: torch.device | str) -> 
         return library if available else "torch"
     if requested == library:
         if not available:
-            why = "it is not installed" if optional_import(library) is None else "the device is not CUDA"
-            raise RuntimeError(
-                f"backend '{library}' was requested but {why}. Install it with `{_INSTALL_HINTS.get(library, 'pip install ' + library)}` "
-                f"on a CUDA machine, or set backend: auto (or torch) to use the built-in PyTorch path."
-            )
+            raise unavailable_error(library, "it is not installed" if optional_import(library) is None else "the device is not CUDA")
         return library
     raise ValueError(f"unknown backend '{requested}': use auto, torch or {library}")
+
+
+def unavailable_error(library: str, why: str) -> RuntimeError:
+    """The error for an explicitly requested library that cannot run, with how to get it."""
+    return RuntimeError(
+        f"backend '{library}' was requested but {why}. Install it with `{_INSTALL_HINTS.get(library, 'pip install ' + library)}` "
+        f"on a CUDA machine, or set backend: auto (or torch) to use the built-in PyTorch path."
+    )
