@@ -1,7 +1,8 @@
 """Several training processes draw different cameras and noise; one process is unchanged.
 
-The multi-process test runs two CPU processes under ``torch.distributed`` (gloo), the way
-``--gpu 0,1`` runs two ranks: same config, same seed, same step.
+The multi-process tests run two CPU processes (gloo), the way ``--gpu 0,1`` runs two ranks:
+same config, same seed, same step; once through ``torch.distributed`` directly and once
+through Lightning's DDP (the rank then comes from the trainer).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -90,3 +92,33 @@ def test_two_ranks_draw_different_cameras_and_noise_for_the_same_step(tmp_path):
     assert not torch.allclose(r0["noise"], r1["noise"])
     # rank 0 is the single-process stream
     torch.testing.assert_close(r0["c2w"], RandomCameraSampler(CFG, seed=SEED).sample(STEP)["c2w"], rtol=0, atol=0)
+
+
+class _RecordCameras(pl.LightningModule):
+    """Saves the cameras each rank trains on (one dummy parameter to optimise)."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        path = Path(self.out_dir) / f"rank{self.global_rank}_step{self.global_step}.pt"
+        torch.save(batch["c2w"], path)
+        return (self.weight - batch["c2w"].mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+def test_lightning_ddp_ranks_train_on_different_cameras(tmp_path):
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )
+    trainer.fit(_RecordCameras(str(tmp_path)), datamodule=RandomCameraDataModule(CFG, seed=SEED))
+    for step in range(2):
+        rank0, rank1 = (torch.load(tmp_path / f"rank{r}_step{step}.pt") for r in range(2))
+        assert not torch.allclose(rank0, rank1)
+        torch.testing.assert_close(rank0, RandomCameraSampler(CFG, seed=SEED).sample(step)["c2w"], rtol=0, atol=0)
