@@ -157,8 +157,6 @@ def test_points_map_to_unit_cube_of_the_bbox():
 
 
 def test_isosurface_of_the_blob_is_a_sphere():
-    pytest.importorskip("skimage")
-    pytest.importorskip("threestudio_like.export.isosurface")
     geo = make(isosurface_threshold=5.0, isosurface_resolution=40)
     mesh = geo.isosurface()
     # softplus(10 (1 - r / 0.5)) = 5  <=>  r = 0.5 (1 - softplus^-1(5) / 10)

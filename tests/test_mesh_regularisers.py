@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import trimesh
 
 from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
 
@@ -21,7 +22,6 @@ def grid_mesh(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sphere(subdivisions: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    trimesh = pytest.importorskip("trimesh")
     s = trimesh.creation.icosphere(subdivisions=subdivisions, radius=1.0)
     return torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.int64)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
+from threestudio_like.guidance import prompt_processor as pp
 from threestudio_like.priors import procedural as P
 
 
@@ -82,7 +83,6 @@ def test_view_names_follow_prompt_processor_thresholds(elevation, azimuth, expec
 
 
 def test_view_names_agree_with_the_prompt_processor():
-    pp = pytest.importorskip("threestudio_like.guidance.prompt_processor")
     g = torch.Generator().manual_seed(0)
     elevation = torch.rand(500, generator=g) * 100 - 10
     azimuth = torch.rand(500, generator=g) * 720 - 360

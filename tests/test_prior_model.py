@@ -165,10 +165,12 @@ def test_warm_start_carries_the_earlier_stages_log(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- shipped weights
-shipped = pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "model_index.json")), reason="shapes32 weights not built")
+def test_shipped_weights_are_present():
+    # in git and in the wheel: a missing file is a broken checkout or install, never a reason to skip
+    for part in ("model_index.json", "unet", "text_encoder", "tokenizer", "scheduler", "classifier"):
+        assert os.path.exists(os.path.join(SHIPPED, part)), f"shipped prior incomplete: {part} missing in {SHIPPED}"
 
 
-@shipped
 def test_shipped_folder_is_small_and_resolves_as_builtin():
     from threestudio_like.guidance.models import resolve_model_path
 
@@ -177,7 +179,6 @@ def test_shipped_folder_is_small_and_resolves_as_builtin():
     assert os.path.samefile(resolve_model_path("builtin:shapes32"), SHIPPED)
 
 
-@shipped
 def test_shipped_classifier_names_procedural_renders():
     from threestudio_like.priors.classifier import load_classifier
 
@@ -189,7 +190,6 @@ def test_shipped_classifier_names_procedural_renders():
     assert torch.allclose(probs["shape"].sum(-1), torch.ones(256), atol=1e-5)
 
 
-@shipped
 def test_shipped_prior_draws_the_requested_colour():
     model = PriorModel.load(SHIPPED).eval()
     images = sample_images(model, ["a red sphere, front view", "a blue cube, side view"] * 2, guidance_scale=3.0, steps=20,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
+import trimesh
 
 from threestudio_like.mesh.rasterize import NvdiffrastRasterizer, TorchRasterizer, make_rasterizer, vertex_transform
 from threestudio_like.mesh.regularisers import laplacian_smoothness_loss
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,11 +249,8 @@ def _orbit_mvp(n_views: int) -> torch.Tensor:
     return get_mvp_matrix(c2w, get_projection_matrix(torch.full((n_views,), math.radians(45.0)), 1.0, 0.1, 10.0))
 
 
-def test_silhouette_fitting_from_a_sphere_reaches_bunny_iou_above_0_9():
-    path = DATA / "bunny.obj"
-    if not path.exists():
-        pytest.skip(f"the shared test mesh {path} is absent")
-    trimesh = pytest.importorskip("trimesh")
+def test_silhouette_fitting_from_a_sphere_reaches_bunny_iou_above_0_9(shared_data):
+    path = shared_data("bunny.obj")
     torch.manual_seed(0)
     bunny = trimesh.load(str(path), process=False, force="mesh")
     vb = torch.tensor(bunny.vertices, dtype=torch.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from threestudio_like.registry import find
 from threestudio_like.representations.implicit_volume import ImplicitVolume
 from threestudio_like.representations.tetrahedra_sdf_grid import TetrahedraSDFGrid
 
-BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "bunny.obj"
 SMALL_GRID = {
     "otype": "HashGrid",
     "n_levels": 4,
@@ -157,17 +155,20 @@ def test_remove_outliers_keeps_large_components():
 
 # --------------------------------------------------------------------------- mesh SDF
 @pytest.fixture(scope="module")
-def bunny() -> Mesh:
-    if not BUNNY.exists():
-        pytest.skip(f"{BUNNY} not found")
-    return normalize_mesh(load_mesh(str(BUNNY)), 0.8, up="+y", front="+z")
+def bunny_path(shared_data) -> str:
+    return str(shared_data("bunny.obj"))
 
 
-def test_normalize_mesh_centres_scales_and_rotates(bunny):
+@pytest.fixture(scope="module")
+def bunny(bunny_path) -> Mesh:
+    return normalize_mesh(load_mesh(bunny_path), 0.8, up="+y", front="+z")
+
+
+def test_normalize_mesh_centres_scales_and_rotates(bunny, bunny_path):
     lo, hi = bunny.v_pos.amin(0), bunny.v_pos.amax(0)
     torch.testing.assert_close((lo + hi) / 2, torch.zeros(3), atol=1e-6, rtol=0)
     assert float(bunny.v_pos.abs().max()) == pytest.approx(0.8)
-    raw = load_mesh(str(BUNNY))
+    raw = load_mesh(bunny_path)
     # the file's y axis (its up) becomes z, scaled like the other axes
     extent_raw, extent = raw.v_pos.amax(0) - raw.v_pos.amin(0), hi - lo
     assert float(extent[2] / extent.max()) == pytest.approx(float(extent_raw[1] / extent_raw.max()), rel=1e-4)
@@ -201,10 +202,10 @@ def test_grid_signed_distance_coarse_to_fine_matches_direct_near_the_surface(bun
     assert (fine - direct)[near & agree].abs().max() < 1e-6
 
 
-def test_mesh_init_from_bunny_matches_the_bunny(bunny):
+def test_mesh_init_from_bunny_matches_the_bunny(bunny, bunny_path):
     r = 40
     geo = TetrahedraSDFGrid(
-        small(isosurface_resolution=r, shape_init=f"mesh:{BUNNY}", shape_init_params=0.8, shape_init_mesh_up="+y",
+        small(isosurface_resolution=r, shape_init=f"mesh:{bunny_path}", shape_init_params=0.8, shape_init_mesh_up="+y",
               shape_init_mesh_front="+z", geometry_only=True)
     )
     mesh = geo.isosurface()
