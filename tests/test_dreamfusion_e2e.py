@@ -36,6 +36,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     return train(tiny_model_dir, out, **{"trainer.max_steps": 4})
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_training_writes_run_outputs(trained):
     assert os.path.isfile(os.path.join(trained, "configs", "parsed.yaml"))
     assert os.path.isfile(os.path.join(trained, "ckpts", "last.ckpt"))
@@ -53,6 +54,7 @@ def test_training_writes_run_outputs(trained):
     assert all(k.split(".")[0] in {"geometry", "material", "background", "renderer"} for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_resume_matches_uninterrupted_run(tiny_model_dir, trained, tmp_path):
     first = train(tiny_model_dir, str(tmp_path), **{"trainer.max_steps": 2})
     ckpt = os.path.join(first, "ckpts", "last.ckpt")
@@ -69,6 +71,7 @@ def test_resume_matches_uninterrupted_run(tiny_model_dir, trained, tmp_path):
         assert torch.equal(adam_a[index]["exp_avg_sq"], adam_b[index]["exp_avg_sq"])
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_export_writes_loadable_meshes(tiny_model_dir, trained, tmp_path):
     args = tiny_recipe(tiny_model_dir, str(tmp_path), resume=os.path.join(trained, "ckpts", "last.ckpt"))
     assert main(["--config", os.path.join(ROOT, RECIPE), "--export", *args]) == 0
@@ -82,6 +85,7 @@ def test_export_writes_loadable_meshes(tiny_model_dir, trained, tmp_path):
     assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.material.baseColorTexture is not None
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_export_without_texture_writes_vertex_colours(tiny_model_dir, trained, tmp_path):
     args = tiny_recipe(
         tiny_model_dir, str(tmp_path), resume=os.path.join(trained, "ckpts", "last.ckpt"),
@@ -93,12 +97,14 @@ def test_export_without_texture_writes_vertex_colours(tiny_model_dir, trained, t
     assert glb.visual.vertex_colors.shape[0] == len(glb.vertices)
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_validate_and_test_modes_render_from_checkpoint(tiny_model_dir, trained, tmp_path):
     args = tiny_recipe(tiny_model_dir, str(tmp_path), resume=os.path.join(trained, "ckpts", "last.ckpt"))
     assert main(["--config", os.path.join(ROOT, RECIPE), "--validate", *args]) == 0
     assert os.path.isfile(os.path.join(trained, "save", "it4-0.png"))
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_model_dir, tmp_path, capsys):
     # the SDS weight turns NaN at step 4; checkpoints were written at steps 2 and 4
     args = tiny_recipe(
@@ -162,6 +168,7 @@ def test_ctrl_c_saves_checkpoint_and_runs_test_stage(tiny_model_dir, tmp_path):
     assert "Interrupted at step" in stdout
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_system_weights_initialise_a_fresh_run(tiny_model_dir, trained, tmp_path):
     from threestudio_like.config import finalize_config, load_config
     from threestudio_like.registry import find
@@ -176,6 +183,7 @@ def test_system_weights_initialise_a_fresh_run(tiny_model_dir, trained, tmp_path
     assert background and not all(torch.equal(system.state_dict()[k], saved[k]) for k in background)
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_last_checkpoint_holds_the_final_step(tiny_model_dir, tmp_path):
     """max_steps need not be a multiple of the checkpoint interval: the last steps are kept."""
     trial = train(tiny_model_dir, str(tmp_path), **{"trainer.max_steps": 3, "checkpoint.every_n_train_steps": 2})

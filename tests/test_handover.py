@@ -70,6 +70,7 @@ def _outline_iou(geometry, level: float, views, target) -> float:
     return float((covered & target).sum() / (covered | target).sum())
 
 
+@pytest.mark.slow  # a minute of volume rendering on a shared 2-core CPU
 @torch.no_grad()
 def test_silhouette_level_outlines_what_the_volume_renders() -> None:
     geometry = SoftBall({"radius": 1.0})
