@@ -319,3 +319,15 @@ def test_clip_space_is_float32_under_autocast_and_keeps_the_depth_order_of_nearb
     torch.testing.assert_close(pos, clip_positions(v_pos, mvp))  # the same numbers as without autocast
     ids = rast[0, ..., 3]
     assert (ids == 2.0).sum() > 30 and not (ids == 1.0).any()  # the nearer triangle wherever they overlap
+
+
+def test_no_triangles_draws_nothing_and_antialias_is_the_identity():
+    r = TorchRasterizer()
+    pos = torch.rand(2, 5, 4) + torch.tensor([0.0, 0.0, 0.0, 1.0])
+    no_tri = torch.zeros(0, 3, dtype=torch.int32)
+    rast, _ = r.rasterize(pos, no_tri, (6, 7))
+    assert rast.shape == (2, 6, 7, 4) and torch.all(rast == 0)
+    attr, _ = r.interpolate(torch.rand(5, 3), rast, no_tri)
+    assert torch.all(attr == 0)
+    color = torch.rand(2, 6, 7, 3)
+    torch.testing.assert_close(r.antialias(color, rast, pos, no_tri), color)
