@@ -118,7 +118,7 @@ def fake_tcnn(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     "n_in, n_out, width, n_hidden",
     [(32, 1, 64, 1), (3, 3, 16, 2), (5, 4, 24, 1), (7, 2, 16, 0)],  # fully fused / padded / CUTLASS width / no hidden
 )
-@pytest.mark.parametrize("key", ["tcnn_network.params", "params"])
+@pytest.mark.parametrize("key", ["tcnn_network.params", "network.params", "params"])  # earlier / threestudio's / ours
 def test_state_dict_in_tcnn_layout_loads_on_cpu_and_computes_tcnns_function(n_in, n_out, width, n_hidden, key):
     g = torch.Generator().manual_seed(0)
     n_params = sum(r * c for r, c in tcnn_matrix_shapes(n_in, n_out, width, n_hidden))

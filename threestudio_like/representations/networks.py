@@ -185,7 +185,8 @@ class VanillaMLP(BaseModule):
     padding of ones included). ``backend: auto`` picks ``tcnn.Network`` per call, for inputs on a
     CUDA device when tinycudann imports, except when ``double_backward`` is set: tcnn's MLPs have
     no second derivative, which analytic normals trained through (orientation loss) need.
-    Checkpoints of earlier versions (``layers.{0,2,...}.weight`` or ``tcnn_network.params``) load too.
+    Checkpoints of earlier versions and threestudio's (``layers.{0,2,...}.weight``,
+    ``tcnn_network.params``, ``network.params``) load too.
     """
 
     @dataclass
@@ -286,10 +287,13 @@ class VanillaMLP(BaseModule):
         return network(x.float().contiguous()).float()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # earlier layouts: tcnn's own module (`tcnn_network.params`, often fp16) and per-layer torch weights
-        old_tcnn = state_dict.pop(prefix + "tcnn_network.params", None)
-        if old_tcnn is not None and prefix + "params" not in state_dict:
-            state_dict[prefix + "params"] = old_tcnn
+        # other names of the same flat vector: this package's earlier tcnn module and threestudio's
+        # TCNNNetwork (`network.params`); tcnn keeps it in fp16, copied into our fp32 vector
+        for name in ("tcnn_network.params", "network.params"):
+            flat = state_dict.pop(prefix + name, None)
+            if flat is not None and prefix + "params" not in state_dict:
+                state_dict[prefix + "params"] = flat
+        # per-layer torch weights (earlier versions, threestudio's VanillaMLP): zero padding, same function
         n_matrices = len(self.layout.shapes)
         layer_keys = [f"{prefix}layers.{2 * i}.weight" for i in range(n_matrices)]
         if prefix + "params" not in state_dict and all(k in state_dict for k in layer_keys):
