@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from threestudio_like.registry import close_matches
+from threestudio_like.registry import did_you_mean
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -40,8 +40,7 @@ def find_config(name: str) -> str:
     # "some/dir/dreamfusion-cpu.yaml" is a wrong path, and running the shipped recipe would hide it.
     if os.path.dirname(os.path.normpath(name)) in ("", "configs") and stem in recipes:
         return os.path.join(RECIPES_DIR, stem + ".yaml")
-    matches = close_matches(stem, recipes)
-    hint = f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+    hint = did_you_mean(stem, recipes, n=3)
     raise ConfigError(
         f"Config '{name}' is neither an existing file nor a shipped recipe.{hint} "
         f"Shipped recipes: {', '.join(recipes) or '(none found)'}."
