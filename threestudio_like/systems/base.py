@@ -118,7 +118,8 @@ class BaseLift3DSystem(pl.LightningModule):
         self.configure()
         # Config mistakes surface now, before a trial folder exists or a diffusion model loads.
         self._check_loss_names()
-        build_optimizer(self, self.cfg.optimizer)  # unknown groups, optimiser names or arguments
+        # unknown groups, optimiser names or arguments; a "guidance" group is checked when it is built
+        build_optimizer(self, self.cfg.optimizer, later_parts=("guidance",))
         if self.cfg.weights is not None:
             self.load_initial_weights(self.cfg.weights, self.cfg.weights_ignore_modules or [])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import torch
 from torch import nn
@@ -52,8 +52,14 @@ def _check_args(cls: type, args: dict, path: str, ignore: tuple[str, ...] = ()) 
             raise ConfigError(f"Unknown config key '{path}.{key}' for {cls.__name__}.{hint}")
 
 
-def build_optimizer(module: nn.Module, cfg: Any) -> tuple[torch.optim.Optimizer, Optional[list[Callable[[int], float]]]]:
-    """The optimiser, plus per-group lr multipliers when any lr is a schedule (else None)."""
+def build_optimizer(
+    module: nn.Module, cfg: Any, later_parts: Collection[str] = ()
+) -> tuple[torch.optim.Optimizer, Optional[list[Callable[[int], float]]]]:
+    """The optimiser, plus per-group lr multipliers when any lr is a schedule (else None).
+
+    ``later_parts``: parts built only for training (the guidance); a group naming one that is
+    not built yet is accepted and left out, so the config can be checked before it exists.
+    """
     cfg = parse_structured(OptimizerConfig, cfg, "system.optimizer")
     cls = _optimizer_class(cfg.name)
     _check_args(cls, cfg.args, "system.optimizer.args")
@@ -68,6 +74,8 @@ def build_optimizer(module: nn.Module, cfg: Any) -> tuple[torch.optim.Optimizer,
         groups = []
         for name, options in cfg.params.items():
             path = f"system.optimizer.params.{name}"
+            if name.split(".")[0] in later_parts and name not in module_names:
+                continue
             if name not in module_names:
                 matches = close_matches(name, module_names)
                 hint = f" Did you mean '{matches[0]}'?" if matches else ""
