@@ -107,3 +107,18 @@ def test_grad_scaler_overflow_skips_are_not_a_divergence(tiny_model_dir, tmp_pat
 def test_infinite_gradient_without_a_scaler_is_a_divergence(tiny_model_dir, tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"at step 2: the gradients of geometry\.\S+ became NaN/inf"):
         fit_with_infinite_gradient(tiny_model_dir, str(tmp_path), [])
+
+
+def test_overflowing_optimiser_state_is_named_even_when_the_weights_stay_finite(tiny_model_dir, tmp_path):
+    # A finite gradient of 1e22 overflows Adam's second moment (0.01 * 1e44 > float32 max): the update
+    # m / sqrt(v) is 0, so the weights look fine while the optimiser state is already ruined.
+    exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=tiny_recipe(tiny_model_dir, str(tmp_path))))
+    system = find(exp.system_type)(exp.system, save_dir=str(tmp_path))
+    optimizer = system.configure_optimizers()["optimizer"]
+    for param in system.geometry.parameters():
+        param.grad = torch.full_like(param, 1e22)
+    system.on_before_optimizer_step(optimizer)  # finite gradients: no complaint
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in system.parameters())
+    with pytest.raises(TrainingDivergedError, match=r"hold NaN/inf: optimizer state of group geometry\. "):
+        system.check_state_after_step(optimizer)

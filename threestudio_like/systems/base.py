@@ -294,7 +294,8 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after a mixed-precision plugin unscaled the gradients.
-        bad = nonfinite_names(self._named_optimised_parameters(optimizer, grads=True))
+        grads = [(name, p.grad) for name, _, p in self._optimised_parameters(optimizer) if p.grad is not None]
+        bad = nonfinite_names(grads)
         if bad and self._grad_scaler() is None:
             raise diverged(self.global_step, f"the gradients of {_list_names(bad)} became NaN/inf")
         # With a GradScaler, inf gradients are its normal overflow signal: it skips this step
@@ -307,28 +308,23 @@ class BaseLift3DSystem(pl.LightningModule):
 
     def check_state_after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Parameters and optimiser state must be finite after a step (one device sync)."""
-        bad = nonfinite_names(self._named_optimised_parameters(optimizer, grads=False, state=True))
+        optimised = self._optimised_parameters(optimizer)
+        state = getattr(optimizer, "optimizer", optimizer).state
+        named = [(name, p) for name, _, p in optimised]
+        for _, group, param in optimised:
+            named += [(f"optimizer state of group {group}", t) for t in state.get(param, {}).values()]
+        bad = nonfinite_names(named)
         if bad:
             raise diverged(self.global_step, f"after the optimiser step these hold NaN/inf: {_list_names(bad)}")
 
-    def _named_optimised_parameters(
-        self, optimizer: torch.optim.Optimizer, grads: bool, state: bool = False
-    ) -> list[tuple[str, Tensor]]:
-        """(name, tensor) for the optimiser's parameters (or their gradients), then its state tensors
-        named "optimizer state of group <name>"."""
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrap Lightning's LightningOptimizer
+    def _optimised_parameters(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, str, Tensor]]:
+        """(parameter name, group name, parameter) for every parameter the optimiser steps."""
         names = {id(p): n for n, p in self.named_parameters()}
-        tensors: list[tuple[str, Tensor]] = []
-        states: list[tuple[str, Tensor]] = []
-        for index, group in enumerate(optimizer.param_groups):
-            label = f"optimizer state of group {group.get('name', index)}"
-            for param in group["params"]:
-                value = param.grad if grads else param
-                if value is not None:
-                    tensors.append((names.get(id(param), f"a parameter of group {group.get('name', index)}"), value))
-                if state:
-                    states.extend((label, t) for t in optimizer.state.get(param, {}).values() if torch.is_tensor(t))
-        return tensors + states
+        found = []
+        for index, group in enumerate(optimizer.param_groups):  # LightningOptimizer exposes them too
+            label = str(group.get("name", index))
+            found += [(names.get(id(p), f"a parameter of group {label}"), label, p) for p in group["params"]]
+        return found
 
     def _grad_scaler(self) -> Optional[Any]:
         """The mixed-precision GradScaler of the running trainer, if any (16-mixed on GPU)."""
