@@ -60,6 +60,7 @@ def test_top_level_lr_unused_by_every_group_is_warned_about():
 def test_top_level_lr_used_as_a_group_default_is_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        optimizer, _ = build_optimizer(Parts(), {"args": {"lr": 0.05}, "params": {"geometry": {"lr": 0.01}, "background": {}}})
+        cfg = {"args": {"lr": 0.05}, "params": {"geometry": {"lr": 0.01}, "background": {}}}
+        optimizer, _ = build_optimizer(Parts(), cfg)
         build_optimizer(Parts(), {"args": {"lr": 0.05}})
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.05]
