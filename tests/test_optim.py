@@ -18,7 +18,7 @@ class Parts(nn.Module):
 
 
 def test_param_groups_follow_listed_parts_and_lr_schedules():
-    cfg = {"name": "Adam", "args": {"lr": 0.01, "betas": [0.9, 0.99]},
+    cfg = {"name": "Adam", "args": {"betas": [0.9, 0.99]},
            "params": {"geometry": {"lr": [0, 0.1, 0.0, 10]}, "background": {"lr": 0.001}}}
     optimizer, lambdas = build_optimizer(Parts(), cfg)
     assert [g["name"] for g in optimizer.param_groups] == ["geometry", "background"]
