@@ -94,7 +94,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import lightning.pytorch as pl
 
-    pl.seed_everything(exp.seed, workers=True, verbose=False)
+    from threestudio_like.utils.ranks import global_rank, rank_seed
+
+    # each GPU rank draws its own noise (seed + rank, as threestudio); the camera data module
+    # folds the rank into its own stream, so it gets the unranked seed
+    pl.seed_everything(rank_seed(exp.seed, global_rank()), workers=True, verbose=False)
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
     system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
     if checkpoint is not None:
