@@ -20,7 +20,7 @@ from typing import Any, Optional
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from threestudio_like.config import ConfigError
-from threestudio_like.registry import close_matches
+from threestudio_like.registry import did_you_mean
 
 # Per logger, the keys its section may have: a typo is an error, not a silently ignored setting.
 LOGGER_KEYS: dict[str, tuple[str, ...]] = {
@@ -44,8 +44,7 @@ def _section(kind: str, value: Any) -> Optional[dict[str, Any]]:
         raise ConfigError(f"{where} must be true/false or a mapping of settings, got {value!r}.")
     for key in value:
         if key not in LOGGER_KEYS[kind]:
-            matches = close_matches(str(key), list(LOGGER_KEYS[kind]))
-            hint = f" Did you mean '{where}.{matches[0]}'?" if matches else ""
+            hint = did_you_mean(str(key), LOGGER_KEYS[kind], prefix=f"{where}.")
             raise ConfigError(f"Unknown config key '{where}.{key}'.{hint} Valid keys: {', '.join(LOGGER_KEYS[kind])}.")
     enable = value.get("enable", _ENABLED_BY_DEFAULT[kind])
     if not isinstance(enable, bool):
@@ -78,8 +77,7 @@ def check_loggers(loggers_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     enabled: dict[str, dict[str, Any]] = {}
     for kind, value in loggers_cfg.items():
         if kind not in LOGGER_KEYS:
-            matches = close_matches(str(kind), list(LOGGER_KEYS))
-            hint = f" Did you mean 'system.loggers.{matches[0]}'?" if matches else ""
+            hint = did_you_mean(str(kind), LOGGER_KEYS, prefix="system.loggers.")
             raise ConfigError(f"Unknown logger 'system.loggers.{kind}'.{hint} Available loggers: {', '.join(LOGGER_KEYS)}.")
         settings = _section(kind, value)
         if settings is not None:

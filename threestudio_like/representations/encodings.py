@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from threestudio_like.config import ConfigError
-from threestudio_like.registry import close_matches
+from threestudio_like.registry import did_you_mean
 from threestudio_like.representations.otype import register_otype, split_otype
 from threestudio_like.utils import backends
 from threestudio_like.utils.backends import choose_backend
@@ -48,8 +48,7 @@ def _check_choice(value: str, options: tuple[str, ...], what: str) -> str:
     for option in options:
         if option.lower() == str(value).lower():
             return option
-    matches = close_matches(str(value), list(options))
-    hint = f" Did you mean '{matches[0]}'?" if matches else ""
+    hint = did_you_mean(str(value), options)
     raise ConfigError(f"{what}: {value!r} is not one of {list(options)}.{hint}")
 
 

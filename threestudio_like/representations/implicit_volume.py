@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError
-from threestudio_like.registry import close_matches, register
+from threestudio_like.registry import did_you_mean, register
 from threestudio_like.representations.base import BaseImplicitGeometry
 from threestudio_like.representations.encodings import DEFAULT_HASH_GRID, get_encoding
 from threestudio_like.representations.networks import DEFAULT_MLP, get_activation, get_mlp
@@ -56,12 +56,10 @@ class ImplicitVolume(BaseImplicitGeometry):
         super().configure(**kwargs)
         cfg = self.cfg
         if isinstance(cfg.density_bias, str) and cfg.density_bias not in _DENSITY_BLOBS:
-            matches = close_matches(cfg.density_bias, list(_DENSITY_BLOBS))
-            hint = f" Did you mean '{matches[0]}'?" if matches else ""
+            hint = did_you_mean(cfg.density_bias, _DENSITY_BLOBS)
             raise ConfigError(f"density_bias: {cfg.density_bias!r} is not a number or one of {list(_DENSITY_BLOBS)}.{hint}")
         if cfg.normal_type is not None and cfg.normal_type not in _NORMAL_TYPES:
-            matches = close_matches(cfg.normal_type, list(_NORMAL_TYPES))
-            hint = f" Did you mean '{matches[0]}'?" if matches else ""
+            hint = did_you_mean(cfg.normal_type, _NORMAL_TYPES)
             raise ConfigError(f"normal_type: {cfg.normal_type!r} is not null or one of {list(_NORMAL_TYPES)}.{hint}")
         self.density_activation = get_activation(cfg.density_activation)
 

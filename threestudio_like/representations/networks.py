@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError
-from threestudio_like.registry import close_matches
+from threestudio_like.registry import did_you_mean
 from threestudio_like.representations.otype import register_otype, split_otype
 from threestudio_like.utils import backends
 from threestudio_like.utils.backends import choose_backend
@@ -86,8 +86,7 @@ def get_activation(name: str | None) -> Callable[[Tensor], Tensor]:
     key = str(name).lower()
     if key in _ACTIVATIONS:
         return _ACTIVATIONS[key]
-    matches = close_matches(key, sorted(_ACTIVATIONS))
-    hint = f" Did you mean '{matches[0]}'?" if matches else ""
+    hint = did_you_mean(key, sorted(_ACTIVATIONS))
     raise ConfigError(f"Unknown activation '{name}'.{hint} Known: {', '.join(sorted(_ACTIVATIONS))}.")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, TypeVar
 
 from threestudio_like.config import ConfigError, to_container
-from threestudio_like.registry import close_matches, register
+from threestudio_like.registry import did_you_mean, register
 
 T = TypeVar("T", bound=type)
 
@@ -45,7 +45,6 @@ def split_otype(kind: str, config: Any, path: str) -> tuple[type, dict]:
     if cls is None:  # tcnn compares otype names case-insensitively
         cls = next((c for n, c in table.items() if n.lower() == name.lower()), None)
     if cls is None:
-        matches = close_matches(name, sorted(table))
-        hint = f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+        hint = did_you_mean(name, sorted(table), n=3)
         raise ConfigError(f"{path}.otype: unknown {kind} '{name}'.{hint} Known: {', '.join(sorted(table))}.")
     return cls, data
