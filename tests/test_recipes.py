@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -80,11 +82,17 @@ def test_evaluation_default_recipe_is_the_shipped_one() -> None:
     assert evaluation.DEFAULT_RECIPE == os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")
 
 
-@pytest.mark.slow
 def test_wheel_ships_recipes_and_prior_weights(tmp_path) -> None:
     """Build the real wheel (what `pip install .` installs) and look inside."""
+    # Built from a clean copy: setuptools builds in the source tree, and a build/ folder left
+    # there by an earlier build keeps modules since deleted, which would then ship too.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "outputs", "*.egg-info", "__pycache__", "node_modules", ".pytest_cache", ".threestudio_cache"))
+    # the installed setuptools when there is one (no download); else pip fetches it, as `pip install .` does
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )
     (wheel,) = glob.glob(str(tmp_path / "*.whl"))
@@ -94,4 +102,6 @@ def test_wheel_ships_recipes_and_prior_weights(tmp_path) -> None:
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "tokenizer/vocab.json",
                  "scheduler/scheduler_config.json", "classifier/model.safetensors", "model_index.json"):
         assert f"threestudio_like/priors/weights/shapes32/{part}" in names
-    assert "threestudio_like/recipes.py" in names
+    modules = {n for n in names if n.startswith("threestudio_like/") and n.endswith(".py")}
+    sources = {os.path.relpath(p, source) for p in glob.glob(str(source / "threestudio_like" / "**" / "*.py"), recursive=True)}
+    assert modules == sources
