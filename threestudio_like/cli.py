@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from threestudio_like.config import ConfigError, ExperimentConfig, finalize_config, load_config
+from threestudio_like.loggers import check_loggers
 from threestudio_like.registry import UnknownTypeError, find
 from threestudio_like.trials import (
     CheckpointError,
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         print("--typecheck is accepted for threestudio compatibility and has no effect (tensor shapes are documented, not checked at run time).")
     cfg = load_config(args.config, cli_args=overrides)
     exp = finalize_config(cfg, n_gpus=len(devices) if isinstance(devices, list) else 1)
+    check_loggers(exp.system.get("loggers") or {})
     checkpoint = None
     if exp.resume is not None:
         exp.resume = resolve_checkpoint(exp.resume)
@@ -101,8 +103,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     pl.seed_everything(rank_seed(exp.seed, global_rank()), workers=True, verbose=False)
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
     system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
+    if args.train:  # the guidance (a trainable one holds checkpoint state) is part of what a resume must match
+        system.check_models_available()
+        system.prepare_for_training(training_device(accelerator, devices))
     if checkpoint is not None:
-        check_state_matches(system, checkpoint["state_dict"], exp.resume)
+        check_state_matches(system, system.loadable_state(checkpoint["state_dict"]), exp.resume)
 
     if args.export:
         load_system_weights(system, exp.resume, checkpoint)
@@ -113,7 +118,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         return 0
 
     if args.train:
-        system.check_models_available()
         if checkpoint is None:
             exp.trial_dir = create_trial_dir(exp.trial_dir)  # never shared with another run
             system.save_dir = os.path.join(exp.trial_dir, "save")
@@ -163,6 +167,13 @@ def train(trainer: Any, interrupt: Any, system: Any, datamodule: Any, exp: Exper
     for exported in paths:
         print(f"Exported {exported}")
     return EXIT_INTERRUPTED if interrupt.interrupted else 0
+
+
+def training_device(accelerator: str, devices: Any) -> torch.device:
+    """The device this process trains on (under multi-GPU launchers, its local rank's GPU)."""
+    if accelerator != "gpu":
+        return torch.device("cpu")
+    return torch.device("cuda", devices[int(os.environ.get("LOCAL_RANK", 0))])
 
 
 def select_devices(gpu: str) -> tuple[str, Any]:

@@ -196,9 +196,9 @@ def check_state_matches(module: torch.nn.Module, state_dict: dict[str, Any], pat
 def load_system_weights(system: Any, path: str, checkpoint: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Checked load of a checkpoint's weights into ``system`` (then its ``on_load_checkpoint``)."""
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
+    system.on_load_checkpoint(checkpoint)  # first, as Lightning does: it may drop parts not built
     check_state_matches(system, checkpoint["state_dict"], path)
     system.load_state_dict(checkpoint["state_dict"])
-    system.on_load_checkpoint(checkpoint)
     return checkpoint
 
 

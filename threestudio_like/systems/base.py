@@ -66,7 +66,7 @@ def diverged(step: int, what: str) -> TrainingDivergedError:
 class BaseLift3DSystem(pl.LightningModule):
     @dataclass
     class Config:
-        loggers: dict = field(default_factory=dict)  # accepted for threestudio configs; CSV metrics are always written
+        loggers: dict = field(default_factory=dict)  # tensorboard / wandb (threestudio's keys); CSV is always written
         loss: dict[str, Schedule] = field(default_factory=dict)
         optimizer: dict = field(default_factory=dict)
         scheduler: Optional[dict] = None
@@ -358,7 +358,15 @@ class BaseLift3DSystem(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.update_step(self.current_step)
 
+    def loadable_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` without the entries of parts this system has not built: a trainable
+        guidance's weights are needed to train on, not to validate, test or export."""
+        if "guidance" in self._modules:
+            return state_dict
+        return {k: v for k, v in state_dict.items() if not k.startswith("guidance.")}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.loadable_state(checkpoint["state_dict"])
         # RNG restored so a resumed run draws the same noise / timesteps as an uninterrupted one.
         rng = checkpoint.get("rng_state")
         if rng is not None:
