@@ -157,7 +157,7 @@ class StableDiffusionGuidance(BaseModule):
             accelerate = optional_import("accelerate")
             if accelerate is None:
                 raise RuntimeError(
-                    "enable_sequential_cpu_offload needs the accelerate package: `pip install "threestudio-like[accelerate]"`, "
+                    "enable_sequential_cpu_offload needs the accelerate package: `pip install 'threestudio-like[accelerate]'`, "
                     "or set enable_sequential_cpu_offload: false."
                 )
             for module in (unet, parts.vae):
