@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from threestudio_like.config import Schedule, schedule_value
+from threestudio_like.config import ConfigError, Schedule, schedule_value
 from threestudio_like.guidance.models import DiffusionComponents, load_diffusion_components
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 from threestudio_like.registry import register
@@ -134,7 +134,7 @@ class StableDiffusionGuidance(BaseModule):
         self.num_train_timesteps = int(components.scheduler.config.num_train_timesteps)
         self.prediction_type = str(components.scheduler.config.get("prediction_type", "epsilon"))
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"{components.path}: scheduler prediction_type '{self.prediction_type}' is not supported; "
                 f"score distillation handles {', '.join(PREDICTION_TYPES)}."
             )
