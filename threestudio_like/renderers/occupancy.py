@@ -20,6 +20,7 @@ from threestudio_like.utils.typing import Bool, Float, Int, Tensor
 
 DensityFn = Callable[[Float[Tensor, "P 3"]], Float[Tensor, "P 1"]]
 
+
 def nan_as_opaque(density: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
     """Density for deciding what to skip: NaN counts as opaque (the largest finite density).
 

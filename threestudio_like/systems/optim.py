@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from threestudio_like.config import ConfigError, check_schedule, parse_structured, schedule_value
-from threestudio_like.registry import close_matches
+from threestudio_like.registry import did_you_mean
 
 
 @dataclass
@@ -37,8 +37,7 @@ class SchedulerConfig:
 def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     names = [n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)]
     if name not in names:
-        matches = close_matches(name, names)
-        hint = f" Did you mean '{matches[0]}'?" if matches else ""
+        hint = did_you_mean(name, names)
         raise ConfigError(f"system.optimizer.name: unknown optimizer '{name}'.{hint} Use one of torch.optim: {', '.join(sorted(names))}.")
     return getattr(torch.optim, name)
 
@@ -47,8 +46,7 @@ def _check_args(cls: type, args: dict, path: str, ignore: tuple[str, ...] = ()) 
     allowed = [p for p in inspect.signature(cls).parameters if p not in ("self", "params", "optimizer", *ignore)]
     for key in args:
         if key not in allowed:
-            matches = close_matches(key, allowed)
-            hint = f" Did you mean '{path}.{matches[0]}'?" if matches else ""
+            hint = did_you_mean(key, allowed, prefix=f"{path}.")
             raise ConfigError(f"Unknown config key '{path}.{key}' for {cls.__name__}.{hint}")
 
 
@@ -77,8 +75,7 @@ def build_optimizer(
             if name.split(".")[0] in later_parts and name not in module_names:
                 continue
             if name not in module_names:
-                matches = close_matches(name, module_names)
-                hint = f" Did you mean '{matches[0]}'?" if matches else ""
+                hint = did_you_mean(name, module_names)
                 raise ConfigError(f"{path}: this system has no part named '{name}'.{hint}")
             _check_args(cls, options or {}, path)
             params = [p for p in module.get_submodule(name).parameters() if p.requires_grad]
@@ -129,8 +126,7 @@ def build_scheduler(
     cfg = parse_structured(SchedulerConfig, cfg, "system.scheduler")
     names = [n for n, c in vars(torch.optim.lr_scheduler).items() if isinstance(c, type) and n[0].isupper()]
     if cfg.name not in names:
-        matches = close_matches(cfg.name, names)
-        hint = f" Did you mean '{matches[0]}'?" if matches else ""
+        hint = did_you_mean(cfg.name, names)
         raise ConfigError(f"system.scheduler.name: unknown scheduler '{cfg.name}'.{hint}")
     cls = getattr(torch.optim.lr_scheduler, cfg.name)
     _check_args(cls, cfg.args, "system.scheduler.args")
