@@ -20,7 +20,7 @@ from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
 from threestudio_like.config import finalize_config, load_config
 from threestudio_like.registry import find
-from threestudio_like.systems.base import TrainingDivergedError
+from threestudio_like.systems.divergence import TrainingDivergedError
 from threestudio_like.systems.dreamfusion import DreamFusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

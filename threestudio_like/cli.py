@@ -61,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     from threestudio_like.export.isosurface import EmptyIsosurfaceError
-    from threestudio_like.systems.base import TrainingDivergedError
+    from threestudio_like.systems.divergence import TrainingDivergedError
 
     previous_showwarning = warnings.showwarning
     if not args.verbose:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_like.config import ConfigError, dump_config, finalize_config, load_config
+from threestudio_like.config import dump_config, finalize_config, load_config
 from threestudio_like.utils.io import TEMPORARY_PREFIX, atomic_path
 
 LAST = "LAST"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,51 +19,17 @@ import torch.nn.functional as F
 from threestudio_like.config import ConfigError, Schedule, parse_structured, schedule_value
 from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
 from threestudio_like.registry import find
+from threestudio_like.systems.divergence import DivergenceGuard, diverged
 from threestudio_like.systems.optim import build_optimizer, build_scheduler
 from threestudio_like.utils.io import save_image, save_video
+from threestudio_like.utils.ranks import global_rank, rank_seed
 from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
 
 
 SHARED_REGULARISERS = ("orient", "sparsity", "opaque", "z_variance", "normal_consistency", "laplacian_smoothness")
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss, a render, a gradient, a parameter or the optimiser state became NaN / infinite.
-
-    Raised before the step's checkpoint is written, so the checkpoints on disk stay good.
-    """
-
-
-# Render outputs every renderer produces; a NaN field shows up in them (renderers never skip NaN samples).
-CHECKED_RENDER_KEYS = ("comp_rgb", "opacity")
-MAX_NAMES_IN_MESSAGE = 6
-
-
-def nonfinite_names(named: Iterable[tuple[str, Tensor]]) -> list[str]:
-    """The distinct names whose tensor holds a NaN or inf, in order; one device sync for all."""
-    named = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
-    if not named:
-        return []
-    device = named[0][1].device
-    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named]).tolist()
-    return list(dict.fromkeys(n for (n, _), ok in zip(named, finite) if not ok))
-
-
-def _list_names(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
-    more = len(names) - MAX_NAMES_IN_MESSAGE
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def diverged(step: int, what: str) -> TrainingDivergedError:
-    """The error for a divergence found at ``step``; ``what`` says which values went bad."""
-    return TrainingDivergedError(
-        f"training diverged at step {step}: {what}. Checkpoints written before step {step} are untouched; "
-        f"resume from one with a lower learning rate or loss weight."
-    )
-
-
-class BaseLift3DSystem(pl.LightningModule):
+class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
     @dataclass
     class Config:
         loggers: dict = field(default_factory=dict)  # tensorboard / wandb (threestudio's keys); CSV is always written
@@ -277,61 +243,6 @@ class BaseLift3DSystem(pl.LightningModule):
         (its guidance's among them), so ``system.loss.lambda_<name>`` can be checked up front."""
         return []
 
-    # ------------------------------------------------------------------ divergence checks
-    def check_render(self, out: RenderOutput) -> None:
-        """A training render must be finite: a NaN here is a broken field, not noise to clean."""
-        bad = nonfinite_names((k, out[k]) for k in CHECKED_RENDER_KEYS if k in out)
-        if bad:
-            raise diverged(self.global_step, f"the render's {', '.join(bad)} became NaN/inf{self._parameter_hint()}")
-
-    def _parameter_hint(self) -> str:
-        """Which parameter to suspect when everything stored is finite: the largest in magnitude."""
-        named = [(n, p.detach().abs().max().item()) for n, p in self.named_parameters() if p.numel() > 0]
-        if not named or nonfinite_names(self.named_parameters()):
-            return ""
-        name, size = max(named, key=lambda item: item[1])
-        return f"; the parameters are finite, the largest is {name} (|x| up to {size:.3g})"
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this after a mixed-precision plugin unscaled the gradients.
-        grads = [(name, p.grad) for name, _, p in self._optimised_parameters(optimizer) if p.grad is not None]
-        bad = nonfinite_names(grads)
-        if bad and self._grad_scaler() is None:
-            raise diverged(self.global_step, f"the gradients of {_list_names(bad)} became NaN/inf")
-        # With a GradScaler, inf gradients are its normal overflow signal: it skips this step
-        # and lowers the loss scale. A real divergence still shows in the loss, renders or parameters.
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # Here, not in on_train_batch_end: Lightning runs ModelCheckpoint's batch-end hook first.
-        self.check_state_after_step(optimizer)
-
-    def check_state_after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Parameters and optimiser state must be finite after a step (one device sync)."""
-        optimised = self._optimised_parameters(optimizer)
-        state = getattr(optimizer, "optimizer", optimizer).state
-        named = [(name, p) for name, _, p in optimised]
-        for _, group, param in optimised:
-            named += [(f"optimizer state of group {group}", t) for t in state.get(param, {}).values()]
-        bad = nonfinite_names(named)
-        if bad:
-            raise diverged(self.global_step, f"after the optimiser step these hold NaN/inf: {_list_names(bad)}")
-
-    def _optimised_parameters(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, str, Tensor]]:
-        """(parameter name, group name, parameter) for every parameter the optimiser steps."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        found = []
-        for index, group in enumerate(optimizer.param_groups):  # LightningOptimizer exposes them too
-            label = str(group.get("name", index))
-            found += [(names.get(id(p), f"a parameter of group {label}"), label, p) for p in group["params"]]
-        return found
-
-    def _grad_scaler(self) -> Optional[Any]:
-        """The mixed-precision GradScaler of the running trainer, if any (16-mixed on GPU)."""
-        if self._trainer is None:
-            return None
-        return getattr(self.trainer.precision_plugin, "scaler", None)
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         optimizer, lr_lambdas = build_optimizer(self, self.cfg.optimizer)
@@ -373,6 +284,9 @@ class BaseLift3DSystem(pl.LightningModule):
             torch.set_rng_state(rng["torch"])
             if torch.cuda.is_available() and rng.get("cuda"):
                 torch.cuda.set_rng_state_all(rng["cuda"])
+            rank = global_rank()
+            if rank > 0:  # the checkpoint holds rank 0's stream: give the other ranks their own again
+                torch.manual_seed(rank_seed(int(torch.randint(2**31, (1,))), rank))
         # Parts are brought to this step when training or evaluation starts, not here:
         # an update now (e.g. of the occupancy grid) would run twice on resume.
         self._loaded_step = int(checkpoint.get("global_step", 0))

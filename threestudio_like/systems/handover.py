@@ -14,7 +14,6 @@ Check a hand-over before training the next stage (renders both from the same cam
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Optional
 
 import torch
