@@ -294,3 +294,14 @@ def test_explicit_export_of_an_empty_field_is_a_one_line_error(tiny_model_dir, t
     code = cli(RECIPE, "export", tiny_model_dir, str(tmp_path), resume=ckpt, **{"system.geometry.isosurface_threshold": 1e9})
     err = one_line_error(capsys, code)
     assert "isosurface" in err.lower() or "surface" in err.lower()
+
+
+def test_partial_model_download_fails_before_a_trial_folder_exists(tiny_model_dir, tmp_path, capsys) -> None:
+    """The prompt processor's text encoder loads at the first step; its absence is found up front."""
+    import shutil
+
+    partial = str(tmp_path / "partial-model")
+    shutil.copytree(tiny_model_dir, partial, ignore=shutil.ignore_patterns("text_encoder"))
+    err = one_line_error(capsys, cli(RECIPE, "train", partial, str(tmp_path)))
+    assert "no 'text_encoder/' subfolder" in err
+    assert not os.path.exists(tmp_path / "outputs")

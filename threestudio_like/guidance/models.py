@@ -190,7 +190,30 @@ def _diffusers_load_options(folder: str, dtype: torch.dtype) -> dict[str, Any]:
     return options
 
 
-def _subfolder(root: str, name: str, expected: str) -> str:
+# What each component's subfolder must hold, and the stems of its weight files (None: no weights).
+_COMPONENT_FILES: dict[str, tuple[str, Optional[tuple[str, ...]]]] = {
+    "unet": (f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors", (_DIFFUSERS_WEIGHTS,)),
+    "vae": (f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors", (_DIFFUSERS_WEIGHTS,)),
+    "text_encoder": (f"config.json and {_TRANSFORMERS_WEIGHTS}.safetensors", (_TRANSFORMERS_WEIGHTS, _TRANSFORMERS_BIN_WEIGHTS)),
+    "tokenizer": ("tokenizer_config.json with vocab.json and merges.txt", None),
+    "scheduler": ("scheduler_config.json", None),
+}
+
+
+def check_model_folder(name_or_path: str, components: tuple[str, ...]) -> str:
+    """Resolve a model and check that ``components`` (subfolders, with their weights) are there,
+    loading nothing: a partial download fails before a run starts, not at its first step."""
+    root = resolve_model_path(name_or_path)
+    for name in components:
+        folder = _subfolder(root, name)
+        stems = _COMPONENT_FILES[name][1]
+        if stems is not None:
+            _weight_options(folder, stems)
+    return root
+
+
+def _subfolder(root: str, name: str) -> str:
+    expected = _COMPONENT_FILES[name][0]
     folder = os.path.join(root, name)
     if not os.path.isdir(folder):
         raise ModelNotFoundError(
@@ -236,21 +259,21 @@ def _config_architecture(folder: str) -> Optional[str]:
 def _load_unet(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    folder = _subfolder(root, "unet", f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors")
+    folder = _subfolder(root, "unet")
     return _freeze(UNet2DConditionModel.from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
 
 
 def _load_vae(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
-    folder = _subfolder(root, "vae", f"config.json and {_DIFFUSERS_WEIGHTS}.safetensors")
+    folder = _subfolder(root, "vae")
     return _freeze(AutoencoderKL.from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
 
 
 def _load_text_encoder(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     import transformers
 
-    folder = _subfolder(root, "text_encoder", f"config.json and {_TRANSFORMERS_WEIGHTS}.safetensors")
+    folder = _subfolder(root, "text_encoder")
     # The class named in config.json (CLIPTextModel for every Stable Diffusion), but only a class
     # that transformers itself defines: model folders never get to run their own code.
     cls = getattr(transformers, _config_architecture(folder) or "CLIPTextModel", None) or transformers.CLIPTextModel
@@ -260,7 +283,7 @@ def _load_text_encoder(root: str, device: torch.device, dtype: torch.dtype) -> t
         local_files_only=True,
         trust_remote_code=False,
         **{dtype_key: dtype},
-        **_weight_options(folder, (_TRANSFORMERS_WEIGHTS, _TRANSFORMERS_BIN_WEIGHTS)),
+        **_weight_options(folder, _COMPONENT_FILES["text_encoder"][1]),
     )
     return _freeze(model, device)
 
@@ -268,7 +291,7 @@ def _load_text_encoder(root: str, device: torch.device, dtype: torch.dtype) -> t
 def _load_tokenizer(root: str) -> Any:
     from transformers import AutoTokenizer
 
-    folder = _subfolder(root, "tokenizer", "tokenizer_config.json with vocab.json and merges.txt")
+    folder = _subfolder(root, "tokenizer")
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
 
 
@@ -277,5 +300,5 @@ def _load_scheduler(root: str) -> Any:
 
     # Training-time noising is DDPM whatever sampler the folder ships (SD ships PNDM):
     # DDPMScheduler reads the shared beta settings from that config.
-    folder = _subfolder(root, "scheduler", "scheduler_config.json")
+    folder = _subfolder(root, "scheduler")
     return DDPMScheduler.from_pretrained(folder, local_files_only=True)

@@ -111,6 +111,7 @@ class StableDiffusionGuidance(BaseModule):
 
     cfg: Config
     components: DiffusionComponents
+    required_components = ("unet", "scheduler", "tokenizer")  # checked before a run starts
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
         self.global_step = 0

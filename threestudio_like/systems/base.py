@@ -161,12 +161,14 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         return self._prompt_utils
 
     def check_models_available(self) -> None:
-        """Fail now, not at the first step, when a diffusion model is missing."""
-        from threestudio_like.guidance.models import resolve_model_path
+        """Fail now, not at the first step, when a diffusion model or a part of it is missing."""
+        from threestudio_like.guidance.models import check_model_folder
 
-        for part in (self.cfg.guidance, self.cfg.prompt_processor):
+        for kind in ("guidance", "prompt_processor"):
+            part = getattr(self.cfg, kind)
+            components = getattr(find(getattr(self.cfg, f"{kind}_type")), "required_components", ())
             if part.get("pretrained_model_name_or_path"):
-                resolve_model_path(part["pretrained_model_name_or_path"])
+                check_model_folder(part["pretrained_model_name_or_path"], components)
 
     def parts(self) -> list[Any]:
         parts = [self.geometry, self.material, self.background, self.renderer]
