@@ -232,9 +232,9 @@ def test_max_steps_must_be_positive(tmp_path, capsys, steps) -> None:
     assert "trainer.max_steps must be a positive" in err and "every_n_train_steps" not in err
 
 
-@pytest.mark.parametrize("prompt", ["", "   "])
+@pytest.mark.parametrize("prompt", ["''", "'   '", ""])  # the last is `prompt=`, which YAML reads as null
 def test_empty_prompt_is_refused_before_a_trial_folder_exists(tmp_path, capsys, prompt) -> None:
-    args = tiny_recipe("unused", str(tmp_path), **{"system.prompt_processor.prompt": f"'{prompt}'"})
+    args = tiny_recipe("unused", str(tmp_path), **{"system.prompt_processor.prompt": prompt})
     err = one_line_error(capsys, main(["--config", RECIPE, "--train", *args]))
     assert "prompt is empty" in err
     assert not os.path.exists(tmp_path / "outputs")

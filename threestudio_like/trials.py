@@ -154,7 +154,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "unsupported global" not in str(error).lower():  # no refused object: damaged bytes
-            raise CheckpointError(f"{path}: checkpoint is truncated or corrupt (unreadable data).") from None
+            raise CheckpointError(
+                f"{path}: checkpoint is truncated or corrupt (unreadable data). "
+                f"Resume from another checkpoint in {os.path.dirname(path) or '.'}."
+            ) from None
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain values; such a file can run code when "
             "loaded, so it was not loaded. Use a checkpoint written by this program."
@@ -163,8 +166,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise CheckpointError(
-            f"{path}: checkpoint is truncated or corrupt ({_first_line(error)}). "
-            f"Resume from another checkpoint in {os.path.dirname(path)}."
+            f"{path}: checkpoint is truncated or corrupt ({type(error).__name__} while reading it). "
+            f"Resume from another checkpoint in {os.path.dirname(path) or '.'}."
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this program (it has no state_dict).")
@@ -271,8 +274,3 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str) -> None:
                 f"resume from the last checkpoint in {os.path.dirname(path)}."
             ) from None
         raise
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else type(error).__name__

@@ -118,7 +118,7 @@ class StableDiffusionPromptProcessor(BaseObject):
     @dataclass
     class Config:
         pretrained_model_name_or_path: str = "runwayml/stable-diffusion-v1-5"
-        prompt: str = "a hamburger"
+        prompt: Optional[str] = "a hamburger"  # Optional only so that `prompt=` (read as null) gets the clear error
         negative_prompt: str = ""
         use_cache: bool = True
         cache_dir: str = ".threestudio_cache/text_embeddings"
@@ -137,7 +137,7 @@ class StableDiffusionPromptProcessor(BaseObject):
 
         def __post_init__(self) -> None:
             # Checked when the config is parsed: before a trial folder exists or a model loads.
-            if not self.prompt.strip():
+            if not (self.prompt or "").strip():
                 raise ConfigError(
                     'system.prompt_processor.prompt is empty: say what to make, e.g. system.prompt_processor.prompt="a red cube".'
                 )
