@@ -305,3 +305,16 @@ def test_partial_model_download_fails_before_a_trial_folder_exists(tiny_model_di
     err = one_line_error(capsys, cli(RECIPE, "train", partial, str(tmp_path)))
     assert "no 'text_encoder/' subfolder" in err
     assert not os.path.exists(tmp_path / "outputs")
+
+
+def test_ranks_started_by_a_multi_gpu_launcher_share_rank_0s_trial(tmp_path, monkeypatch) -> None:
+    """Each rank re-runs the CLI (with its own clock): only rank 0 creates and writes the trial."""
+    from threestudio_like.cli import TRIAL_DIR_VARIABLE, prepare_trial_dir
+
+    exp = finalize_config(load_config(RECIPE, cli_args=["system.prompt_processor.prompt=a cube"]))
+    monkeypatch.delenv(TRIAL_DIR_VARIABLE, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    first = prepare_trial_dir(str(tmp_path / "a_cube@103000"), exp, resumed=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the launcher passes the environment on, with the rank
+    assert prepare_trial_dir(str(tmp_path / "a_cube@103001"), exp, resumed=False) == first
+    assert os.listdir(tmp_path) == ["a_cube@103000"]

@@ -25,6 +25,7 @@ from threestudio_like.trials import (
     trial_dir_of_checkpoint,
     write_trial_config,
 )
+from threestudio_like.utils.ranks import global_rank, rank_seed
 
 # Mistakes in what the user asked for (bad config, missing file or model, unusable checkpoint):
 # a message, no traceback.
@@ -96,8 +97,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import lightning.pytorch as pl
 
-    from threestudio_like.utils.ranks import global_rank, rank_seed
-
     # each GPU rank draws its own noise (seed + rank, as threestudio); the camera data module
     # folds the rank into its own stream, so it gets the unranked seed
     pl.seed_everything(rank_seed(exp.seed, global_rank()), workers=True, verbose=False)
@@ -118,16 +117,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         return 0
 
     if args.train:
-        if checkpoint is None:
-            exp.trial_dir = create_trial_dir(exp.trial_dir)  # never shared with another run
-            system.save_dir = os.path.join(exp.trial_dir, "save")
-        else:
-            for path in remove_stale_temporaries(exp.trial_dir):
-                print(f"Removed a partial file left by an interrupted write: {path}")
-        kept = write_trial_config(exp.trial_dir, exp)
-        if kept:
-            print(f"The config differs from the one this run started with; that one is kept as {kept}")
-        print(f"Trial directory: {exp.trial_dir}")
+        exp.trial_dir = prepare_trial_dir(exp.trial_dir, exp, resumed=checkpoint is not None)
+        system.save_dir = os.path.join(exp.trial_dir, "save")
 
     from threestudio_like.trainer import build_trainer
 
@@ -140,6 +131,27 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         trainer.test(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
         return 0
     return train(trainer, interrupt, system, datamodule, exp)
+
+
+TRIAL_DIR_VARIABLE = "THREESTUDIO_LIKE_TRIAL_DIR"  # rank 0's trial, for the ranks a multi-GPU launcher starts
+
+
+def prepare_trial_dir(trial_dir: str, exp: ExperimentConfig, resumed: bool) -> str:
+    """The folder this run writes to, made ready: a new one created exclusively (or the resumed
+    one cleaned of partial files) and its config written. Ranks above 0, which the multi-GPU
+    launcher starts with rank 0's environment, use rank 0's folder and write nothing here."""
+    if global_rank() > 0:
+        return os.environ.get(TRIAL_DIR_VARIABLE, trial_dir)
+    if not resumed:
+        trial_dir = create_trial_dir(trial_dir)  # never shared with another run
+    for path in remove_stale_temporaries(trial_dir):
+        print(f"Removed a partial file left by an interrupted write: {path}")
+    kept = write_trial_config(trial_dir, exp)
+    if kept:
+        print(f"The config differs from the one this run started with; that one is kept as {kept}")
+    os.environ[TRIAL_DIR_VARIABLE] = trial_dir
+    print(f"Trial directory: {trial_dir}")
+    return trial_dir
 
 
 def train(trainer: Any, interrupt: Any, system: Any, datamodule: Any, exp: ExperimentConfig) -> int:
