@@ -401,11 +401,16 @@ def _is_simple(tp: Any) -> bool:
     return False
 
 
+def config_yaml(cfg: Any) -> str:
+    """A (parsed) config as the YAML text ``dump_config`` writes."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)))
+
+
 def dump_config(path: str, cfg: Any) -> None:
     """Write the parsed config as YAML (atomically)."""
     from threestudio_like.utils.io import atomic_write_text
 
-    if dataclasses.is_dataclass(cfg):
-        cfg = dataclasses.asdict(cfg)
-    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+    atomic_write_text(path, config_yaml(cfg))
 

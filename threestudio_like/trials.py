@@ -20,8 +20,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_like.config import dump_config, finalize_config, load_config
-from threestudio_like.utils.io import TEMPORARY_PREFIX, atomic_path
+from threestudio_like.config import config_yaml, finalize_config, load_config
+from threestudio_like.utils.io import TEMPORARY_PREFIX, atomic_path, atomic_write_text
 
 LAST = "LAST"
 CKPT_DIR = "ckpts"
@@ -71,19 +71,14 @@ def write_trial_config(trial_dir: str, exp: Any) -> Optional[str]:
     """Write ``configs/parsed.yaml``. A different config already there (a resume with other
     settings) is kept as ``parsed-<time>.yaml``; returns that path, or None."""
     path = os.path.join(trial_dir, PARSED_CONFIG)
-    kept = None
+    text, kept = config_yaml(exp), None
     if os.path.isfile(path):
         with open(path) as f:
-            previous = f.read()
-        dump_config(path + ".new", exp)
-        with open(path + ".new") as f:
-            changed = f.read() != previous
-        os.remove(path + ".new")
-        if not changed:
-            return None
+            if f.read() == text:
+                return None
         kept = os.path.join(os.path.dirname(path), f"parsed-{datetime.now():%Y%m%d-%H%M%S}.yaml")
         os.replace(path, kept)
-    dump_config(path, exp)
+    atomic_write_text(path, text)
     return kept
 
 
