@@ -152,17 +152,20 @@ def load_diffusion_components(
     dtype: torch.dtype = torch.float32,
     text_encoder: bool = True,
     unet: bool = True,
+    private_unet: bool = False,
 ) -> DiffusionComponents:
     """Load the parts of a model: tokenizer and scheduler always; text encoder / UNet on request; VAE if present.
 
     Networks are frozen (no grad, eval mode) and placed on ``device`` in ``dtype``. Components
-    are shared within the process per (folder, device, dtype) while anything holds them.
+    are shared within the process per (folder, device, dtype) while anything holds them;
+    ``private_unet`` loads a UNet of the caller's own, for one that will change it (add adapters).
     """
     root = resolve_model_path(name_or_path)
     device = torch.device(device)
     where = (root, str(device), str(dtype))
+    load_unet = lambda: _load_unet(root, device, dtype)  # noqa: E731
     parts = DiffusionComponents(
-        unet=_cached((*where, "unet"), lambda: _load_unet(root, device, dtype)) if unet else None,
+        unet=(load_unet() if private_unet else _cached((*where, "unet"), load_unet)) if unet else None,
         scheduler=_cached((root, "scheduler"), lambda: _load_scheduler(root)),
         tokenizer=_cached((root, "tokenizer"), lambda: _load_tokenizer(root)),
         text_encoder=(

@@ -156,7 +156,7 @@ class StableDiffusionPromptProcessor(BaseObject):
                 )
 
     cfg: Config
-    required_components = ("tokenizer", "text_encoder")  # checked before a run starts
+    required_models = {"pretrained_model_name_or_path": ("tokenizer", "text_encoder")}  # checked before a run starts
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")

@@ -72,6 +72,20 @@ def denoised_from_epsilon(
     return (noisy - (1.0 - abar).sqrt() * eps) / abar.sqrt()
 
 
+def classifier_free_guidance(
+    cond: Float[Tensor, "B c h w"], uncond: Float[Tensor, "B c h w"], scale: float
+) -> Float[Tensor, "B c h w"]:
+    """uncond + scale (cond - uncond), written so that scale 1 returns ``cond`` exactly."""
+    return cond + (scale - 1.0) * (cond - uncond)
+
+
+def distillation_loss(latents: Float[Tensor, "B c h w"], grad: Float[Tensor, "B c h w"]) -> Float[Tensor, ""]:
+    """A loss whose gradient with respect to ``latents`` is exactly ``grad / B``: half the squared
+    distance to a detached target one gradient step away."""
+    target = (latents - grad).detach()
+    return 0.5 * F.mse_loss(latents, target, reduction="sum") / latents.shape[0]
+
+
 def _image_size(sample_size: Any) -> tuple[int, int]:
     return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
 
@@ -111,7 +125,9 @@ class StableDiffusionGuidance(BaseModule):
 
     cfg: Config
     components: DiffusionComponents
-    required_components = ("unet", "scheduler", "tokenizer")  # checked before a run starts
+    # the model folders (config keys) and the components each must hold, checked before a run starts
+    required_models: dict[str, tuple[str, ...]] = {"pretrained_model_name_or_path": ("unet", "scheduler", "tokenizer")}
+    adapts_unet = False  # True: load a private UNet (this guidance adds adapters to it)
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
         self.global_step = 0
@@ -129,7 +145,8 @@ class StableDiffusionGuidance(BaseModule):
         offload = self.cfg.enable_sequential_cpu_offload and device.type == "cuda"
         load_device = torch.device("cpu") if offload else device
         components = load_diffusion_components(
-            self.cfg.pretrained_model_name_or_path, load_device, self.weights_dtype, text_encoder=False, unet=True
+            self.cfg.pretrained_model_name_or_path, load_device, self.weights_dtype, text_encoder=False,
+            private_unet=self.adapts_unet,
         )
         self._apply_memory_options(components, offload)
         self.num_train_timesteps = int(components.scheduler.config.num_train_timesteps)
@@ -238,8 +255,7 @@ class StableDiffusionGuidance(BaseModule):
             torch.cat([t, t]),
             encoder_hidden_states=text_embeddings.to(device=noisy.device, dtype=dtype),
         ).sample.float()
-        cond, uncond = output.chunk(2)
-        guided = uncond + self.cfg.guidance_scale * (cond - uncond)
+        guided = classifier_free_guidance(*output.chunk(2), self.cfg.guidance_scale)
         return epsilon_from_prediction(guided, noisy, self._alphas_cumprod(t), self.prediction_type)
 
     def _alphas_cumprod(self, t: Int[Tensor, "B"]) -> Float[Tensor, "B"]:
@@ -259,13 +275,17 @@ class StableDiffusionGuidance(BaseModule):
             noisy = scheduler.add_noise(latents.detach(), noise, t)
             eps = self.predict_noise(noisy, t, text_embeddings)
         alphas_cumprod = self._alphas_cumprod(t)
-        grad = sds_weighting(self.cfg.weighting_strategy, alphas_cumprod) * (eps - noise)
+        grad, nonfinite = self.clean_gradient(sds_weighting(self.cfg.weighting_strategy, alphas_cumprod) * (eps - noise))
+        return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod, "nonfinite": nonfinite}
+
+    def clean_gradient(self, grad: Float[Tensor, "B c h w"]) -> tuple[Float[Tensor, "B c h w"], Int[Tensor, ""]]:
+        """NaN/inf entries zeroed (and counted), then clamped to ``grad_clip`` when set."""
         nonfinite = (~torch.isfinite(grad)).sum()
         grad = torch.nan_to_num(grad)
         clip = schedule_value(self.cfg.grad_clip, self.global_step)
         if clip is not None:
             grad = grad.clamp(-clip, clip)
-        return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod, "nonfinite": nonfinite}
+        return grad, nonfinite
 
     def _report_nonfinite(self, count: int, total: int) -> None:
         """Say once per guidance that predictions were zeroed; every step's count is in the output."""
@@ -300,10 +320,8 @@ class StableDiffusionGuidance(BaseModule):
         step = self.sds_gradient(latents, t, text_embeddings)
         grad = step["grad"]
         self._report_nonfinite(int(step["nonfinite"]), grad.numel())
-        # MSE against a detached target one gradient step away: its gradient is exactly grad / B.
-        target = (latents - grad).detach()
         out: dict[str, Any] = {
-            "loss_sds": 0.5 * F.mse_loss(latents, target, reduction="sum") / batch,
+            "loss_sds": distillation_loss(latents, grad),
             "grad_norm": grad.norm(),
             "grad_nonfinite": step["nonfinite"],
             "min_step": self.min_step,

@@ -166,9 +166,10 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
 
         for kind in ("guidance", "prompt_processor"):
             part = getattr(self.cfg, kind)
-            components = getattr(find(getattr(self.cfg, f"{kind}_type")), "required_components", ())
-            if part.get("pretrained_model_name_or_path"):
-                check_model_folder(part["pretrained_model_name_or_path"], components)
+            required = getattr(find(getattr(self.cfg, f"{kind}_type")), "required_models", {})
+            for key, components in required.items():
+                if part.get(key):
+                    check_model_folder(part[key], components)
 
     def parts(self) -> list[Any]:
         parts = [self.geometry, self.material, self.background, self.renderer]
