@@ -96,11 +96,11 @@ def test_only_adapter_and_camera_embedding_train(tiny_model_dir, prompt_utils):
 def test_the_critic_learns_a_fixed_set_of_renders(tiny_model_dir, prompt_utils):
     torch.manual_seed(0)
     guidance = vsd(tiny_model_dir, lora_rank=8)
-    renders = torch.rand(4, 3, 1, 1).expand(4, 3, 32, 32) * 2 - 1  # four flat colours, model space
-    batch = camera_batch(4)
-    text = prompt_utils.get_text_embeddings(batch["elevation"], batch["azimuth"], batch["camera_distances"], False)[:4]
+    renders = torch.rand(2, 3, 1, 1).expand(2, 3, 16, 16) * 2 - 1  # two flat colours, model space
+    batch = camera_batch(2)
+    text = prompt_utils.get_text_embeddings(batch["elevation"], batch["azimuth"], batch["camera_distances"], False)[:2]
     camera = guidance.camera_condition(batch["c2w"], None)
-    optimizer = torch.optim.Adam(guidance.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(guidance.parameters(), lr=1e-2)
 
     def mean_loss(n: int = 8) -> float:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -108,7 +108,7 @@ def test_the_critic_learns_a_fixed_set_of_renders(tiny_model_dir, prompt_utils):
             return sum(float(guidance.critic_loss(renders, text, camera)) for _ in range(n)) / n
 
     start = mean_loss()
-    for _ in range(300):
+    for _ in range(150):
         optimizer.zero_grad()
         guidance.critic_loss(renders, text, camera).backward()
         optimizer.step()

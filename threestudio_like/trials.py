@@ -239,18 +239,23 @@ class StageCheckpoint:
         data_config = OmegaConf.to_container(config.data, resolve=True) if "data" in config else {}
         return cls(path, system_config, load_checkpoint(path)["state_dict"], data_config)
 
-    def part_state(self, name: str) -> dict[str, torch.Tensor]:
-        prefix = name + "."
+    @property
+    def n_particles(self) -> int:
+        return int(self.system_config.get("n_particles", 1))
+
+    def part_state(self, name: str, particle: int = 0) -> dict[str, torch.Tensor]:
+        """The saved state of ``name`` (of particle ``particle``: k > 0 are under ``particles.<k>.``)."""
+        prefix = (f"particles.{particle}." if particle else "") + name + "."
         return {k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
-    def build_part(self, name: str, **parts: Any) -> Any:
+    def build_part(self, name: str, particle: int = 0, **parts: Any) -> Any:
         """The stage's ``geometry`` / ``material`` / ``background`` / ``renderer`` (given the
-        other three as keyword arguments) with its trained state, in eval mode."""
+        other three as keyword arguments) of particle ``particle``, with its trained state, in eval mode."""
         from threestudio_like.registry import find
 
         part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {}, **parts)
-        state = self.part_state(name)
-        check_state_matches(part, state, f"{self.path} ({name})")
+        state = self.part_state(name, particle)
+        check_state_matches(part, state, f"{self.path} ({name}{f' of particle {particle}' if particle else ''})")
         part.load_state_dict(state)
         return part.eval()
 

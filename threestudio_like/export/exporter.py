@@ -91,7 +91,9 @@ class MeshExporter(BaseObject):
         albedo = surface_albedo(geometry, material)
 
         texture = None
-        if self.cfg.save_texture:
+        if getattr(geometry.cfg, "geometry_only", False):
+            pass  # a geometry-only stage has no colour: the bare surface
+        elif self.cfg.save_texture:
             from threestudio_like.mesh.rasterize import make_rasterizer
 
             rasterizer = make_rasterizer(self.cfg.backend, device, self.cfg.context_type)

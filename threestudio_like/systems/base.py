@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,6 +27,33 @@ from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
 
 
 SHARED_REGULARISERS = ("orient", "sparsity", "opaque", "z_variance", "normal_consistency", "laplacian_smoothness")
+GUIDANCE_DIAGNOSTICS = ("min_step", "max_step", "grad_norm", "grad_nonfinite")  # logged when a guidance returns them
+
+
+@dataclass
+class ParticleParts:
+    """One 3D model: the geometry, material and background its renderer draws."""
+
+    geometry: Any
+    material: Any
+    background: Any
+    renderer: Any
+
+    def parts(self) -> list[Any]:
+        return [self.geometry, self.material, self.background, self.renderer]
+
+
+class Particle(torch.nn.Module):
+    """Storage of particle k > 0 (checkpoint keys ``particles.<k>.geometry...``). Particle 0 is the
+    system's own ``geometry`` / ``material`` / ``background`` / ``renderer``, so a single-particle
+    run has the same keys as ever and any stage can hand over to any other."""
+
+    def __init__(self, parts: ParticleParts) -> None:
+        super().__init__()
+        self.geometry, self.material, self.background, self.renderer = parts.parts()
+
+    def view(self) -> ParticleParts:
+        return ParticleParts(self.geometry, self.material, self.background, self.renderer)
 
 
 class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
@@ -38,6 +65,9 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         scheduler: Optional[dict] = None
         weights: Optional[str] = None  # initialise from this checkpoint (a fresh run, not a resume)
         weights_ignore_modules: Optional[list[str]] = None  # e.g. [background] to keep those fresh
+        # independent 3D models sharing the guidance (e.g. one VSD critic); each step trains one picked at
+        # random; each is validated, tested and exported under save/particle<k>/
+        n_particles: int = 1
         # start from a previous stage (trial dir or checkpoint; LAST picks the newest trial)
         geometry_convert_from: Optional[str] = None
         geometry_convert_inherit_texture: bool = False  # also take its feature network, material, background
@@ -67,16 +97,17 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         for name in self.cfg.loss:
             if not name.startswith("lambda_"):
                 raise ConfigError(f"system.loss.{name}: loss weights are named lambda_<loss>, e.g. lambda_sds.")
+        if self.cfg.n_particles < 1:
+            raise ConfigError(f"system.n_particles must be at least 1; got {self.cfg.n_particles}.")
         self.save_dir = save_dir
         convert = self.cfg.geometry_convert_from is not None and not resumed and self.cfg.weights is None
-        self.geometry = find(self.cfg.geometry_type)(self.cfg.geometry)
-        self.material = find(self.cfg.material_type)(self.cfg.material)
-        self.background = find(self.cfg.background_type)(self.cfg.background)
-        if convert:
-            self.convert_from_previous_stage(self.cfg.geometry_convert_from)
-        self.renderer = find(self.cfg.renderer_type)(
-            self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
-        )
+        previous = self._previous_stage() if convert else None
+        self.geometry, self.material, self.background, self.renderer = self._build_particle(previous, 0).parts()
+        if self.cfg.n_particles > 1:
+            self.particles = torch.nn.ModuleDict(
+                {str(k): Particle(self._build_particle(previous, k)) for k in range(1, self.cfg.n_particles)}
+            )
+        self.active_particle = 0  # the particle forward() renders
         # The guidance is built by prepare_for_training (the fit's setup), prompts at first use:
         # validation, test and export never load a diffusion model.
         self._prompt_utils: Any = None
@@ -92,28 +123,43 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
     def configure(self) -> None:
         """Recipe-specific parts (e.g. a trainable guidance critic) are built here."""
 
-    def convert_from_previous_stage(self, path: str) -> None:
-        """Replace the geometry by one converted from the stage saved at ``path`` (e.g. NeRF ->
-        DMTet at the NeRF's isosurface threshold); with ``geometry_convert_inherit_texture`` the
-        appearance carries over too: feature network, and material / background of the same type."""
+    def _previous_stage(self) -> Any:
+        from threestudio_like.trials import StageCheckpoint
+
+        return StageCheckpoint.load(self.cfg.geometry_convert_from)
+
+    def _build_particle(self, previous: Any, index: int) -> ParticleParts:
+        """Fresh parts, or, when starting from a ``previous`` stage, its particle ``index`` converted."""
+        geometry = find(self.cfg.geometry_type)(self.cfg.geometry)
+        material = find(self.cfg.material_type)(self.cfg.material)
+        background = find(self.cfg.background_type)(self.cfg.background)
+        if previous is not None:
+            geometry = self.convert_from_previous_stage(previous, index, material, background)
+        renderer = find(self.cfg.renderer_type)(self.cfg.renderer, geometry=geometry, material=material, background=background)
+        return ParticleParts(geometry, material, background, renderer)
+
+    def convert_from_previous_stage(self, previous: Any, index: int, material: Any, background: Any) -> Any:
+        """A geometry converted from particle ``index`` of the ``previous`` stage (its particle 0 when it
+        had fewer), e.g. NeRF -> DMTet at the NeRF's isosurface threshold. With
+        ``geometry_convert_inherit_texture`` the appearance carries over too: the feature network, and
+        ``material`` / ``background`` of the same type."""
         from omegaconf import OmegaConf
 
         from threestudio_like.systems.handover import stage_silhouette_level
-        from threestudio_like.trials import StageCheckpoint
 
-        previous = StageCheckpoint.load(path)
+        source = index if index < previous.n_particles else 0
         inherit = self.cfg.geometry_convert_inherit_texture
         geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
-        previous_geometry = previous.build_part("geometry")
+        previous_geometry = previous.build_part("geometry", particle=source)
         if geometry_cfg.get("isosurface_threshold") == "silhouette":
-            geometry_cfg.isosurface_threshold = stage_silhouette_level(previous, previous_geometry)
-        self.geometry = find(self.cfg.geometry_type).create_from(previous_geometry, geometry_cfg, copy_net=inherit)
-        print(f"Geometry converted from the previous stage {previous.path}")
-        if not inherit:
-            return
-        for name in ("material", "background"):
-            if previous.system_config.get(f"{name}_type") == getattr(self.cfg, f"{name}_type"):
-                getattr(self, name).load_state_dict(previous.part_state(name))
+            geometry_cfg.isosurface_threshold = stage_silhouette_level(previous, previous_geometry, particle=source)
+        geometry = find(self.cfg.geometry_type).create_from(previous_geometry, geometry_cfg, copy_net=inherit)
+        print(f"Geometry converted from the previous stage {previous.path}" + (f" (particle {source})" if source else ""))
+        if inherit:
+            for name, part in (("material", material), ("background", background)):
+                if previous.system_config.get(f"{name}_type") == getattr(self.cfg, f"{name}_type"):
+                    part.load_state_dict(previous.part_state(name, particle=source))
+        return geometry
 
     def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
         from threestudio_like.trials import load_checkpoint, resolve_checkpoint
@@ -171,19 +217,37 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
                 if part.get(key):
                     check_model_folder(part[key], components)
 
+    def particle(self, index: int) -> ParticleParts:
+        """Particle ``index``'s parts (0: the system's own ``geometry``, ``material``, ...)."""
+        if index == 0:
+            return ParticleParts(self.geometry, self.material, self.background, self.renderer)
+        return self.particles[str(index)].view()
+
     def parts(self) -> list[Any]:
-        parts = [self.geometry, self.material, self.background, self.renderer]
+        parts = [p for k in range(self.cfg.n_particles) for p in self.particle(k).parts()]
         return parts + ([self._modules["guidance"]] if "guidance" in self._modules else [])
 
     def update_step(self, global_step: int) -> None:
         for part in self.parts():
             part.update_step(global_step)
 
-    def forward(self, batch: CameraBatch) -> RenderOutput:
-        out = self.renderer(**batch)
+    def forward(self, batch: CameraBatch, **render_options: Any) -> RenderOutput:
+        """Render the active particle."""
+        out = self.particle(self.active_particle).renderer(**batch, **render_options)
         if self.training:
             self.check_render(out)
         return out
+
+    def guided_loss(self, out: RenderOutput, batch: CameraBatch, image: Tensor) -> Tensor:
+        """The guidance's losses on ``image`` (a render of ``out``) plus the shared regularisers,
+        weighted; the guidance gets the whole camera batch."""
+        guidance_out = self.guidance(image, self.prompt_utils, **batch)
+        losses = {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
+        losses.update(self.regularisers(out))
+        for key in GUIDANCE_DIAGNOSTICS:
+            if key in guidance_out:
+                self.log(f"train/{key}", float(guidance_out[key]))
+        return self.weighted_loss(losses)
 
     # ------------------------------------------------------------------ losses
     def lambda_(self, name: str) -> float:
@@ -260,6 +324,8 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.update_step(self.global_step)
+        if self.cfg.n_particles > 1:  # drawn from the training stream, so a resumed run picks the same
+            self.active_particle = int(torch.randint(self.cfg.n_particles, (1,)))
 
     @property
     def current_step(self) -> int:
@@ -301,36 +367,53 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         }
 
     # ------------------------------------------------------------------ evaluation outputs
+    def _each_particle(self) -> Iterator[str]:
+        """Make each particle active in turn; yields its folder under save/ ("" for a single particle)."""
+        try:
+            for k in range(self.cfg.n_particles):
+                self.active_particle = k
+                yield f"particle{k}" if self.cfg.n_particles > 1 else ""
+        finally:
+            self.active_particle = 0
+
     def validation_step(self, batch: CameraBatch, batch_idx: int) -> None:
-        with torch.random.fork_rng(devices=[]):  # keep the training RNG stream untouched
-            out = self(batch)
-        for i, index in enumerate(batch["index"].tolist()):
-            save_image(self._save_path(f"it{self.global_step}-{index}.png"), self._image_grid(out, i))
+        for folder in self._each_particle():
+            with torch.random.fork_rng(devices=[]):  # keep the training RNG stream untouched
+                out = self(batch)
+            for i, index in enumerate(batch["index"].tolist()):
+                save_image(self._save_path(folder, f"it{self.global_step}-{index}.png"), self._image_grid(out, i))
 
     def test_step(self, batch: CameraBatch, batch_idx: int) -> None:
-        with torch.random.fork_rng(devices=[]):
-            out = self(batch)
-        for i, index in enumerate(batch["index"].tolist()):
-            save_image(self._save_path(f"it{self.global_step}-test", f"{index}.png"), self._image_grid(out, i))
+        for folder in self._each_particle():
+            with torch.random.fork_rng(devices=[]):
+                out = self(batch)
+            for i, index in enumerate(batch["index"].tolist()):
+                path = self._save_path(folder, f"it{self.global_step}-test", f"{index}.png")
+                save_image(path, self._image_grid(out, i))
 
     def on_test_epoch_end(self) -> None:
-        folder = os.path.join(self.save_dir, f"it{self.global_step}-test")
-        frames = sorted((f for f in os.listdir(folder) if f.endswith(".png")), key=lambda f: int(f[:-4]))
         import imageio.v3 as iio
 
-        images = [iio.imread(os.path.join(folder, f)) for f in frames]
-        path = save_video(self._save_path(f"it{self.global_step}-test.mp4"), images, fps=30)
-        print(f"Turntable video: {path}")
+        for particle in self._each_particle():
+            folder = os.path.join(self.save_dir, particle, f"it{self.global_step}-test")
+            frames = sorted((f for f in os.listdir(folder) if f.endswith(".png")), key=lambda f: int(f[:-4]))
+            images = [iio.imread(os.path.join(folder, f)) for f in frames]
+            path = save_video(self._save_path(particle, f"it{self.global_step}-test.mp4"), images, fps=30)
+            print(f"Turntable video: {path}")
 
     def export(self, **exporter_overrides: Any) -> list[str]:
-        """Extract the surface and write the configured mesh files; returns their paths.
+        """Extract each particle's surface and write the configured mesh files; returns their paths.
         ``exporter_overrides`` replace keys of ``system.exporter`` for this export only."""
         exporter = find(self.cfg.exporter_type)({**self.cfg.exporter, **exporter_overrides})
         self.eval()
         self.update_step(self.current_step)
-        folder = os.path.join(self.save_dir, f"it{self.current_step}-export")
+        paths = []
         with torch.no_grad():
-            return exporter(self.geometry, self.material, folder)
+            for particle in self._each_particle():
+                parts = self.particle(self.active_particle)
+                folder = os.path.join(self.save_dir, particle, f"it{self.current_step}-export")
+                paths += exporter(parts.geometry, parts.material, folder)
+        return paths
 
     def _save_path(self, *parts: str) -> str:
         """A path under the run's save/ folder (parent folders created)."""
@@ -340,8 +423,8 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
 
     @staticmethod
     def _image_grid(out: RenderOutput, i: int) -> np.ndarray:
-        """rgb | normal | opacity side by side, float in [0, 1], (H, W*k, 3)."""
-        tiles = [out["comp_rgb"][i]]
+        """rgb | normal | opacity side by side (those rendered), float in [0, 1], (H, W*k, 3)."""
+        tiles = [out["comp_rgb"][i]] if "comp_rgb" in out else []  # a geometry-only stage renders no colour
         if "comp_normal" in out:
             tiles.append(out["comp_normal"][i])
         tiles.append(out["opacity"][i].expand(*out["opacity"][i].shape[:-1], 3))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from threestudio_like.registry import register
 from threestudio_like.systems.base import BaseLift3DSystem
 from threestudio_like.utils.typing import CameraBatch, Tensor
@@ -18,19 +17,7 @@ class DreamFusion(BaseLift3DSystem):
 
     def training_step(self, batch: CameraBatch, batch_idx: int) -> Tensor:
         out = self(batch)
-        guidance_out = self.guidance(
-            out["comp_rgb"],
-            self.prompt_utils,
-            elevation=batch["elevation"],
-            azimuth=batch["azimuth"],
-            camera_distances=batch["camera_distances"],
-        )
-        losses = {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
-        losses.update(self.regularisers(out))
-        for key in ("min_step", "max_step", "grad_norm", "grad_nonfinite"):
-            if key in guidance_out:
-                self.log(f"train/{key}", float(guidance_out[key]))
-        return self.weighted_loss(losses)
+        return self.guided_loss(out, batch, out["comp_rgb"])
 
     def extra_loss_names(self) -> list[str]:
         return ["sds", "sds_img"]  # sds_img only with guidance.use_img_loss

@@ -21,10 +21,13 @@ import torch
 from threestudio_like.trials import StageCheckpoint, load_trained_system
 from threestudio_like.utils.metrics import psnr
 
-def stage_silhouette_level(previous: StageCheckpoint, geometry: Any, n_views: int = 8, size: int = 64) -> float:
-    """The level of ``geometry``'s field whose surface outlines what the ``previous`` stage renders."""
-    parts = {name: previous.build_part(name) for name in ("material", "background")}
-    renderer = previous.build_part("renderer", geometry=geometry, **parts)
+def stage_silhouette_level(
+    previous: StageCheckpoint, geometry: Any, particle: int = 0, n_views: int = 8, size: int = 64
+) -> float:
+    """The level of ``geometry``'s field whose surface outlines what the ``previous`` stage
+    (its particle ``particle``) renders."""
+    parts = {name: previous.build_part(name, particle) for name in ("material", "background")}
+    renderer = previous.build_part("renderer", particle, geometry=geometry, **parts)
     return silhouette_matched_level(geometry, renderer, orbit_views(previous.data_config, n_views, size))
 
 

@@ -1,7 +1,8 @@
 """Optimiser and learning-rate schedule construction from threestudio-style configs.
 
 ``optimizer: {name: Adam, args: {lr: 0.01, betas: [0.9, 0.99]}, params: {geometry: {lr: 0.01}}}``
-builds one parameter group per listed submodule (dotted names allowed). A group's ``lr`` may
+builds one parameter group per listed submodule (dotted names allowed; with several particles a
+group holds that part of every particle). A group's ``lr`` may
 be a schedule (``[start_step, start_value, end_value, end_step]``); such groups follow it
 through a ``LambdaLR`` stepped every training step.
 """
@@ -78,7 +79,9 @@ def build_optimizer(
                 hint = did_you_mean(name, module_names)
                 raise ConfigError(f"{path}: this system has no part named '{name}'.{hint}")
             _check_args(cls, options or {}, path)
-            params = [p for p in module.get_submodule(name).parameters() if p.requires_grad]
+            # the same part of every further particle (particles.<k>.<name>) joins the group
+            copies = [n for n in module_names if n.startswith("particles.") and n.split(".", 2)[-1] == name]
+            params = [p for n in [name, *copies] for p in module.get_submodule(n).parameters() if p.requires_grad]
             if params:  # e.g. a solid-colour background has nothing to learn
                 groups.append({"params": params, "name": name, **(options or {})})
     if not any(g["params"] for g in groups):
