@@ -55,7 +55,10 @@ def test_threestudios_three_stages_run_with_only_model_paths_and_lengths_changed
     out = str(tmp_path)
     critic = {"system.guidance.pretrained_model_name_or_path_lora": tiny_model_dir}  # a separate critic model
     coarse = stage("prolificdreamer.yaml", tiny_model_dir, out, **critic)
-    geometry = stage("prolificdreamer-geometry.yaml", tiny_model_dir, out, **{"system.geometry_convert_from": coarse})
+    # a 2-step NeRF's density is still the initial blob (peak 10), below threestudio's level 25:
+    # convert at the automatic level instead, as a user with an under-trained stage 1 would
+    handover = {"system.geometry_convert_from": coarse, "system.geometry_convert_override.isosurface_threshold": "auto"}
+    geometry = stage("prolificdreamer-geometry.yaml", tiny_model_dir, out, **handover)
     texture = stage(
         "prolificdreamer-texture.yaml", tiny_model_dir, out, **critic, **{"system.geometry_convert_from": geometry}
     )
