@@ -12,12 +12,21 @@ import inspect
 import os
 from types import ModuleType
 
-from benchmarks import bench_export, bench_hashgrid, bench_marching_tets, bench_rasterize, bench_render, bench_step
+from benchmarks import (
+    bench_export,
+    bench_hashgrid,
+    bench_marching_tets,
+    bench_rasterize,
+    bench_render,
+    bench_step,
+    bench_vsd,
+)
 
 BENCHMARKS: dict[str, ModuleType] = {
     "hashgrid": bench_hashgrid,
     "render": bench_render,
     "step": bench_step,
+    "vsd": bench_vsd,
     "rasterize": bench_rasterize,
     "marching_tets": bench_marching_tets,
     "export": bench_export,
