@@ -76,6 +76,8 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
     adapts_unet = shares_unet  # the frozen components load a private UNet to put the adapter on
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
+        if self.cfg.use_img_loss:
+            raise ConfigError("system.guidance.use_img_loss is an SDS option; the VSD guidance has no image loss.")
         super().configure(device=device, **kwargs)
         self._build_critic()
 
