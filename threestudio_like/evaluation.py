@@ -10,6 +10,8 @@ Two independent judges per result:
 ``python -m threestudio_like.evaluation TRIAL_DIR ...`` scores finished runs;
 ``python -m threestudio_like.evaluation --train [--prompts ...]`` first runs the recipe for each
 prompt (by default one prompt per shape, covering every colour) and prints the table.
+``python -m threestudio_like.evaluation --compare ...`` compares SDS and VSD variants
+(threestudio_like/comparison.py).
 """
 
 from __future__ import annotations
@@ -94,20 +96,34 @@ class Score:
 
 
 # --------------------------------------------------------------------------- appearance
-@torch.no_grad()
-def render_views(
-    system: Any, n_views: int = N_VIEWS, elevation_deg: float = 15.0, distance: float = 1.75, fovy_deg: float = 50.0
-) -> torch.Tensor:
-    """[V, 3, 32, 32] renders in [0, 1] around the object, supersampled like the training data."""
+EVAL_ELEVATION_DEG, EVAL_DISTANCE, EVAL_FOVY_DEG = 15.0, 1.75, 50.0  # the CPU recipes' eval camera
+
+
+def orbit_cameras(n_views: int = N_VIEWS, batch_size: int = 1) -> OrbitCameraDataset:
+    """The judged views, at the prior's supersampled size (shared with the reference renders)."""
     size = procedural.IMAGE_SIZE * procedural.SUPERSAMPLE
-    views = OrbitCameraDataset(n_views, elevation_deg=elevation_deg, camera_distance=distance, fovy_deg=fovy_deg,
-                               height=size, width=size)
+    return OrbitCameraDataset(n_views, elevation_deg=EVAL_ELEVATION_DEG, camera_distance=EVAL_DISTANCE,
+                              fovy_deg=EVAL_FOVY_DEG, height=size, width=size, batch_size=batch_size)
+
+
+@torch.no_grad()
+def render_views_with_opacity(system: Any, n_views: int = N_VIEWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """([V, 3, 32, 32] renders in [0, 1], [V, 1, 32, 32] opacity) around the object,
+    supersampled like the training data."""
+    views = orbit_cameras(n_views)
     system.eval()
-    images = []
+    images, opacity = [], []
     for i in range(len(views)):
         batch = {k: (v.to(system.device) if torch.is_tensor(v) else v) for k, v in views[i].items()}
-        images.append(system.renderer(**batch)["comp_rgb"].float().cpu())
-    return procedural.downsample(torch.cat(images).clamp(0, 1))
+        out = system.renderer(**batch)
+        images.append(out["comp_rgb"].float().cpu())
+        opacity.append(out["opacity"].float().cpu())
+    return procedural.downsample(torch.cat(images).clamp(0, 1)), procedural.downsample(torch.cat(opacity).clamp(0, 1))
+
+
+def render_views(system: Any, n_views: int = N_VIEWS) -> torch.Tensor:
+    """[V, 3, 32, 32] renders in [0, 1] around the object, supersampled like the training data."""
+    return render_views_with_opacity(system, n_views)[0]
 
 
 def vote(classifier: ShapeColourClassifier, images: torch.Tensor) -> tuple[Counter, Counter]:
@@ -151,10 +167,14 @@ def chamfer_to_references(mesh: Mesh) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- runs
-def evaluate_system(system: Any, prompt: str, classifier: ShapeColourClassifier) -> Score:
+def evaluate_system(
+    system: Any, prompt: str, classifier: ShapeColourClassifier, images: Optional[torch.Tensor] = None
+) -> Score:
+    """Both judges; ``images`` are the system's ``render_views`` when the caller already has them."""
     shape, colour = parse_prompt(prompt)
     score = Score(prompt, shape, colour)
-    score.shape_votes, score.colour_votes = vote(classifier, render_views(system))
+    images = render_views(system) if images is None else images
+    score.shape_votes, score.colour_votes = vote(classifier, images)
     exporter = find(system.cfg.exporter_type)(system.cfg.exporter)
     with torch.no_grad():
         try:
@@ -221,8 +241,15 @@ def _config_name(config: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--compare" in argv:  # its own options; comparison.py holds that mode
+        from threestudio_like.comparison import main as compare
+
+        return compare([a for a in argv if a != "--compare"])
     parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("trials", nargs="*", help="trial folders to score")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare SDS / VSD variants over prompts and seeds (options: --compare --help)")
     parser.add_argument("--train", action="store_true", help="first run the recipe for each prompt")
     parser.add_argument("--prompts", nargs="*", default=None, help="prompts for --train (default: every shape and colour)")
     parser.add_argument("--config", default=DEFAULT_RECIPE)
