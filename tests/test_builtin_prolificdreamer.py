@@ -17,9 +17,9 @@ from threestudio_like.guidance.models import resolve_model_path
 def test_builtin_prolificdreamer_three_stages_give_a_textured_mesh_of_the_prompt(tmp_path) -> None:
     prompt, tag = "a yellow cylinder", "a_yellow_cylinder"
     common = [f"system.prompt_processor.prompt={prompt}", f"exp_root_dir={tmp_path}", "use_timestamp=false",
-              f"system.prompt_processor.cache_dir={tmp_path}/cache", "data.n_test_views=8"]
+              f"system.prompt_processor.cache_dir={tmp_path}/cache", "data.n_test_views=4"]
     stages = [
-        ("prolificdreamer-cpu", []),
+        ("prolificdreamer-cpu", ["trainer.max_steps=300", "trainer.val_check_interval=300"]),
         ("prolificdreamer-geometry-cpu", [f"system.geometry_convert_from={tmp_path}/prolificdreamer-cpu/{tag}"]),
         ("prolificdreamer-texture-cpu", [f"system.geometry_convert_from={tmp_path}/prolificdreamer-geometry-cpu/{tag}"]),
     ]

@@ -28,6 +28,7 @@ def run_length(**extra: object) -> dict[str, object]:
         "data.eval_height": 64,
         "data.eval_width": 64,
         "system.exporter.texture_size": 64,
+        "system.exporter.max_faces": 5000,
         **extra,
     }
 
@@ -50,10 +51,25 @@ def stage(config: str, model_dir: str, out: str, **extra: object) -> str:
     return os.path.join(out, "outputs", name, "a_red_cube")
 
 
+def v_prediction_model(path: str) -> str:
+    """A tiny model predicting v, as threestudio's critic (Stable Diffusion 2.1) does."""
+    import json
+
+    from threestudio_like.priors.tiny import build_tiny_diffusion_model
+
+    build_tiny_diffusion_model(path, seed=7)
+    config_path = os.path.join(path, "scheduler", "scheduler_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    with open(config_path, "w") as f:
+        json.dump({**config, "prediction_type": "v_prediction"}, f)
+    return path
+
+
 @pytest.mark.slow  # three stages through the CLI
 def test_threestudios_three_stages_run_with_only_model_paths_and_lengths_changed(tiny_model_dir, tmp_path):
     out = str(tmp_path)
-    critic = {"system.guidance.pretrained_model_name_or_path_lora": tiny_model_dir}  # a separate critic model
+    critic = {"system.guidance.pretrained_model_name_or_path_lora": v_prediction_model(f"{out}/critic")}
     coarse = stage("prolificdreamer.yaml", tiny_model_dir, out, **critic)
     # a 2-step NeRF's density is still the initial blob (peak 10), below threestudio's level 25:
     # convert at the automatic level instead, as a user with an under-trained stage 1 would
@@ -62,9 +78,8 @@ def test_threestudios_three_stages_run_with_only_model_paths_and_lengths_changed
     texture = stage(
         "prolificdreamer-texture.yaml", tiny_model_dir, out, **critic, **{"system.geometry_convert_from": geometry}
     )
-    assert sorted(os.path.basename(p) for p in glob.glob(f"{texture}/save/it2-export/*")) == [
-        "model.glb", "model.mtl", "model.obj", "texture.png"
-    ] or glob.glob(f"{texture}/save/it2-export/model.obj")
+    exported = sorted(os.path.basename(p) for p in glob.glob(f"{texture}/save/it2-export/*"))
+    assert {"model.glb", "model.obj", "model.mtl"} <= set(exported) and any(p.endswith(".png") for p in exported)
     state = load_checkpoint(f"{texture}/ckpts/last.ckpt")["state_dict"]
     assert any(k.startswith("guidance.lora.") for k in state)
     assert not any(k.startswith("guidance.") and "lora" not in k and "camera_embedding" not in k for k in state)

@@ -153,12 +153,14 @@ def load_diffusion_components(
     text_encoder: bool = True,
     unet: bool = True,
     private_unet: bool = False,
+    vae: bool = True,
 ) -> DiffusionComponents:
     """Load the parts of a model: tokenizer and scheduler always; text encoder / UNet on request; VAE if present.
 
     Networks are frozen (no grad, eval mode) and placed on ``device`` in ``dtype``. Components
     are shared within the process per (folder, device, dtype) while anything holds them;
-    ``private_unet`` loads a UNet of the caller's own, for one that will change it (add adapters).
+    ``private_unet`` loads a UNet of the caller's own, for one that will change it (add adapters);
+    ``vae=False`` skips the VAE (a second UNet that shares another model's latent space).
     """
     root = resolve_model_path(name_or_path)
     device = torch.device(device)
@@ -173,7 +175,7 @@ def load_diffusion_components(
         ),
         path=root,
     )
-    if os.path.isdir(os.path.join(root, "vae")) and unet:
+    if os.path.isdir(os.path.join(root, "vae")) and unet and vae:
         parts.vae = _cached((*where, "vae"), lambda: _load_vae(root, device, dtype))
     return parts
 

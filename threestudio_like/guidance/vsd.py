@@ -91,7 +91,7 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         else:
             critic = load_diffusion_components(
                 self.cfg.pretrained_model_name_or_path_lora, self._device, self.weights_dtype,
-                text_encoder=False, private_unet=True,
+                text_encoder=False, private_unet=True, vae=False,
             )
             unet, scheduler = critic.unet, critic.scheduler
             self._check_critic_fits(critic)
