@@ -96,7 +96,6 @@ CPU_TINY = {  # the CPU recipe on a tiny random model, in seconds
     "system.geometry.pos_encoding_config.log2_hashmap_size": 12,
     "system.geometry.isosurface_resolution": 24,
     "system.renderer.num_samples_per_ray": 24,
-    "system.exporter.max_faces": 2000,
 }
 
 
