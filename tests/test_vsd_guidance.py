@@ -113,6 +113,7 @@ def test_the_critic_learns_a_fixed_set_of_renders(tiny_model_dir, prompt_utils):
         guidance.critic_loss(renders, text, camera).backward()
         optimizer.step()
     end = mean_loss()
+    print(f"critic loss on fixed renders: {start:.4f} -> {end:.4f} after 150 steps")
     assert end < 0.5 * start, (start, end)
 
 
