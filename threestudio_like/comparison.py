@@ -251,18 +251,24 @@ def reference_saturation(prompts: Sequence[str]) -> float:
     return _nanmean(values)
 
 
-def save_renders(results: Sequence[TrialResult], prompts: Sequence[str], path: str) -> None:
-    """One row of 8 views per trial, the reference first for each prompt, for looking at."""
+def save_renders(results: Sequence[TrialResult], prompts: Sequence[str], path: str) -> list[str]:
+    """One row of 8 views per trial, the reference first for each prompt, for looking at;
+    returns the rows' labels, top to bottom."""
     from PIL import Image
 
-    rows = []
+    rows, labels = [], []
+    rank = {name: i for i, name in enumerate(dict.fromkeys(r.variant for r in results))}  # the table's order
     for prompt in prompts:
         shape, colour = evaluation.parse_prompt(prompt)
         if shape is not None and colour is not None:
             rows.append(reference_views(shape, colour)[0])
-        rows += [r.images for r in results if r.prompt == prompt]
+            labels.append(f"'{prompt}' reference")
+        for r in sorted((r for r in results if r.prompt == prompt), key=lambda r: (rank[r.variant], r.seed)):
+            rows.append(r.images)
+            labels.append(f"'{prompt}' {r.variant} seed {r.seed}")
     sheet = procedural.contact_sheet(torch.cat(rows), columns=evaluation.N_VIEWS, scale=3)
     Image.fromarray((sheet.numpy() * 255).round().astype(np.uint8)).save(path)
+    return labels
 
 
 # --------------------------------------------------------------------------- command line
@@ -281,9 +287,10 @@ def run_comparison(prompts: Sequence[str], seeds: int, steps: Optional[int], var
     title = (f"SDS vs VSD on {evaluation.DEFAULT_PRIOR}: {len(prompts)} prompt(s) ({', '.join(prompts)}), "
              f"{seeds} seed(s), {steps if steps is not None else 'the recipes own'} steps; 8 views per trial")
     os.makedirs(out, exist_ok=True)
+    labels = save_renders(results, prompts, os.path.join(out, "renders.png"))
     with open(os.path.join(out, "comparison.md"), "w") as f:
-        f.write(f"{title}\n\n{table}\n")
-    save_renders(results, prompts, os.path.join(out, "renders.png"))
+        f.write(f"{title}\n\n{table}\n\nrenders.png, rows top to bottom (8 views each):\n")
+        f.writelines(f"{i + 1}. {label}\n" for i, label in enumerate(labels))
     return f"{title}\n\n{table}"
 
 
