@@ -261,11 +261,21 @@ def _config_architecture(folder: str) -> Optional[str]:
     return architectures[0] if architectures else None
 
 
-def _load_unet(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _unet_class(folder: str) -> type:
+    """The UNet class named in ``unet/config.json``: diffusers' 2D UNet or this package's multi-view
+    UNet (only classes defined here or in diffusers; a folder never gets to name arbitrary code)."""
     from diffusers import UNet2DConditionModel
 
+    from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
+
+    with open(os.path.join(folder, "config.json")) as f:
+        name = json.load(f).get("_class_name")
+    return MultiViewUNet2DConditionModel if name == MultiViewUNet2DConditionModel.__name__ else UNet2DConditionModel
+
+
+def _load_unet(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     folder = _subfolder(root, "unet")
-    return _freeze(UNet2DConditionModel.from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
+    return _freeze(_unet_class(folder).from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
 
 
 def _load_vae(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
