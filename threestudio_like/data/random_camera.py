@@ -280,10 +280,11 @@ class RandomCameraDataModule(LightningDataModule):
     """Training stream of random cameras; validation orbit; test / predict turntable."""
 
     Config = RandomCameraConfig
+    Sampler = RandomCameraSampler
 
     def __init__(self, cfg: Any = None, seed: int = 0) -> None:
         super().__init__()
-        self.sampler = RandomCameraSampler(cfg, seed=seed)
+        self.sampler = self.Sampler(cfg, seed=seed)
         self.cfg: RandomCameraConfig = self.sampler.cfg
         self.seed = int(seed)
 
