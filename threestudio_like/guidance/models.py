@@ -261,7 +261,7 @@ def _config_architecture(folder: str) -> Optional[str]:
     return architectures[0] if architectures else None
 
 
-def _unet_class(folder: str) -> type:
+def unet_class(folder: str) -> type:
     """The UNet class named in ``unet/config.json``: diffusers' 2D UNet or this package's multi-view
     UNet (only classes defined here or in diffusers; a folder never gets to name arbitrary code)."""
     from diffusers import UNet2DConditionModel
@@ -275,7 +275,7 @@ def _unet_class(folder: str) -> type:
 
 def _load_unet(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     folder = _subfolder(root, "unet")
-    return _freeze(_unet_class(folder).from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
+    return _freeze(unet_class(folder).from_pretrained(folder, **_diffusers_load_options(folder, dtype)), device)
 
 
 def _load_vae(root: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
