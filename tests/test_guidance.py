@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -15,7 +16,13 @@ from safetensors.torch import load_file
 from threestudio_like.guidance import models
 from threestudio_like.guidance.models import ModelNotFoundError, load_diffusion_components, resolve_model_path
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
-from threestudio_like.guidance.sds import StableDiffusionGuidance
+from threestudio_like.guidance.sds import (
+    StableDiffusionGuidance,
+    classifier_free_guidance,
+    denoised_from_epsilon,
+    perp_neg_guidance,
+    perpendicular_component,
+)
 from threestudio_like.priors.tiny import TargetImageUNet, build_tiny_diffusion_model
 
 UNET_WEIGHTS = os.path.join("unet", "diffusion_pytorch_model.safetensors")
@@ -339,3 +346,183 @@ def test_nonfinite_predictions_are_counted_and_reported_not_silently_zeroed(mode
     assert int(out["grad_nonfinite"]) == 2 * 3 * 2 * 2
     out["loss_sds"].backward()
     assert torch.isfinite(rgb.grad).all()
+
+
+# --------------------------------------------------------------------------- Perp-Neg
+def test_perpendicular_component_is_orthogonal_per_sample_and_removes_the_parallel_part():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 3, 4, 4, generator=g)
+    z = torch.randn(3, 3, 4, 4, generator=g)
+    dot = lambda a, b: (a * b).sum(dim=(1, 2, 3))  # noqa: E731
+    z = z - (dot(z, y) / dot(y, y)).view(-1, 1, 1, 1) * y  # z orthogonal to y, sample by sample
+    scale = torch.tensor([2.0, -0.5, 0.0]).view(-1, 1, 1, 1)  # a different parallel part per sample
+    perp = perpendicular_component(scale * y + z, y)
+    torch.testing.assert_close(perp, z, atol=1e-5, rtol=1e-5)
+    assert dot(perp, y).abs().max() < 1e-4
+    torch.testing.assert_close(perpendicular_component(y, y), torch.zeros_like(y), atol=1e-5, rtol=0)
+    # a zero direction has no parallel part to remove
+    assert torch.equal(perpendicular_component(z, torch.zeros_like(z)), z)
+
+
+class TextPatternUNet(RecordingUNet):
+    """eps = 0.3 x_t + a fixed random projection of the row's text embedding: prompts give noise
+    images pointing in different directions, so the perpendicular parts are not zero."""
+
+    def __init__(self, sample_size: int, dim: int = 32) -> None:
+        super().__init__(sample_size)
+        g = torch.Generator().manual_seed(3)
+        self.projection = torch.randn(dim, 3 * sample_size * sample_size, generator=g) / dim**0.5
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+        eps = 0.3 * sample + (encoder_hidden_states.mean(dim=1) @ self.projection).view_as(sample)
+        self.calls.append({"sample": sample.clone(), "t": timestep.clone(), "eps": eps.clone(), "text": encoder_hidden_states.clone()})
+        return SimpleNamespace(sample=eps)
+
+
+def test_perp_neg_guided_noise_matches_a_hand_computed_reference(model_path):
+    scale = 7.5
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": model_path, "guidance_scale": scale})
+    stub = TextPatternUNet(sample_size=16)
+    guidance.components.unet = stub
+    prompt_utils = dataclasses.replace(random_prompt_utils(), use_perp_neg=True)
+    batch = 3
+    elevation, azimuth, distances = torch.zeros(batch), torch.tensor([0.0, 100.0, 180.0]), torch.full((batch,), 2.0)
+    rgb = torch.rand(batch, 16, 16, 3, requires_grad=True)
+    out = guidance(rgb, prompt_utils, elevation, azimuth, distances)
+    out["loss_sds"].backward()
+
+    (call,) = stub.calls  # positive, uncond and both negatives in one UNet call
+    embeddings, weights = prompt_utils.get_text_embeddings_perp_neg(elevation, azimuth, distances)
+    assert call["sample"].shape[0] == 4 * batch and torch.equal(call["text"], embeddings)
+    noisy, t = call["sample"][:batch], call["t"][:batch]
+    for k in range(1, 4):  # every block shares the noisy input and timestep
+        assert torch.equal(call["sample"][k * batch : (k + 1) * batch], noisy) and torch.equal(call["t"][k * batch : (k + 1) * batch], t)
+    e = call["eps"].double().view(4, batch, 3, 16, 16)
+    eps = torch.empty(batch, 3, 16, 16, dtype=torch.float64)
+    for i in range(batch):  # sample by sample, in float64: uncond + s (e_pos + sum_k w_k perp(e_k, e_pos))
+        u, e_pos = e[1, i], e[0, i] - e[1, i]
+        push = 0.0
+        for k in range(2):
+            e_neg = e[2 + k, i] - u
+            push = push + float(weights[i, k]) * (e_neg - (e_neg * e_pos).sum() / (e_pos * e_pos).sum() * e_pos)
+        eps[i] = u + scale * (e_pos + push)
+    assert weights.abs().sum() > 1.0  # the negatives do act in these views
+    abar = guidance.components.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).double()
+    x0 = rgb.detach().permute(0, 3, 1, 2).double() * 2 - 1
+    noise = (noisy.double() - abar.sqrt() * x0) / (1 - abar).sqrt()
+    grad = (1 - abar) * (eps - noise)
+    torch.testing.assert_close(rgb.grad.double(), (2 * grad / batch).permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    # and it is not plain CFG: the perpendicular negatives changed the result
+    cfg = e[1] + scale * (e[0] - e[1])
+    assert (eps - cfg).abs().max() > 1e-2
+
+
+def test_perp_neg_with_zero_weights_is_classifier_free_guidance():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond, n1, n2 = torch.randn(4, 2, 3, 4, 4, generator=g)
+    for scale in (1.0, 7.5):
+        plain = classifier_free_guidance(cond, uncond, scale)
+        assert torch.equal(perp_neg_guidance(cond, uncond, [n1, n2], torch.zeros(2, 2), scale), plain)
+    assert torch.equal(classifier_free_guidance(cond, uncond, 1.0), cond)  # scale 1: no guidance, exactly
+
+
+def test_vsd_pretrained_score_uses_perp_neg(model_path, monkeypatch):
+    from threestudio_like.guidance.vsd import StableDiffusionVSDGuidance
+
+    torch.manual_seed(0)
+    guidance = StableDiffusionVSDGuidance({"pretrained_model_name_or_path": model_path, "guidance_scale": 7.5})
+    seen: list = []
+    original = StableDiffusionGuidance.predict_noise
+
+    def recording(self, noisy, t, text_embeddings, neg_guidance_weights=None):
+        seen.append((text_embeddings.shape[0], neg_guidance_weights))
+        return original(self, noisy, t, text_embeddings, neg_guidance_weights)
+
+    monkeypatch.setattr(StableDiffusionGuidance, "predict_noise", recording)
+    rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
+    prompt_utils = dataclasses.replace(random_prompt_utils(), use_perp_neg=True)
+    out = guidance(rgb, prompt_utils, *views(2), c2w=torch.eye(4).expand(2, 4, 4))
+    (out["loss_vsd"] + out["loss_lora"]).backward()
+    [(rows, weights)] = seen  # the frozen model's score, with the two negatives of each (back) view
+    assert rows == 8 and weights.shape == (2, 2) and (weights < 0).all()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def builtin_house(tmp_path_factory):
+    """The built-in prior's guidance, "a red house" with Perp-Neg, and its front and back renders in model space."""
+    from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
+    from threestudio_like.guidance.prompt_processor import StableDiffusionPromptProcessor
+    from threestudio_like.priors import procedural as P
+
+    cache = str(tmp_path_factory.mktemp("perp-neg-cache"))
+    prompt_utils = StableDiffusionPromptProcessor(
+        {"pretrained_model_name_or_path": "builtin:shapes32", "prompt": "a red house", "use_perp_neg": True, "cache_dir": cache}
+    )()
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": "builtin:shapes32", "guidance_scale": 20.0})
+    # the recipe's eval camera at azimuth 0 (front, door) and 180 (back), light at the camera
+    elevation, azimuth, distance = torch.full((2,), 15.0), torch.tensor([0.0, 180.0]), torch.full((2,), 1.75)
+    positions = spherical_to_cartesian(elevation, azimuth, distance)
+    size = P.IMAGE_SIZE * P.SUPERSAMPLE
+    cameras = make_camera_batch(
+        camera_positions=positions, center=torch.zeros_like(positions), up=torch.tensor([0.0, 0.0, 1.0]).expand(2, 3),
+        fovy_deg=torch.full((2,), 50.0), light_positions=positions.clone(), elevation_deg=elevation, azimuth_deg=azimuth,
+        camera_distances=distance, height=size, width=size,
+    )
+    shape = torch.full((2,), P.SHAPE_NAMES.index("house"))
+    rgb, _ = P.render_rays(
+        shape, torch.tensor(P.COLOURS["red"]).expand(2, 3), cameras["rays_o"], cameras["rays_d"], cameras["light_positions"],
+        torch.zeros(2, dtype=torch.bool),
+    )
+    front, back = (P.downsample(rgb) * 2 - 1).chunk(2)
+    return guidance, prompt_utils, front, back
+
+
+def test_perp_neg_pushes_a_back_view_away_from_the_front_on_the_builtin_prior(builtin_house):
+    """The house's front differs from its back only by the door. Show the guidance the front render
+    (door and all) from a back camera: its predicted clean image keeps less of the front with
+    Perp-Neg (front-view prompt as a negative) than with plain view-dependent CFG."""
+    guidance, perp_utils, front, back = builtin_house
+    plain_utils = dataclasses.replace(perp_utils, use_perp_neg=False)
+    n = 16
+    camera = (torch.full((n,), 15.0), torch.full((n,), 180.0), torch.full((n,), 1.75))
+    t = torch.linspace(200, 600, n).round().long()
+    front_direction = front - back  # the door, in model space
+
+    def frontness(prompt_utils) -> torch.Tensor:
+        """Per sample: how far the predicted x0 lies from the back render toward the front one (0 back, 1 front)."""
+        torch.manual_seed(0)  # the same noise for both: paired samples
+        step = guidance.sds_gradient(front.expand(n, -1, -1, -1), t, *guidance.text_conditioning(prompt_utils, *camera))
+        x0 = denoised_from_epsilon(step["noisy"], step["eps"], step["alphas_cumprod"])
+        return ((x0 - back) * front_direction).sum(dim=(1, 2, 3)) / front_direction.pow(2).sum()
+
+    plain, perp = frontness(plain_utils), frontness(perp_utils)
+    print(f"front-ness of x0 from the back: plain CFG {plain.mean():.3f}, Perp-Neg {perp.mean():.3f}")
+    assert plain.mean() > 0.5  # the prior itself keeps the door it was shown...
+    assert (perp < plain).float().mean() >= 0.8  # ...Perp-Neg removes more of it, nearly sample by sample
+    assert perp.mean() < plain.mean() - 0.2
+
+
+def test_dreamfusion_cpu_recipe_trains_with_perp_neg(tmp_path, monkeypatch):
+    from threestudio_like.cli import main
+
+    seen: list[tuple[int, int]] = []
+    original = StableDiffusionGuidance.predict_noise
+
+    def recording(self, noisy, t, text_embeddings, neg_guidance_weights=None):
+        seen.append((text_embeddings.shape[0], noisy.shape[0]))
+        assert neg_guidance_weights is not None and neg_guidance_weights.shape == (noisy.shape[0], 2)
+        return original(self, noisy, t, text_embeddings, neg_guidance_weights)
+
+    monkeypatch.setattr(StableDiffusionGuidance, "predict_noise", recording)
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dreamfusion-cpu.yaml")
+    args = [
+        "--config", recipe, "--train", "system.prompt_processor.prompt=a red house", "system.prompt_processor.use_perp_neg=true",
+        f"exp_root_dir={tmp_path}", "use_timestamp=false", f"system.prompt_processor.cache_dir={tmp_path}/cache",
+        "trainer.max_steps=3", "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=3", "data.n_test_views=2",
+        "data.eval_width=32", "data.eval_height=32", "system.geometry.isosurface_resolution=24",
+    ]
+    assert main(args) == 0
+    assert len(seen) == 3 and all(rows == 4 * views for rows, views in seen)  # 4 UNet rows per view, every step
+    trial = os.path.join(str(tmp_path), "dreamfusion-cpu", "a_red_house")
+    assert os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt"))

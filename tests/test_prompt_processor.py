@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -11,6 +12,7 @@ from threestudio_like.guidance import prompt_processor as pp_module
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.guidance.prompt_processor import (
     DIRECTION_NAMES,
+    PromptProcessorOutput,
     StableDiffusionPromptProcessor,
     ViewThresholds,
     view_direction_index,
@@ -136,11 +138,62 @@ def test_only_missing_prompts_are_encoded(model_path, tmp_path, monkeypatch):
     torch.testing.assert_close(out.text_embeddings_vd[3], overhead)
 
 
-def test_perp_neg_is_refused_clearly(model_path, tmp_path):
+# --------------------------------------------------------------------------- Perp-Neg
+def synthetic_output(**perp_neg) -> PromptProcessorOutput:
+    """Random per-direction embeddings (no text encoder), rows in DIRECTION_NAMES order."""
+    g = torch.Generator().manual_seed(0)
+    vd = torch.randn(4, 77, 8, generator=g)
+    uncond = torch.randn(1, 77, 8, generator=g)
+    return PromptProcessorOutput(vd[:1], uncond, vd, uncond.expand(4, -1, -1), use_perp_neg=True, **perp_neg)
+
+
+def test_perp_neg_weights_and_prompts_by_azimuth_match_the_formula():
+    out = synthetic_output()
+    side, front, back, overhead = (out.text_embeddings_vd[DIRECTION_NAMES.index(n)] for n in ("side", "front", "back", "overhead"))
+    uncond = out.uncond_text_embeddings[0]
+    f = lambda a, b, c, r: a * math.exp(-b * r) + c  # noqa: E731  threestudio's defaults below, by hand
+    # (elevation, azimuth) -> (positive, negatives, weights)
+    cases = [
+        ((0.0, 0.0), front, (front, side), (-f(4, 0.5, -2.426, 1.0), -f(4, 0.5, -2.426, 0.0))),
+        ((0.0, 45.0), 0.5 * front + 0.5 * side, (front, side), (-f(4, 0.5, -2.426, 0.5), -f(4, 0.5, -2.426, 0.5))),
+        ((0.0, 90.0), side, (side, front), (-f(1, 0.5, -0.606, 1.0), -f(1, 0.5, 0.967, 1.0))),
+        ((0.0, -90.0), side, (side, front), (-f(1, 0.5, -0.606, 1.0), -f(1, 0.5, 0.967, 1.0))),
+        ((0.0, 180.0), back, (side, front), (-f(1, 0.5, -0.606, 0.0), -f(1, 0.5, 0.967, 0.0))),
+        ((0.0, 540.0), back, (side, front), (-f(1, 0.5, -0.606, 0.0), -f(1, 0.5, 0.967, 0.0))),  # wraps to -180
+        ((0.0, 135.0), 0.5 * side + 0.5 * back, (side, front), (-f(1, 0.5, -0.606, 0.5), -f(1, 0.5, 0.967, 0.5))),
+        ((70.0, 180.0), overhead, (uncond, uncond), (0.0, 0.0)),  # overhead: plain CFG
+    ]
+    batch = len(cases)
+    elevation = torch.tensor([e for (e, _), *_ in cases])
+    azimuth = torch.tensor([a for (_, a), *_ in cases])
+    embeddings, weights = out.get_text_embeddings_perp_neg(elevation, azimuth, torch.full((batch,), 2.0))
+    assert embeddings.shape == (4 * batch, 77, 8) and weights.shape == (batch, 2)
+    positive, unconditional, first, second = embeddings.view(4, batch, 77, 8)
+    for i, (_, pos, (neg1, neg2), w) in enumerate(cases):
+        torch.testing.assert_close(positive[i], pos)
+        torch.testing.assert_close(unconditional[i], uncond)
+        torch.testing.assert_close(first[i], neg1)
+        torch.testing.assert_close(second[i], neg2)
+        torch.testing.assert_close(weights[i], torch.tensor(w), atol=1e-6, rtol=1e-6)
+    # the named values: the back view pushes hardest from the front (1.967), the front view from the side (1.574)
+    torch.testing.assert_close(weights[4], torch.tensor([-0.394, -1.967]), atol=1e-6, rtol=0)
+    assert weights[0, 0].abs() < 1e-3 and weights[0, 1] == pytest.approx(-1.574, abs=1e-6)
+
+
+def test_perp_neg_config_is_accepted_and_its_coefficients_reach_the_output(model_path, tmp_path):
     from threestudio_like.config import ConfigError
 
-    with pytest.raises(ConfigError, match="use_perp_neg"):
-        make_processor(model_path, str(tmp_path), use_perp_neg=True)
+    processor = make_processor(model_path, str(tmp_path), use_perp_neg=True, perp_neg_f_sb=[2, 1, 0])
+    out = processor()
+    assert out.use_perp_neg and tuple(out.perp_neg_f_sb) == (2.0, 1.0, 0.0)
+    assert tuple(out.perp_neg_f_fsb) == (1.0, 0.5, 0.967)  # threestudio's defaults for the rest
+    _, weights = out.get_text_embeddings_perp_neg(torch.zeros(1), torch.tensor([180.0]), torch.full((1,), 2.0))
+    assert weights[0, 0].item() == pytest.approx(-(2 * math.exp(0) + 0))
+    with pytest.raises(ConfigError, match="view-dependent prompting"):
+        out.get_text_embeddings_perp_neg(torch.zeros(1), torch.zeros(1), torch.ones(1), view_dependent_prompting=False)
+    with pytest.raises(ConfigError, match="perp_neg_f_fs"):
+        make_processor(model_path, str(tmp_path), use_perp_neg=True, perp_neg_f_fs=[1, 2])
+    assert not make_processor(model_path, str(tmp_path))().use_perp_neg
 
 
 @pytest.mark.parametrize("prompt", ["", "   \t"])

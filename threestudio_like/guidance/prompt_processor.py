@@ -2,8 +2,11 @@
 
 View-dependent prompting (DreamFusion): each rendered view is conditioned on the prompt with
 a suffix naming where the camera is (", front view", ", side view", ...), which discourages
-the multi-faced "Janus" solutions. Embeddings are computed once per (model, prompt) and kept
-as safetensors files, so later runs never load the text encoder.
+the multi-faced "Janus" solutions. Perp-Neg (Armandpour et al. 2023) goes further: each view's
+positive prompt is interpolated between neighbouring directions by azimuth, and the other
+directions become negative prompts with azimuth-dependent weights. Embeddings are computed
+once per (model, prompt) and kept as safetensors files, so later runs never load the text
+encoder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -23,7 +26,7 @@ from threestudio_like.guidance.models import load_diffusion_components, resolve_
 from threestudio_like.registry import register
 from threestudio_like.utils.base import BaseObject
 from threestudio_like.utils.io import atomic_path
-from threestudio_like.utils.typing import Float, Int, Tensor
+from threestudio_like.utils.typing import Bool, Float, Int, Tensor
 
 # Order matters: when several conditions hold, the later direction wins (overhead over all).
 DIRECTION_NAMES: tuple[str, ...] = ("side", "front", "back", "overhead")
@@ -53,6 +56,25 @@ def view_direction_index(
     index[azimuth.abs() > 180.0 - thresholds.back] = DIRECTION_NAMES.index("back")
     index[elevation > thresholds.overhead] = DIRECTION_NAMES.index("overhead")
     return index
+
+
+# Perp-Neg weight functions f(r) = a exp(-b r) + c, coefficients (a, b, c); threestudio's defaults.
+# r is the interpolation ratio of the view between two directions (see get_text_embeddings_perp_neg).
+PERP_NEG_F_SB: tuple[float, float, float] = (1.0, 0.5, -0.606)  # side negative, side-back views; f(1) ~ 0
+PERP_NEG_F_FSB: tuple[float, float, float] = (1.0, 0.5, 0.967)  # front negative, side-back views
+PERP_NEG_F_FS: tuple[float, float, float] = (4.0, 0.5, -2.426)  # front negative, front-side views; f(1) ~ 0
+PERP_NEG_F_SF: tuple[float, float, float] = (4.0, 0.5, -2.426)  # side negative, front-side views; f(1) ~ 0
+
+
+def perp_neg_weight(coefficients: Sequence[float], r: Float[Tensor, "B"]) -> Float[Tensor, "B"]:
+    """a exp(-b r) + c for ``coefficients`` (a, b, c): the strength of one negative prompt."""
+    a, b, c = coefficients
+    return a * torch.exp(-b * r) + c
+
+
+def _pick(mask: Bool[Tensor, "B"], x: Float[Tensor, "B L D"], y: Float[Tensor, "B L D"]) -> Float[Tensor, "B L D"]:
+    """Rows of ``x`` where ``mask``, else of ``y`` (either may be one row, broadcast)."""
+    return torch.where(mask.view(-1, 1, 1), x, y)
 
 
 KNOWN_WORDS_FILE = "known_words.json"  # written by small models trained on a closed vocabulary
@@ -91,6 +113,11 @@ class PromptProcessorOutput:
     directions: tuple[str, ...] = DIRECTION_NAMES
     thresholds: ViewThresholds = field(default_factory=ViewThresholds)
     prompts_vd: tuple[str, ...] = ()
+    use_perp_neg: bool = False
+    perp_neg_f_sb: Sequence[float] = PERP_NEG_F_SB
+    perp_neg_f_fsb: Sequence[float] = PERP_NEG_F_FSB
+    perp_neg_f_fs: Sequence[float] = PERP_NEG_F_FS
+    perp_neg_f_sf: Sequence[float] = PERP_NEG_F_SF
 
     def get_text_embeddings(
         self,
@@ -109,6 +136,55 @@ class PromptProcessorOutput:
             cond = self.text_embeddings.expand(batch, -1, -1)
             uncond = self.uncond_text_embeddings.expand(batch, -1, -1)
         return torch.cat([cond, uncond], dim=0).to(elevation.device)
+
+    def get_text_embeddings_perp_neg(
+        self,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+        view_dependent_prompting: bool = True,
+    ) -> tuple[Float[Tensor, "4B L D"], Float[Tensor, "B 2"]]:
+        """Perp-Neg conditioning: (embeddings, negative weights), on ``elevation``'s device.
+
+        Embedding rows come in four blocks of B, one row per view in each: ``[0, B)`` the
+        positive prompt, ``[B, 2B)`` the unconditional one, ``[2B, 3B)`` the first negative,
+        ``[3B, 4B)`` the second; ``weights[:, k]`` (<= 0) goes with negative block k.
+
+        With |azimuth| = a in [0, 180]: for a < 90 the positive is r front + (1 - r) side with
+        r = 1 - a / 90, the negatives are (front, side) weighted -(f_fs(r), f_sf(1 - r)); otherwise
+        it is r side + (1 - r) back with r = 2 - a / 90, the negatives are (side, front) weighted
+        -(f_sb(r), f_fsb(r)). Overhead views keep the overhead prompt, and their negatives are the
+        unconditional prompt at weight 0 (plain classifier-free guidance).
+        """
+        if not view_dependent_prompting:
+            raise ConfigError(
+                "Perp-Neg needs view-dependent prompting: set system.guidance.view_dependent_prompting: true "
+                "or system.prompt_processor.use_perp_neg: false."
+            )
+        index = view_direction_index(elevation.detach().cpu(), azimuth.detach().cpu(), self.thresholds)
+        a = wrap_azimuth(azimuth.detach().cpu().float()).abs()
+        rows = {name: self.text_embeddings_vd[i] for i, name in enumerate(DIRECTION_NAMES)}
+        side, front, back, overhead = rows["side"], rows["front"], rows["back"], rows["overhead"]
+        front_half = a < 90.0
+        r = torch.where(front_half, 1.0 - a / 90.0, 2.0 - a / 90.0)
+        r3 = r.view(-1, 1, 1)
+        positive = _pick(front_half, r3 * front + (1.0 - r3) * side, r3 * side + (1.0 - r3) * back)
+        first = _pick(front_half, front[None], side[None])
+        second = _pick(front_half, side[None], front[None])
+        weights = -torch.stack(
+            [
+                torch.where(front_half, perp_neg_weight(self.perp_neg_f_fs, r), perp_neg_weight(self.perp_neg_f_sb, r)),
+                torch.where(front_half, perp_neg_weight(self.perp_neg_f_sf, 1.0 - r), perp_neg_weight(self.perp_neg_f_fsb, r)),
+            ],
+            dim=1,
+        )
+        uncond = self.uncond_text_embeddings_vd[index]
+        is_overhead = index == DIRECTION_NAMES.index("overhead")
+        positive = _pick(is_overhead, overhead[None], positive)
+        first, second = _pick(is_overhead, uncond, first), _pick(is_overhead, uncond, second)
+        weights = torch.where(is_overhead.view(-1, 1), torch.zeros_like(weights), weights)
+        embeddings = torch.cat([positive, uncond, first, second], dim=0)
+        return embeddings.to(elevation.device), weights.to(elevation.device)
 
 
 @register("stable-diffusion-prompt-processor", "prompt-processor")
@@ -131,7 +207,13 @@ class StableDiffusionPromptProcessor(BaseObject):
         prompt_side: Optional[str] = None
         prompt_back: Optional[str] = None
         prompt_overhead: Optional[str] = None
+        # Perp-Neg: the other view directions as negative prompts, weighted by azimuth
+        # (f(r) = a exp(-b r) + c, coefficients (a, b, c); see PromptProcessorOutput.get_text_embeddings_perp_neg)
         use_perp_neg: bool = False
+        perp_neg_f_sb: tuple[float, float, float] = PERP_NEG_F_SB
+        perp_neg_f_fsb: tuple[float, float, float] = PERP_NEG_F_FSB
+        perp_neg_f_fs: tuple[float, float, float] = PERP_NEG_F_FS
+        perp_neg_f_sf: tuple[float, float, float] = PERP_NEG_F_SF
         use_prompt_debiasing: bool = False
         spawn: bool = False  # threestudio runs the encoder in a subprocess; here it always runs in-process
 
@@ -140,10 +222,6 @@ class StableDiffusionPromptProcessor(BaseObject):
             if not (self.prompt or "").strip():
                 raise ConfigError(
                     'system.prompt_processor.prompt is empty: say what to make, e.g. system.prompt_processor.prompt="a red cube".'
-                )
-            if self.use_perp_neg:
-                raise ConfigError(
-                    "system.prompt_processor.use_perp_neg: Perp-Neg is not implemented yet; set it to false."
                 )
             if self.use_prompt_debiasing:
                 raise ConfigError(
@@ -184,6 +262,11 @@ class StableDiffusionPromptProcessor(BaseObject):
             uncond_text_embeddings_vd=table[negative][None].expand(len(DIRECTION_NAMES), -1, -1).clone(),
             thresholds=ViewThresholds(self.cfg.front_threshold, self.cfg.back_threshold, self.cfg.overhead_threshold),
             prompts_vd=self.prompts_vd,
+            use_perp_neg=self.cfg.use_perp_neg,
+            perp_neg_f_sb=tuple(self.cfg.perp_neg_f_sb),
+            perp_neg_f_fsb=tuple(self.cfg.perp_neg_f_fsb),
+            perp_neg_f_fs=tuple(self.cfg.perp_neg_f_fs),
+            perp_neg_f_sf=tuple(self.cfg.perp_neg_f_sf),
         )
 
     # ------------------------------------------------------------------ embeddings + disk cache

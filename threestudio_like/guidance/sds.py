@@ -6,13 +6,16 @@ w(t) * (eps_cfg - noise). UNets predicting v or the clean sample instead of the 
 scheduler's ``prediction_type``, e.g. v for Stable Diffusion 2.x at 768 px) are converted to
 the noise they imply first. The push is delivered as a loss whose gradient with respect to x is
 exactly that vector (divided by the batch size), so any optimiser can consume it.
+
+With the prompt processor's ``use_perp_neg`` the guided noise is Perp-Neg's instead of plain
+classifier-free guidance (see ``perp_neg_guidance``).
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +80,39 @@ def classifier_free_guidance(
 ) -> Float[Tensor, "B c h w"]:
     """uncond + scale (cond - uncond), written so that scale 1 returns ``cond`` exactly."""
     return cond + (scale - 1.0) * (cond - uncond)
+
+
+def perpendicular_component(x: Float[Tensor, "B ..."], y: Float[Tensor, "B ..."]) -> Float[Tensor, "B ..."]:
+    """The part of each sample of ``x`` orthogonal to the same sample of ``y``: x - (<x, y> / <y, y>) y.
+
+    <y, y> is floored at 1e-6 (as in threestudio), so a zero ``y`` leaves ``x`` unchanged.
+    """
+    dims = tuple(range(1, x.ndim))
+    dot = (x * y).sum(dim=dims, keepdim=True)
+    norm2 = (y * y).sum(dim=dims, keepdim=True).clamp_min(1e-6)
+    return x - dot / norm2 * y
+
+
+def perp_neg_guidance(
+    cond: Float[Tensor, "B c h w"],
+    uncond: Float[Tensor, "B c h w"],
+    negatives: Sequence[Float[Tensor, "B c h w"]],
+    weights: Float[Tensor, "B K"],
+    scale: float,
+) -> Float[Tensor, "B c h w"]:
+    """Perp-Neg: uncond + scale (e_pos + sum_k weights[:, k] perp(e_k, e_pos)), e = eps - uncond.
+
+    Only the part of each negative direction orthogonal to the positive one acts: a negative
+    prompt shares most of its meaning with the positive ("a house, front view" vs "a house,
+    back view"), and subtracting it whole would also remove the object. ``weights`` are <= 0
+    (away from the negatives); the k-th column goes with ``negatives[k]``. The scale multiplies
+    the negatives' push too (as in the paper and threestudio), so at scale 1 only that push remains.
+    """
+    e_pos = cond - uncond
+    away = torch.zeros_like(cond)
+    for k, negative in enumerate(negatives):
+        away = away + weights[:, k].view(-1, 1, 1, 1) * perpendicular_component(negative - uncond, e_pos)
+    return classifier_free_guidance(cond, uncond, scale) + scale * away
 
 
 def distillation_loss(latents: Float[Tensor, "B c h w"], grad: Float[Tensor, "B c h w"]) -> Float[Tensor, ""]:
@@ -237,34 +273,65 @@ class StableDiffusionGuidance(BaseModule):
         return (latents * 0.5 + 0.5).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ score distillation
+    def text_conditioning(
+        self,
+        prompt_utils: PromptProcessorOutput,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+    ) -> tuple[Float[Tensor, "NB L D"], Optional[Float[Tensor, "B K"]]]:
+        """(text embeddings, Perp-Neg weights) for ``predict_noise``: the [2B] cond / uncond rows and
+        None, or with the prompt processor's ``use_perp_neg`` its [4B] rows and [B, 2] weights."""
+        if prompt_utils.use_perp_neg:
+            return prompt_utils.get_text_embeddings_perp_neg(
+                elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
+            )
+        embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
+        return embeddings, None
+
     @torch.no_grad()
     def predict_noise(
         self,
         noisy: Float[Tensor, "B c h w"],
         t: Int[Tensor, "B"],
-        text_embeddings: Float[Tensor, "2B L D"],
+        text_embeddings: Float[Tensor, "NB L D"],
+        neg_guidance_weights: Optional[Float[Tensor, "B K"]] = None,
     ) -> Float[Tensor, "B c h w"]:
-        """Classifier-free-guided noise prediction: eps_u + scale (eps_c - eps_u), one batched UNet call.
+        """Guided noise prediction from one batched UNet call over N = 2 + K copies of ``noisy``.
 
+        Without ``neg_guidance_weights``: classifier-free guidance, eps_u + scale (eps_c - eps_u),
+        the embeddings [cond; uncond]. With them: Perp-Neg (``perp_neg_guidance``), the embeddings
+        [positive; uncond; negative 1; ...; negative K], blocks of B (the prompt processor's layout).
         The UNet's output (noise, v or clean sample, per the scheduler) is converted to noise.
         """
         unet = self.components.unet
         dtype = unet.dtype
+        copies = 2 if neg_guidance_weights is None else 2 + neg_guidance_weights.shape[1]
         output = unet(
-            torch.cat([noisy, noisy]).to(dtype),
-            torch.cat([t, t]),
+            torch.cat([noisy] * copies).to(dtype),
+            torch.cat([t] * copies),
             encoder_hidden_states=text_embeddings.to(device=noisy.device, dtype=dtype),
         ).sample.float()
-        guided = classifier_free_guidance(*output.chunk(2), self.cfg.guidance_scale)
+        if neg_guidance_weights is None:
+            guided = classifier_free_guidance(*output.chunk(2), self.cfg.guidance_scale)
+        else:
+            cond, uncond, *negatives = output.chunk(copies)
+            weights = neg_guidance_weights.to(device=output.device, dtype=output.dtype)
+            guided = perp_neg_guidance(cond, uncond, negatives, weights, self.cfg.guidance_scale)
         return epsilon_from_prediction(guided, noisy, self._alphas_cumprod(t), self.prediction_type)
 
     def _alphas_cumprod(self, t: Int[Tensor, "B"]) -> Float[Tensor, "B"]:
         return self.components.scheduler.alphas_cumprod.to(t.device)[t].float()
 
     def sds_gradient(
-        self, latents: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"]
+        self,
+        latents: Float[Tensor, "B c h w"],
+        t: Int[Tensor, "B"],
+        text_embeddings: Float[Tensor, "NB L D"],
+        neg_guidance_weights: Optional[Float[Tensor, "B K"]] = None,
     ) -> dict[str, Tensor]:
-        """w(t) (eps_cfg - noise), cleaned and clipped; plus the noisy input and prediction for diagnostics.
+        """w(t) (eps_guided - noise), cleaned and clipped; plus the noisy input and prediction for diagnostics.
+        ``text_embeddings`` / ``neg_guidance_weights`` as ``text_conditioning`` returns them.
 
         ``nonfinite``: how many gradient entries were NaN/inf and zeroed (an fp16 overflow of the
         frozen model; a NaN render never gets here, the system checks renders first).
@@ -273,7 +340,7 @@ class StableDiffusionGuidance(BaseModule):
         with torch.no_grad():
             noise = torch.randn_like(latents)
             noisy = scheduler.add_noise(latents.detach(), noise, t)
-            eps = self.predict_noise(noisy, t, text_embeddings)
+            eps = self.predict_noise(noisy, t, text_embeddings, neg_guidance_weights)
         alphas_cumprod = self._alphas_cumprod(t)
         grad, nonfinite = self.clean_gradient(sds_weighting(self.cfg.weighting_strategy, alphas_cumprod) * (eps - noise))
         return {"grad": grad, "noisy": noisy, "eps": eps, "alphas_cumprod": alphas_cumprod, "nonfinite": nonfinite}
@@ -313,11 +380,9 @@ class StableDiffusionGuidance(BaseModule):
         self._follow(rgb.device)
         batch = rgb.shape[0]
         latents, images = self.model_space(rgb, rgb_as_latents)
-        text_embeddings = prompt_utils.get_text_embeddings(
-            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
-        )
+        text_embeddings, neg_guidance_weights = self.text_conditioning(prompt_utils, elevation, azimuth, camera_distances)
         t = torch.randint(self.min_step, self.max_step + 1, (batch,), dtype=torch.long, device=latents.device)
-        step = self.sds_gradient(latents, t, text_embeddings)
+        step = self.sds_gradient(latents, t, text_embeddings, neg_guidance_weights)
         grad = step["grad"]
         self._report_nonfinite(int(step["nonfinite"]), grad.numel())
         out: dict[str, Any] = {

@@ -162,11 +162,15 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
 
     @torch.no_grad()
     def predict_noise(
-        self, noisy: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"]
+        self,
+        noisy: Float[Tensor, "B c h w"],
+        t: Int[Tensor, "B"],
+        text_embeddings: Float[Tensor, "NB L D"],
+        neg_guidance_weights: Optional[Float[Tensor, "B K"]] = None,
     ) -> Float[Tensor, "B c h w"]:
-        """eps_pretrain: the frozen model with classifier-free guidance."""
+        """eps_pretrain: the frozen model with classifier-free guidance (Perp-Neg given ``neg_guidance_weights``)."""
         with self._frozen_unet():
-            return super().predict_noise(noisy, t, text_embeddings)
+            return super().predict_noise(noisy, t, text_embeddings, neg_guidance_weights)
 
     def camera_condition(
         self, c2w: Optional[Float[Tensor, "B 4 4"]], mvp_mtx: Optional[Float[Tensor, "B 4 4"]]
@@ -243,14 +247,14 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         self._follow(rgb.device)
         latents, _ = self.model_space(rgb, rgb_as_latents)
         camera = self.camera_condition(c2w, mvp_mtx).to(latents.device)
-        text_vd = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
+        text_vd, neg_guidance_weights = self.text_conditioning(prompt_utils, elevation, azimuth, camera_distances)
         # the critic sees the view-independent prompt: the camera tells it the view
         text = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, False).chunk(2)[0]
         t = torch.randint(self.min_step, self.max_step + 1, (latents.shape[0],), dtype=torch.long, device=latents.device)
         with torch.no_grad():
             noise = torch.randn_like(latents)
             noisy = self.components.scheduler.add_noise(latents.detach(), noise, t)
-            eps_pretrain = self.predict_noise(noisy, t, text_vd)
+            eps_pretrain = self.predict_noise(noisy, t, text_vd, neg_guidance_weights)
             eps_critic = self.critic_noise(noisy, t, text, camera)
         weight = sds_weighting(self.cfg.weighting_strategy, self._alphas_cumprod(t))
         grad, nonfinite = self.clean_gradient(weight * (eps_pretrain - eps_critic))
