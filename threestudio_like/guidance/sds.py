@@ -106,7 +106,7 @@ def perp_neg_guidance(
     prompt shares most of its meaning with the positive ("a house, front view" vs "a house,
     back view"), and subtracting it whole would also remove the object. ``weights`` are <= 0
     (away from the negatives); the k-th column goes with ``negatives[k]``. The scale multiplies
-    the negatives' push too (as in the paper and threestudio), so at scale 1 only that push remains.
+    the negatives' push too (as in the paper and threestudio): at scale 1 the result is cond plus that push.
     """
     e_pos = cond - uncond
     away = torch.zeros_like(cond)
