@@ -48,6 +48,8 @@ class PriorArchitecture:
     # cross-attention cheap. The prompt processor pads to min(tokenizer, encoder) lengths.
     text_max_length: int = 24
     pooled_text_in_time_embedding: bool = True
+    # Set: a multi-view UNet (MVDream's camera embedding and 3D self-attention) with this camera size.
+    camera_dim: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- components
@@ -61,7 +63,12 @@ def build_unet(arch: PriorArchitecture) -> Any:
     extra: dict[str, Any] = {}
     if arch.pooled_text_in_time_embedding:
         extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": arch.attention_heads}
-    return UNet2DConditionModel(
+    from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
+
+    if arch.camera_dim is not None:
+        extra.update(class_embed_type="projection", projection_class_embeddings_input_dim=arch.camera_dim)
+    cls = UNet2DConditionModel if arch.camera_dim is None else MultiViewUNet2DConditionModel
+    return cls(
         sample_size=arch.sample_size,
         in_channels=3,
         out_channels=3,
@@ -167,9 +174,11 @@ class PriorModel(nn.Module):
     def encode(self, input_ids: Int[Tensor, "B L"]) -> Float[Tensor, "B L D"]:
         return self.text_encoder(input_ids.to(self.device))[0]
 
-    def forward(self, noisy: Float[Tensor, "B 3 H W"], timesteps: Int[Tensor, "B"], input_ids: Int[Tensor, "B L"]) -> Float[Tensor, "B 3 H W"]:
-        """Predicted noise (epsilon)."""
-        return self.unet(noisy, timesteps, encoder_hidden_states=self.encode(input_ids)).sample
+    def forward(
+        self, noisy: Float[Tensor, "B 3 H W"], timesteps: Int[Tensor, "B"], input_ids: Int[Tensor, "B L"], **unet_options: Any
+    ) -> Float[Tensor, "B 3 H W"]:
+        """Predicted noise (epsilon); ``unet_options``: ``camera`` and ``num_frames`` for a multi-view UNet."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=self.encode(input_ids), **unet_options).sample
 
     @property
     def device(self) -> torch.device:
@@ -190,8 +199,10 @@ class PriorModel(nn.Module):
     @classmethod
     def load(cls, folder: str) -> "PriorModel":
         """A prior folder written by ``save`` (networks in train mode, on the CPU)."""
-        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from diffusers import DDPMScheduler
         from transformers import CLIPTextModel
+
+        from threestudio_like.guidance.models import unet_class
 
         arch_path = os.path.join(folder, ARCHITECTURE_FILE)
         arch = PriorArchitecture()
@@ -199,7 +210,7 @@ class PriorModel(nn.Module):
             with open(arch_path) as f:
                 data = json.load(f)
             arch = PriorArchitecture(**{**data, "block_out_channels": tuple(data["block_out_channels"])})
-        unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"))
+        unet = unet_class(os.path.join(folder, "unet")).from_pretrained(os.path.join(folder, "unet"))
         text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
         tokenizer = load_tokenizer(os.path.join(folder, "tokenizer"))
         scheduler = DDPMScheduler.from_pretrained(os.path.join(folder, "scheduler"))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.data.random_camera import RandomCameraSampler, step_seed
+from threestudio_like.data.random_multiview import MultiviewCameraSampler
 from threestudio_like.utils.typing import Bool, CameraBatch, Float, Int, Tensor
 
 # --------------------------------------------------------------------------- the recipe
@@ -40,6 +41,23 @@ CAMERA_CONFIG: dict = {
     "azimuth_range": (-180.0, 180.0),
     "camera_distance_range": (1.5, 2.0),
     "fovy_range": (40.0, 60.0),
+    "light_sample_strategy": "dreamfusion",
+}
+
+# The multi-view prior's training groups: the mvdream-cpu recipe's data module draws these
+# (4 views a group, 90 degrees apart, shared elevation / distance / fovy; MVDream's relative
+# radius, so the object fills the same share of every view; no perturbations).
+N_VIEW = 4
+MULTIVIEW_CAMERA_CONFIG: dict = {
+    "n_view": N_VIEW,
+    "elevation_range": CAMERA_CONFIG["elevation_range"],
+    "azimuth_range": CAMERA_CONFIG["azimuth_range"],
+    "relative_radius": True,
+    "camera_distance_range": (0.8, 1.0),
+    "fovy_range": CAMERA_CONFIG["fovy_range"],
+    "camera_perturb": 0.0,
+    "center_perturb": 0.0,
+    "up_perturb": 0.0,
     "light_sample_strategy": "dreamfusion",
 }
 
@@ -360,6 +378,11 @@ class ProceduralBatch:
         views = view_names(self.elevation, self.azimuth)
         return [caption(COLOUR_NAMES[int(c)], SHAPE_NAMES[int(s)], v) for s, c, v in zip(self.shape_ids, self.colour_ids, views)]
 
+    @property
+    def object_captions(self) -> list[str]:
+        """Captions without a view suffix (a multi-view prior is told the view by its camera)."""
+        return [caption(COLOUR_NAMES[int(c)], SHAPE_NAMES[int(s)]) for s, c in zip(self.shape_ids, self.colour_ids)]
+
     def __len__(self) -> int:
         return int(self.shape_ids.shape[0])
 
@@ -375,13 +398,26 @@ def camera_sampler(batch_size: int, seed: int, image_size: int = IMAGE_SIZE) -> 
     return RandomCameraSampler({**CAMERA_CONFIG, "height": size, "width": size, "batch_size": batch_size}, seed=seed)
 
 
-def render_batch(seed: int, index: int, batch_size: int) -> ProceduralBatch:
-    """Batch ``index`` of the dataset with ``seed``: a pure function of (seed, index)."""
-    cameras = camera_sampler(batch_size, seed).sample(index)
+def multiview_camera_sampler(batch_size: int, seed: int, image_size: int = IMAGE_SIZE) -> MultiviewCameraSampler:
+    """The multi-view training groups (``MULTIVIEW_CAMERA_CONFIG``) at the supersampled resolution."""
+    size = image_size * SUPERSAMPLE
+    return MultiviewCameraSampler({**MULTIVIEW_CAMERA_CONFIG, "height": size, "width": size, "batch_size": batch_size}, seed=seed)
+
+
+def render_batch(seed: int, index: int, batch_size: int, n_view: int = 1) -> ProceduralBatch:
+    """Batch ``index`` of the dataset with ``seed``: a pure function of (seed, index).
+
+    ``n_view > 1``: ``batch_size / n_view`` groups, each one object seen by one group of the
+    multi-view cameras (views adjacent)."""
+    if n_view == 1:
+        cameras = camera_sampler(batch_size, seed).sample(index)
+    else:
+        cameras = multiview_camera_sampler(batch_size, seed).sample(index)
     g = torch.Generator().manual_seed(step_seed(seed + 7919, index))  # labels: a stream apart from the cameras'
-    shape_ids = torch.randint(len(SHAPE_NAMES), (batch_size,), generator=g)
-    colour_ids = torch.randint(len(COLOUR_NAMES), (batch_size,), generator=g)
-    flat = torch.rand(batch_size, generator=g) < FLAT_SHADING_PROBABILITY
+    objects = batch_size // n_view
+    shape_ids = torch.randint(len(SHAPE_NAMES), (objects,), generator=g).repeat_interleave(n_view)
+    colour_ids = torch.randint(len(COLOUR_NAMES), (objects,), generator=g).repeat_interleave(n_view)
+    flat = (torch.rand(objects, generator=g) < FLAT_SHADING_PROBABILITY).repeat_interleave(n_view)
     images, masks = render_cameras(shape_ids, colour_ids, cameras, flat)
     return ProceduralBatch(
         images=images,
@@ -398,15 +434,15 @@ def render_batch(seed: int, index: int, batch_size: int) -> ProceduralBatch:
 
 
 def generate_dataset(
-    n_images: int, seed: int = 0, batch_size: int = 256, progress: Optional[Callable[[int, int], None]] = None
+    n_images: int, seed: int = 0, batch_size: int = 256, progress: Optional[Callable[[int, int], None]] = None, n_view: int = 1
 ) -> ProceduralBatch:
-    """``n_images`` labelled renders; deterministic in (n_images, seed, batch_size)."""
-    if n_images <= 0:
-        raise ValueError(f"generate_dataset: n_images must be positive, got {n_images}")
+    """``n_images`` labelled renders (in groups of ``n_view``); deterministic in (n_images, seed, batch_size)."""
+    if n_images <= 0 or n_images % n_view or batch_size % n_view:
+        raise ValueError(f"generate_dataset: n_images ({n_images}) and batch_size ({batch_size}) must be positive multiples of n_view ({n_view})")
     batches = []
     for index in range(math.ceil(n_images / batch_size)):
         size = min(batch_size, n_images - index * batch_size)
-        batches.append(render_batch(seed, index, size))
+        batches.append(render_batch(seed, index, size, n_view))
         if progress is not None:
             progress(index * batch_size + size, n_images)
     return ProceduralBatch.concatenate(batches)

@@ -24,13 +24,14 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from threestudio_like.data.random_camera import step_seed
+from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
 from threestudio_like.priors import procedural
 from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, parameter_count
 from threestudio_like.utils.io import atomic_path, atomic_write_text
@@ -59,21 +60,27 @@ class TrainConfig:
     bf16: bool = True  # autocast matmuls / convolutions to bfloat16 (AMX / AVX512-BF16 CPUs, CUDA)
     keep_state: bool = False
     init_from: Optional[str] = None  # start from this prior folder's weights (fine-tuning / extending a run)
+    # > 1: a multi-view prior (MVDream): groups of n_view views of one object, told their cameras;
+    # batch_size and dataset_size count views. A 2D init_from gains a zero camera embedding.
+    n_view: int = 1
+    camera_lr_scale: float = 10.0  # the new camera embedding learns this much faster than the rest
     architecture: PriorArchitecture = field(default_factory=PriorArchitecture)
 
 
 # --------------------------------------------------------------------------- data
-def dataset_cache_path(n_images: int, seed: int) -> str:
-    """Cache file keyed by size, seed and the generator's source, so edited shapes re-render."""
+def dataset_cache_path(n_images: int, seed: int, n_view: int = 1) -> str:
+    """Cache file keyed by size, seed, views per object and the generator's source, so edited shapes re-render."""
     with open(procedural.__file__, "rb") as f:
         source = hashlib.sha256(f.read()).hexdigest()[:12]
     root = os.environ.get("THREESTUDIO_LIKE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "threestudio_like"))
-    return os.path.join(root, "prior_data", f"shapes32-n{n_images}-seed{seed}-{source}.pt")
+    views = "" if n_view == 1 else f"-mv{n_view}"
+    return os.path.join(root, "prior_data", f"shapes32-n{n_images}-seed{seed}{views}-{source}.pt")
 
 
-def load_or_render_dataset(n_images: int, seed: int, log=print) -> dict:
-    """{"images": uint8 [N,3,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}."""
-    path = dataset_cache_path(n_images, seed)
+def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1) -> dict:
+    """{"images": uint8 [N,3,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}; for
+    ``n_view > 1`` also "cameras" [N,16] (MVDream's condition) and captions without view suffixes."""
+    path = dataset_cache_path(n_images, seed, n_view)
     if os.path.isfile(path):
         log(f"dataset: {n_images} images from cache {path}")
         return torch.load(path, weights_only=False)
@@ -83,15 +90,19 @@ def load_or_render_dataset(n_images: int, seed: int, log=print) -> dict:
         if done == total or done % 4096 < 256:
             log(f"rendering {done}/{total} ({time.time() - start:.0f} s)")
 
-    batch = procedural.generate_dataset(n_images, seed=seed, progress=progress)
+    batch = procedural.generate_dataset(n_images, seed=seed, progress=progress, n_view=n_view)
     data = {
         "images": (batch.images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8),
-        "captions": batch.captions,
+        "captions": batch.captions if n_view == 1 else batch.object_captions,
         "shape_ids": batch.shape_ids,
         "colour_ids": batch.colour_ids,
         "flat": batch.flat,
         "render_seconds": time.time() - start,
     }
+    if n_view > 1:
+        from threestudio_like.guidance.multiview_unet import mvdream_camera
+
+        data["cameras"] = mvdream_camera(batch.c2w)
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
     log(f"dataset: rendered {n_images} images in {data['render_seconds']:.1f} s -> {path}")
@@ -132,16 +143,22 @@ def min_snr_weights(alphas_cumprod: Float[Tensor, "T"], timesteps: Int[Tensor, "
 
 
 def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Tensor, "L"], step: int, cfg: TrainConfig, n_timesteps: int):
-    """The batch for ``step``: a pure function of (seed, step), so resumed runs see the same data."""
+    """The batch for ``step``: a pure function of (seed, step), so resumed runs see the same data.
+
+    Draws whole objects (groups of ``n_view`` adjacent views); a group shares its caption
+    dropout and its timestep, as the multi-view guidance uses one timestep per group."""
     g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-    index = torch.randint(len(token_ids), (cfg.batch_size,), generator=g)
+    n_view, objects = cfg.n_view, cfg.batch_size // cfg.n_view
+    group = torch.randint(len(token_ids) // n_view, (objects,), generator=g)
+    index = (group[:, None] * n_view + torch.arange(n_view)).reshape(-1)
     images = data["images"][index].float() / 127.5 - 1.0
     ids = token_ids[index].clone()
-    dropped = torch.rand(cfg.batch_size, generator=g) < procedural.EMPTY_CAPTION_PROBABILITY
+    dropped = (torch.rand(objects, generator=g) < procedural.EMPTY_CAPTION_PROBABILITY).repeat_interleave(n_view)
     ids[dropped] = empty_ids
-    timesteps = torch.randint(n_timesteps, (cfg.batch_size,), generator=g)
+    timesteps = torch.randint(n_timesteps, (objects,), generator=g).repeat_interleave(n_view)
     noise = torch.randn(images.shape, generator=g)
-    return images, ids, timesteps, noise
+    unet_options = {"camera": data["cameras"][index], "num_frames": n_view} if n_view > 1 else {}
+    return images, ids, timesteps, noise, unet_options
 
 
 def machine_description() -> dict:
@@ -170,7 +187,7 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     def log(msg: str) -> None:
         print(f"[{time.time() - start_time:7.1f}s] {msg}", flush=True)
 
-    data = load_or_render_dataset(cfg.dataset_size, cfg.dataset_seed, log)
+    data = load_or_render_dataset(cfg.dataset_size, cfg.dataset_seed, log, cfg.n_view)
     state_path = os.path.join(cfg.out, STATE_FILE)
     state = torch.load(state_path, weights_only=False) if os.path.isfile(state_path) else None
     if state is not None:
@@ -180,14 +197,22 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     initial = PriorModel.load(cfg.init_from) if state is None and cfg.init_from else None
     if initial is not None:
         cfg.architecture = initial.arch
+    if cfg.n_view > 1:
+        cfg.architecture = replace(cfg.architecture, camera_dim=CAMERA_DIM)
     model = PriorModel.create(cfg.out, cfg.architecture, seed=cfg.seed)
     if initial is not None:  # same tokenizer (written deterministically), so token ids match
-        model.unet.load_state_dict(initial.unet.state_dict())
+        unet = initial.unet
+        if cfg.n_view > 1 and not isinstance(unet, MultiViewUNet2DConditionModel):
+            unet = MultiViewUNet2DConditionModel.from_2d(unet)  # MVDream's start: a zero camera embedding
+        model.unet.load_state_dict(unet.state_dict())
         model.text_encoder.load_state_dict(initial.text_encoder.state_dict())
         log(f"initialised from {cfg.init_from}")
     model.train()
     ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    camera = [p for n, p in model.named_parameters() if n.startswith("unet.class_embedding.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("unet.class_embedding.")]
+    groups = [{"params": rest}] + ([{"params": camera, "lr": cfg.lr * cfg.camera_lr_scale}] if camera else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
     first_step, wall_before = 0, 0.0
     if state is not None:
@@ -215,11 +240,11 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     smoothed = state.get("loss_smoothed") if state is not None else None
     session_start = time.time()
     for step in range(first_step, cfg.steps):
-        images, ids, timesteps, noise = training_batch(data, token_ids, empty_ids, step, cfg, n_timesteps)
+        images, ids, timesteps, noise, unet_options = training_batch(data, token_ids, empty_ids, step, cfg, n_timesteps)
         noisy = model.scheduler.add_noise(images, noise, timesteps)
         # The math attention kernel: on CPU its backward is faster than the flash kernel at these sizes.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), sdpa_kernel(SDPBackend.MATH):
-            prediction = model(noisy, timesteps, ids)
+            prediction = model(noisy, timesteps, ids, **unet_options)
         per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps)).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -354,11 +379,15 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after the last step")
     p.add_argument("--init-from", default=None, help="start from the weights of this prior folder (fresh optimiser)")
+    p.add_argument("--n-view", type=int, default=defaults.n_view, help="views per object: > 1 trains a multi-view (MVDream) prior")
+    p.add_argument("--camera-lr-scale", type=float, default=defaults.camera_lr_scale)
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
     if args.steps <= 0 or args.batch_size <= 0:
         p.error("--steps and --batch-size must be positive")
+    if args.n_view < 1 or args.batch_size % args.n_view or args.dataset_size % args.n_view:
+        p.error(f"--batch-size and --dataset-size must be multiples of --n-view ({args.n_view})")
     return TrainConfig(
         out=args.out,
         steps=args.steps,
@@ -374,6 +403,8 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         bf16=not args.no_bf16,
         keep_state=args.keep_state,
         init_from=args.init_from,
+        n_view=args.n_view,
+        camera_lr_scale=args.camera_lr_scale,
         architecture=arch,
     )
 
