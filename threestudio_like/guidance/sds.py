@@ -253,7 +253,7 @@ class StableDiffusionGuidance(BaseModule):
         already in model space (its channels are the UNet's); it is only resized.
         """
         parts = self.components
-        sample_hw = _image_size(parts.unet.config.sample_size)
+        sample_hw = self.sample_size()
         images = rgb.permute(0, 3, 1, 2)
         if rgb_as_latents:
             return _resize(images.float(), sample_hw), images
@@ -264,6 +264,10 @@ class StableDiffusionGuidance(BaseModule):
             return x, images
         posterior = parts.vae.encode(x.to(parts.vae.dtype)).latent_dist
         return (posterior.sample() * parts.vae.config.scaling_factor).float(), images
+
+    def sample_size(self) -> tuple[int, int]:
+        """(h, w) of what the UNet denoises: its configured sample size."""
+        return _image_size(self.components.unet.config.sample_size)
 
     def decode(self, latents: Float[Tensor, "B c h w"]) -> Float[Tensor, "B 3 H W"]:
         """Model space -> image in [0, 1]."""
