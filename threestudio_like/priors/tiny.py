@@ -115,12 +115,14 @@ def build_tiny_diffusion_model(
     in_channels: int = 3,
     with_vae: bool = False,
     seed: int = 0,
+    multiview: bool = False,
 ) -> str:
     """Write a tiny, randomly initialised diffusers-format model folder at ``path``; returns ``path``.
 
     Without a VAE the UNet works in pixel space on ``in_channels`` channels at ``sample_size``;
     with a VAE the UNet works on 4 latent channels and images are 8x ``sample_size``.
-    Weights are safetensors and depend only on ``seed``.
+    Weights are safetensors and depend only on ``seed``. ``multiview``: the UNet is MVDream's
+    (camera embedding, 3D self-attention; ``guidance/multiview_unet.py``), camera embedding random.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -133,7 +135,11 @@ def build_tiny_diffusion_model(
     # fork_rng: building the folder must not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
+
+        camera = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_DIM} if multiview else {}
+        unet = (MultiViewUNet2DConditionModel if multiview else UNet2DConditionModel)(
+            **camera,
             sample_size=sample_size,
             in_channels=unet_channels,
             out_channels=unet_channels,
