@@ -1,6 +1,13 @@
-"""Overrides that shrink the real DreamFusion recipe to seconds on a CPU with a tiny model."""
+"""Overrides that shrink the real recipes to seconds on a CPU with a tiny model."""
 
 from __future__ import annotations
+
+import os
+
+from threestudio_like.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
 
 RECIPE = "configs/dreamfusion-sd.yaml"
 
@@ -31,3 +38,38 @@ def tiny_recipe(model_dir: str, out_dir: str, **extra: object) -> list[str]:
     }
     overrides.update(extra)
     return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def run_length(**extra: object) -> dict[str, object]:
+    """How long to run and how much to render: a few steps, a small turntable, a small texture."""
+    return {
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.num_sanity_val_steps": 0,
+        "checkpoint.every_n_train_steps": 2,
+        "data.n_val_views": 1,
+        "data.n_test_views": 2,
+        "data.eval_height": 64,
+        "data.eval_width": 64,
+        "system.exporter.texture_size": 64,
+        "system.exporter.max_faces": 5000,
+        **extra,
+    }
+
+
+def stage(config: str, model_dir: str, out: str, **extra: object) -> str:
+    """Train one stage; returns its trial folder."""
+    overrides = {
+        "system.prompt_processor.pretrained_model_name_or_path": model_dir,
+        "system.guidance.pretrained_model_name_or_path": model_dir,
+        "system.prompt_processor.cache_dir": f"{out}/cache",
+        "system.prompt_processor.prompt": "a red cube",
+        "exp_root_dir": f"{out}/outputs",
+        "use_timestamp": "false",
+        **run_length(),
+        **extra,
+    }
+    args = [f"{k}={v}" for k, v in overrides.items()]
+    assert main(["--config", os.path.join(CONFIGS, config), "--train", *args]) == 0
+    name = config[: -len(".yaml")]
+    return os.path.join(out, "outputs", name, "a_red_cube")
