@@ -243,8 +243,15 @@ def sample_images(
     steps: int = 50,
     generator: Optional[torch.Generator] = None,
     batch_size: int = 64,
+    cameras: Optional[Float[Tensor, "B 16"]] = None,
+    num_frames: int = 1,
 ) -> Float[Tensor, "B 3 H W"]:
-    """DDIM samples in [0, 1] for ``captions`` with classifier-free guidance (scale 1 = none)."""
+    """DDIM samples in [0, 1] for ``captions`` with classifier-free guidance (scale 1 = none).
+
+    A multi-view prior samples groups of ``num_frames`` adjacent captions jointly, each view told
+    its camera (``cameras``, MVDream's condition: ``multiview_unet.mvdream_camera``)."""
+    if len(captions) % num_frames or batch_size % num_frames:
+        raise ValueError(f"sample_images: captions ({len(captions)}) and batch_size ({batch_size}) must be whole groups of {num_frames}")
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(model.scheduler.config, set_alpha_to_one=False)
@@ -255,13 +262,18 @@ def sample_images(
         chunk = list(captions[start : start + batch_size])
         cond = model.encode(model.tokenize(chunk))
         x = torch.randn(len(chunk), 3, size, size, generator=generator).to(model.device)
+        views: dict[str, Any] = {}
+        if cameras is not None:
+            camera = cameras[start : start + batch_size].to(model.device)
+            views = {"camera": camera, "num_frames": num_frames}
         scheduler.set_timesteps(steps)
         for t in scheduler.timesteps:
             if guidance_scale == 1.0:
-                eps = model.unet(x, t, encoder_hidden_states=cond).sample
+                eps = model.unet(x, t, encoder_hidden_states=cond, **views).sample
             else:
                 hidden = torch.cat([cond, uncond.expand_as(cond)])
-                eps_c, eps_u = model.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden).sample.chunk(2)
+                doubled = {k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in views.items()}
+                eps_c, eps_u = model.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden, **doubled).sample.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             result = scheduler.step(eps, t, x)
             x, clean = result.prev_sample, result.pred_original_sample
