@@ -161,7 +161,12 @@ def load_diffusion_components(
     are shared within the process per (folder, device, dtype) while anything holds them;
     ``private_unet`` loads a UNet of the caller's own, for one that will change it (add adapters);
     ``vae=False`` skips the VAE (a second UNet that shares another model's latent space).
+    A path to MVDream's checkpoint file (.pt / .ckpt / .safetensors) loads its UNet, scheduler and VAE
+    converted on the fly (no tokenizer or text encoder: see ``convert_mvdream``).
     """
+    checkpoint = checkpoint_file(name_or_path)
+    if checkpoint is not None:
+        return _load_checkpoint_components(checkpoint, torch.device(device), dtype, text_encoder, unet, private_unet, vae)
     root = resolve_model_path(name_or_path)
     device = torch.device(device)
     where = (root, str(device), str(dtype))
@@ -169,7 +174,12 @@ def load_diffusion_components(
     parts = DiffusionComponents(
         unet=(load_unet() if private_unet else _cached((*where, "unet"), load_unet)) if unet else None,
         scheduler=_cached((root, "scheduler"), lambda: _load_scheduler(root)),
-        tokenizer=_cached((root, "tokenizer"), lambda: _load_tokenizer(root)),
+        # A converted multi-view folder has no tokenizer (its text comes from the prompt processor's model).
+        tokenizer=(
+            _cached((root, "tokenizer"), lambda: _load_tokenizer(root))
+            if text_encoder or os.path.isdir(os.path.join(root, "tokenizer"))
+            else None
+        ),
         text_encoder=(
             _cached((*where, "text_encoder"), lambda: _load_text_encoder(root, device, dtype)) if text_encoder else None
         ),
@@ -178,6 +188,69 @@ def load_diffusion_components(
     if os.path.isdir(os.path.join(root, "vae")) and unet and vae:
         parts.vae = _cached((*where, "vae"), lambda: _load_vae(root, device, dtype))
     return parts
+
+
+# --------------------------------------------------------------------------- MVDream's checkpoint file
+_CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".safetensors")
+
+
+class _NoVAE:
+    """Cached in place of the VAE of a checkpoint that has none (a module-level instance, never freed)."""
+
+
+_NO_VAE = _NoVAE()
+
+
+def checkpoint_file(name_or_path: str) -> Optional[str]:
+    """The absolute path when ``name_or_path`` names a checkpoint file (.pt / .ckpt / .safetensors), else None.
+    A missing file is an error here, not a hub lookup."""
+    if not isinstance(name_or_path, str) or not name_or_path.lower().endswith(_CHECKPOINT_SUFFIXES) or name_or_path.startswith(BUILTIN_PREFIX):
+        return None
+    path = os.path.abspath(os.path.expanduser(name_or_path))
+    if os.path.isdir(path):  # a model folder that happens to end in .pt
+        return None
+    if not os.path.isfile(path):
+        raise ModelNotFoundError(
+            f"Checkpoint file {path} does not exist. MVDream's released models are sd-v2.1-base-4view.pt and "
+            f"sd-v1.5-4view.pt from https://huggingface.co/MVDream/MVDream; or convert one to a folder with "
+            f"`python -m threestudio_like.guidance.convert_mvdream`."
+        )
+    return path
+
+
+def _load_checkpoint_components(
+    path: str, device: torch.device, dtype: torch.dtype, text_encoder: bool, unet: bool, private_unet: bool, vae: bool
+) -> DiffusionComponents:
+    """UNet / scheduler / VAE of MVDream's checkpoint, converted once and shared like a folder's components."""
+    if text_encoder:
+        raise ModelNotFoundError(
+            f"{path} is MVDream's checkpoint: it gives the multi-view UNet, not the text encoder. Point "
+            f"system.prompt_processor.pretrained_model_name_or_path at Stable Diffusion 2.1-base (1.5 for sd-v1.5-4view)."
+        )
+    from threestudio_like.guidance.convert_mvdream import load_mvdream_checkpoint
+
+    where = (path, str(device), str(dtype))
+    with _CACHE_LOCK:
+        found_unet = None if private_unet else _CACHE.get((*where, "unet"))
+        found_vae = _CACHE.get((*where, "vae")) if vae else _NO_VAE
+        scheduler = _CACHE.get((path, "scheduler"))
+        if found_unet is None or found_vae is None or scheduler is None:
+            new_unet, new_scheduler, new_vae = load_mvdream_checkpoint(path, device=device, dtype=dtype)
+            if found_unet is None:
+                found_unet = _freeze(new_unet, device)
+                if not private_unet:
+                    _CACHE[(*where, "unet")] = found_unet
+            if found_vae is None:
+                found_vae = _NO_VAE if new_vae is None else _freeze(new_vae, device)
+                _CACHE[(*where, "vae")] = found_vae
+            if scheduler is None:
+                scheduler = _CACHE[(path, "scheduler")] = new_scheduler
+    return DiffusionComponents(
+        unet=found_unet if unet else None,
+        scheduler=scheduler,
+        vae=None if found_vae is _NO_VAE or not unet else found_vae,
+        path=path,
+    )
 
 
 def _freeze(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -208,6 +281,14 @@ _COMPONENT_FILES: dict[str, tuple[str, Optional[tuple[str, ...]]]] = {
 def check_model_folder(name_or_path: str, components: tuple[str, ...]) -> str:
     """Resolve a model and check that ``components`` (subfolders, with their weights) are there,
     loading nothing: a partial download fails before a run starts, not at its first step."""
+    checkpoint = checkpoint_file(name_or_path)
+    if checkpoint is not None:  # MVDream's file: UNet, scheduler and VAE only
+        if {"tokenizer", "text_encoder"} & set(components):
+            raise ModelNotFoundError(
+                f"{checkpoint} is MVDream's checkpoint, which gives no {' or '.join(sorted({'tokenizer', 'text_encoder'} & set(components)))}; "
+                f"point this at Stable Diffusion 2.1-base (1.5 for sd-v1.5-4view)."
+            )
+        return checkpoint
     root = resolve_model_path(name_or_path)
     for name in components:
         folder = _subfolder(root, name)
