@@ -85,6 +85,8 @@ class MultiviewDiffusionGuidance(StableDiffusionGuidance):
             self.cfg.pretrained_model_name_or_path = self.cfg.ckpt_path
         if self.cfg.n_view < 1:
             raise ConfigError(f"system.guidance.n_view must be at least 1, got {self.cfg.n_view}")
+        if self.cfg.use_img_loss:
+            raise ConfigError("system.guidance.use_img_loss is an SDS option; multiview-diffusion-guidance has recon_loss instead.")
         super().configure(device, **kwargs)
 
     def _attach(self, device: torch.device) -> None:
