@@ -11,7 +11,8 @@ Two independent judges per result:
 ``python -m threestudio_like.evaluation --train [--prompts ...]`` first runs the recipe for each
 prompt (by default one prompt per shape, covering every colour) and prints the table.
 ``python -m threestudio_like.evaluation --compare ...`` compares SDS and VSD variants
-(threestudio_like/comparison.py).
+(threestudio_like/comparison.py); ``--janus ...`` measures how often results show their front
+from the wrong side (threestudio_like/janus.py).
 """
 
 from __future__ import annotations
@@ -107,10 +108,11 @@ def orbit_cameras(n_views: int = N_VIEWS, batch_size: int = 1) -> OrbitCameraDat
 
 
 @torch.no_grad()
-def render_views_with_opacity(system: Any, n_views: int = N_VIEWS) -> tuple[torch.Tensor, torch.Tensor]:
+def render_views_with_opacity(system: Any, n_views: int = N_VIEWS, views: Optional[Sequence[Any]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """([V, 3, 32, 32] renders in [0, 1], [V, 1, 32, 32] opacity) around the object,
-    supersampled like the training data."""
-    views = orbit_cameras(n_views)
+    supersampled like the training data; ``views`` (camera batches at the supersampled size)
+    replace the ``n_views`` orbit."""
+    views = orbit_cameras(n_views) if views is None else views
     system.eval()
     images, opacity = [], []
     for i in range(len(views)):
@@ -246,10 +248,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         from threestudio_like.comparison import main as compare
 
         return compare([a for a in argv if a != "--compare"])
+    if "--janus" in argv:  # likewise janus.py
+        from threestudio_like.janus import main as janus
+
+        return janus([a for a in argv if a != "--janus"])
     parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("trials", nargs="*", help="trial folders to score")
     parser.add_argument("--compare", action="store_true",
                         help="compare SDS / VSD variants over prompts and seeds (options: --compare --help)")
+    parser.add_argument("--janus", action="store_true",
+                        help="Janus rate of recipe variants over prompts and seeds (options: --janus --help)")
     parser.add_argument("--train", action="store_true", help="first run the recipe for each prompt")
     parser.add_argument("--prompts", nargs="*", default=None, help="prompts for --train (default: every shape and colour)")
     parser.add_argument("--config", default=DEFAULT_RECIPE)

@@ -1,0 +1,195 @@
+"""The Janus measure: the shipped view head on procedural renders with known sides, the rate of a
+synthetic Janus house against the real one, the table, the variants, and loading old classifiers."""
+
+import os
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+
+from threestudio_like import evaluation, janus
+from threestudio_like.guidance.models import resolve_model_path
+from threestudio_like.priors import procedural
+from threestudio_like.priors.classifier import load_classifier
+from threestudio_like.priors.view_head import (
+    SIDE_CENTRES_DEG, SIDE_NAMES, VIEW_FOLDER, boundary_distance, load_view_head, side_of_azimuth,
+)
+
+PRIOR = resolve_model_path(evaluation.DEFAULT_PRIOR)
+
+
+@pytest.fixture(scope="module")
+def view_head():
+    return load_view_head(PRIOR)
+
+
+class ProceduralSystem:
+    """Stands in for a trained system: its renderer draws a procedural object, so the Janus views
+    go through the evaluator's own rendering path (janus_cameras -> render_views_with_opacity)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, shape: str, colour: str) -> None:
+        self.shape_id = torch.tensor([procedural.SHAPE_NAMES.index(shape)])
+        self.albedo = torch.tensor([procedural.COLOURS[colour]])
+
+    def eval(self) -> None:
+        pass
+
+    def renderer(self, rays_o, rays_d, light_positions, **_):
+        rgb, mask = procedural.render_rays(self.shape_id, self.albedo, rays_o, rays_d, light_positions, torch.tensor([False]))
+        return {"comp_rgb": rgb, "opacity": mask}
+
+
+def janus_albedo(shape, p):
+    """procedural.albedo_factor with the house's door on its back (-x) face as well as its front."""
+    factor = ORIGINAL_ALBEDO_FACTOR(shape, p)
+    if shape == "house":
+        back_door = ORIGINAL_ALBEDO_FACTOR(shape, p * p.new_tensor([-1.0, 1.0, 1.0]))
+        factor = torch.minimum(factor, back_door)
+    return factor
+
+
+ORIGINAL_ALBEDO_FACTOR = procedural.albedo_factor
+
+
+def test_sides_by_azimuth_and_the_janus_views_keep_off_the_boundaries():
+    assert side_of_azimuth(list(SIDE_CENTRES_DEG)).tolist() == [0, 1, 2, 3]
+    assert side_of_azimuth([-30.0, 330.0, 100.0, -100.0, 260.0, 179.0, -179.0]).tolist() == [0, 0, 1, 3, 3, 2, 2]
+    assert boundary_distance([0.0, 45.0, 67.5, -100.0]).tolist() == [45.0, 0.0, 22.5, 35.0]
+    assert len(janus.JANUS_AZIMUTHS_DEG) == 12
+    assert float(boundary_distance(list(janus.JANUS_AZIMUTHS_DEG)).min()) >= 22.5
+    assert Counter(side_of_azimuth(list(janus.JANUS_AZIMUTHS_DEG)).tolist()) == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_mirrored_renders_show_the_side_the_flip_labels_say():
+    """The training flips' labels: a mirrored house at az is the house at -az, a mirrored mug at az the mug at 180 - az."""
+    from threestudio_like.priors.train_view_head import MIRROR_SIDES
+
+    for row, (shape, mirrored_azimuth) in enumerate([("house", lambda a: -a), ("mug", lambda a: 180.0 - a)]):
+        azimuths = [30.0, 120.0, -150.0]
+        images = janus.render_janus_views(ProceduralSystem(shape, "green"), azimuths)
+        mirrored = janus.render_janus_views(ProceduralSystem(shape, "green"), [mirrored_azimuth(a) for a in azimuths])
+        assert (images.flip(-1) - mirrored).abs().max() < 0.05
+        sides, mirrored_sides = side_of_azimuth(azimuths), side_of_azimuth([mirrored_azimuth(a) for a in azimuths])
+        assert MIRROR_SIDES[row][sides].tolist() == mirrored_sides.tolist()
+
+
+def test_view_head_names_the_side_of_clean_renders_at_the_class_centres(view_head):
+    for shape, colours in [("house", ("red", "cyan")), ("mug", ("blue", "orange"))]:
+        for colour in colours:
+            images = janus.render_janus_views(ProceduralSystem(shape, colour), SIDE_CENTRES_DEG)
+            seen = view_head.classify(images, shape).sides
+            right = sum(s == e for s, e in zip(seen, SIDE_NAMES))
+            if shape == "house":  # at +-90 the door is edge-on: left and right are the same image
+                assert seen[0] == "front" and seen[2] == "back" and set(seen[1::2]) <= {"left", "right"}, (shape, colour, seen)
+                assert right >= 3
+            else:
+                assert right == 4, (shape, colour, seen)
+
+
+def test_janus_rate_of_the_real_house_and_mug_is_zero(view_head):
+    for shape, colour in [("house", "yellow"), ("mug", "purple")]:
+        images = janus.render_janus_views(ProceduralSystem(shape, colour))
+        score = janus.judge_views(view_head, images, janus.JANUS_AZIMUTHS_DEG, shape)
+        assert score.rate <= 1 / 12, (shape, list(zip(score.azimuths, score.seen)))
+        assert score.front_share == pytest.approx(3 / 12, abs=1 / 12)
+
+
+def test_a_house_with_a_door_on_its_back_is_seen_from_the_front_behind_it(view_head, monkeypatch):
+    monkeypatch.setattr(procedural, "albedo_factor", janus_albedo)
+    images = janus.render_janus_views(ProceduralSystem("house", "red"))
+    score = janus.judge_views(view_head, images, janus.JANUS_AZIMUTHS_DEG, "house")
+    from_behind = [s for s, e in zip(score.seen, score.expected) if e == "back"]
+    assert from_behind == ["front"] * 3, list(zip(score.azimuths, score.seen))
+    assert score.rate >= 3 / 12 and score.front_share >= 6 / 12  # the real house: 0 and 3 / 12
+
+
+def test_an_object_that_shows_its_front_everywhere_scores_nine_twelfths(view_head):
+    """The full Janus: every camera gets the front render."""
+    front = janus.render_janus_views(ProceduralSystem("mug", "red"), [0.0])
+    score = janus.judge_views(view_head, front.expand(12, -1, -1, -1), janus.JANUS_AZIMUTHS_DEG, "mug")
+    assert score.front_share == 1.0 and score.rate == pytest.approx(9 / 12)
+    with pytest.raises(ValueError, match="front"):
+        janus.judge_views(view_head, front, [0.0], "cube")
+
+
+def fake_result(variant, prompt, seed, rate_wrong, shape_ok=True):
+    """A JanusResult whose first ``rate_wrong`` back / side views are seen as front."""
+    shape, colour = evaluation.parse_prompt(prompt)
+    score = evaluation.Score(prompt, shape, colour, Counter({shape if shape_ok else "cube": 8}), Counter({colour: 8}),
+                             {shape: 0.1, "cube": 0.2})
+    azimuths = list(janus.JANUS_AZIMUTHS_DEG)
+    expected = [SIDE_NAMES[i] for i in side_of_azimuth(azimuths).tolist()]
+    seen, flipped = [], 0
+    for e in expected:
+        wrong = e != "front" and flipped < rate_wrong
+        flipped += wrong
+        seen.append("front" if wrong else e)
+    return janus.JanusResult(variant, prompt, seed, score, janus.JanusScore(shape, azimuths, seen, expected), torch.zeros(12, 3, 32, 32))
+
+
+def test_table_gives_rates_over_seeds_zero_janus_counts_and_failures():
+    results = [fake_result("sds", "a red house", 0, 6), fake_result("sds", "a red house", 1, 0),
+               fake_result("sds", "a blue mug", 0, 3, shape_ok=False), fake_result("sds", "a blue mug", 1, 3)]
+    table = janus.format_janus_table(results, ["sds", "mv"], ["a red house", "a blue mug"], {"mv": "ModelNotFoundError: no builtin:x"})
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    header, body = rows[0], {(r[0], r[1]): dict(zip(rows[0], r)) for r in rows[1:]}
+    assert header[:5] == ["variant", "prompt", "Janus rate", "seen as front", "Janus-free"]
+    house, mug, both = body[("sds", "a red house")], body[("sds", "a blue mug")], body[("sds", "all prompts")]
+    assert house["Janus rate"] == "0.25 ± 0.35" and house["Janus-free"] == "1/2" and house["seen as front"] == "0.50 ± 0.35"
+    assert mug["Janus rate"] == "0.25 ± 0.00" and mug["Janus-free"] == "0/2" and mug["shape right"] == "1/2"
+    # all prompts: per seed the mean over prompts (0.375, 0.125), then mean +- sd over seeds
+    assert both["Janus rate"] == "0.25 ± 0.18" and both["Janus-free"] == "1/4" and both["trials"] == "4"
+    assert body[("mv", "(failed, see below)")]["trials"] == "0"
+    assert "- mv failed: ModelNotFoundError: no builtin:x" in table
+    one_seed = janus.format_janus_table(results[:1], ["sds"], ["a red house"])
+    assert "| 0.50 " in one_seed and "±" not in one_seed and "all prompts" not in one_seed
+
+
+def test_variants_are_recipes_with_overrides():
+    perp = janus.parse_variant("dreamfusion-cpu+perp-neg")
+    assert (perp.recipe, perp.overrides) == ("dreamfusion-cpu", ["system.prompt_processor.use_perp_neg=true"])
+    plain = janus.parse_variant("dreamfusion-cpu")
+    assert plain.name == "dreamfusion-cpu" and plain.overrides == []
+    tuned = janus.parse_variant("dreamfusion-cpu,system.guidance.guidance_scale=50")
+    assert tuned.overrides == ["system.guidance.guidance_scale=50"] and tuned.name == "dreamfusion-cpu+guidance_scale-50"
+    assert janus.is_override("seed=3") and not janus.is_override("dreamfusion-cpu,seed=3") and not janus.is_override("mvdream-cpu")
+    with pytest.raises(Exception, match="dreamfusion-cpu"):  # the recipe finder lists the shipped recipes
+        janus.parse_variant("no-such-recipe")
+    with pytest.raises(ValueError):
+        janus.parse_variant("dreamfusion-cpu,oops")
+
+
+def test_evaluation_dispatches_janus_and_refuses_prompts_without_a_front(capsys):
+    with pytest.raises(SystemExit):
+        evaluation.main(["--janus", "--prompts", "a red cube", "--seeds", "1"])
+    assert "house or a mug" in capsys.readouterr().err
+
+
+def test_classifier_without_a_view_head_still_loads(tmp_path):
+    shipped = os.path.join(PRIOR, "classifier")
+    assert os.path.isdir(os.path.join(shipped, VIEW_FOLDER))
+    old = tmp_path / "classifier"
+    old.mkdir()
+    for name in ("model.safetensors", "labels.json"):  # an old classifier folder: no view/
+        shutil.copy(os.path.join(shipped, name), old / name)
+    images = janus.render_janus_views(ProceduralSystem("mug", "blue"), [0.0, 180.0])
+    for folder in (str(old), str(tmp_path), PRIOR):
+        assert load_classifier(folder).classify(images).shapes == ["mug", "mug"]
+    with pytest.raises(FileNotFoundError, match="train_view_head"):
+        load_view_head(str(tmp_path))
+    for folder in (PRIOR, shipped, os.path.join(shipped, VIEW_FOLDER)):  # prior, classifier or view folder
+        assert load_view_head(folder).classify(images, "mug").sides == ["front", "back"]
+
+
+def test_view_head_trains_saves_and_loads(tmp_path):
+    from threestudio_like.priors.train_view_head import train_view_head
+
+    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, command="test")
+    assert info["command"] == "test" and 0.0 <= info["held_out_accuracy_clean"]["all"] <= 1.0
+    head = load_view_head(str(tmp_path))
+    assert len(head.classify(torch.rand(3, 3, 32, 32), ["house", "mug", "house"]).sides) == 3
+    with pytest.raises(ValueError):
+        head.classify(torch.rand(2, 3, 32, 32), "cube")

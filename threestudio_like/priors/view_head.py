@@ -1,0 +1,151 @@
+"""The evaluator's view head: which side of a house or a mug a 32 x 32 render shows.
+
+Two procedural shapes have a front (procedural.py): the house (door on its +x face) and the mug
+(handle on its -y side). A camera's side is set by its azimuth relative to the object, in four
+classes (``SIDE_NAMES``, azimuth order): front |az| < 45, left 45..135 (the object's left, +y),
+back |az| > 135, right -135..-45. A Janus object shows its front from every side; the head
+tells which side a render *looks like*, and ``threestudio_like/janus.py`` compares that with
+the camera's side. The caller says which of the two shapes the render is meant to be (the
+prompt names it): the head has one 4-way output per shape on a shared trunk, so it never has to
+guess the shape, and a house with a door on every face is judged as a house.
+
+The house is mirror-symmetric about its y = 0 plane and, but for the door, about x = 0: seen
+from near azimuth +-90 the door is edge-on and the left and right views are the same image. Its
+left / right answer is only as good as a door seen at a glancing angle; ``SIDE_GROUPS`` merges
+them for the house wherever a decision needs a side that the image determines.
+
+It is a separate small network, not a third head on ``ShapeColourClassifier``, so the shipped
+shape / colour classifier's weights stay as they are. It is saved beside it in
+``classifier/view/`` (``model.safetensors`` + ``view_head.json``) and trained by
+``python -m threestudio_like.priors.train_view_head``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from threestudio_like.utils.typing import Float, Int, Tensor
+
+SIDE_NAMES: tuple[str, ...] = ("front", "left", "back", "right")  # class i is centred on azimuth 90 * i
+SIDE_CENTRES_DEG: tuple[float, ...] = (0.0, 90.0, 180.0, -90.0)
+VIEW_SHAPES: tuple[str, ...] = ("house", "mug")  # the procedural shapes whose front shows
+# Per shape, the sides a render can tell apart: the house's left and right are one group.
+SIDE_GROUPS: dict[str, tuple[int, ...]] = {"house": (0, 1, 2, 1), "mug": (0, 1, 2, 3)}
+VIEW_FOLDER = "view"  # inside the classifier folder
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "view_head.json"
+
+
+def side_of_azimuth(azimuth_deg: Union[float, Sequence[float], Tensor]) -> Int[Tensor, "B"]:
+    """Index into ``SIDE_NAMES`` of the side a camera at ``azimuth_deg`` (any range) sees.
+    Boundaries (45 + 90 k) go to the class counter-clockwise of them; callers avoid them."""
+    az = torch.as_tensor(azimuth_deg, dtype=torch.float64)
+    return (torch.remainder(az + 45.0, 360.0) // 90.0).long() % len(SIDE_NAMES)
+
+
+def boundary_distance(azimuth_deg: Union[float, Sequence[float], Tensor]) -> Float[Tensor, "B"]:
+    """Degrees from ``azimuth_deg`` to the nearest side boundary (45 + 90 k): 45 at a class centre."""
+    d = torch.remainder(torch.as_tensor(azimuth_deg, dtype=torch.float64) - 45.0, 90.0)
+    return torch.minimum(d, 90.0 - d)
+
+
+class ViewClassification(NamedTuple):
+    """Predicted side names, their indices [B] and the probability table [B, 4]."""
+
+    sides: list[str]
+    indices: Tensor
+    probs: Tensor
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class ViewHead(nn.Module):
+    """Conv trunk 32 -> 4 pixels (widths w, 2w, 4w), one linear layer to 4 sides per shape.
+
+    No global pooling: where the door / handle sits in the frame is the answer, so the
+    linear layer sees the spatial map."""
+
+    def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES) -> None:
+        super().__init__()
+        self.side_names = list(side_names)
+        self.shapes = list(shapes)
+        self.width = width
+        self.trunk = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(4 * width * 4 * 4, len(self.shapes) * len(self.side_names))
+
+    def shape_ids(self, shapes: Union[str, Sequence[str]], n: int) -> Int[Tensor, "B"]:
+        """Indices into ``self.shapes`` of one name (for all ``n`` images) or one name per image."""
+        names = [shapes] * n if isinstance(shapes, str) else list(shapes)
+        unknown = sorted(set(names) - set(self.shapes))
+        if unknown or len(names) != n:
+            raise ValueError(f"view head: needs one of {self.shapes} per image (or one for all {n}); got {shapes!r}")
+        return torch.tensor([self.shapes.index(name) for name in names], dtype=torch.long)
+
+    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
+        """Side logits of each image's shape (``shape_ids`` index ``self.shapes``); ``images`` in
+        [0, 1] (other sizes are area-resized to 32 x 32)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"view head: expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, (32, 32), mode="area")
+        logits = self.head(self.dropout(self.trunk(images * 2.0 - 1.0))).view(len(images), len(self.shapes), -1)
+        return logits[torch.arange(len(images), device=logits.device), shape_ids.to(logits.device)]
+
+    @torch.no_grad()
+    def classify(self, images: Float[Tensor, "B 3 32 32"], shapes: Union[str, Sequence[str]]) -> ViewClassification:
+        """The side each image shows (``images`` in [0, 1]), as a render of ``shapes`` (one name, or one per image)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        ids = self.shape_ids(shapes, len(images))
+        probs = self(images.to(device=device, dtype=torch.float32), ids).softmax(-1).cpu()
+        self.train(was_training)
+        indices = probs.argmax(-1)
+        return ViewClassification([self.side_names[i] for i in indices.tolist()], indices, probs)
+
+
+def view_head_folder(folder: str) -> str:
+    """The view head's folder, given it, a classifier folder or a prior folder."""
+    for candidate in (folder, os.path.join(folder, VIEW_FOLDER), os.path.join(folder, "classifier", VIEW_FOLDER)):
+        if os.path.isfile(os.path.join(candidate, INFO_FILE)):
+            return candidate
+    raise FileNotFoundError(
+        f"No view head in {folder} (looked for {INFO_FILE} there, in {VIEW_FOLDER}/ and in classifier/{VIEW_FOLDER}/). "
+        f"Train one with `python -m threestudio_like.priors.train_view_head --out <prior folder>`."
+    )
+
+
+def save_view_head(folder: str, model: ViewHead, info: dict | None = None) -> None:
+    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width, training info)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
+    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "info": info or {}}
+    with open(os.path.join(folder, INFO_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_view_head(folder: str) -> ViewHead:
+    """The view head in ``folder`` (see ``view_head_folder``), in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = view_head_folder(folder)
+    with open(os.path.join(folder, INFO_FILE)) as f:
+        meta = json.load(f)
+    model = ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES))
+    model.load_state_dict(load_file(os.path.join(folder, WEIGHTS_FILE)))
+    return model.eval()
