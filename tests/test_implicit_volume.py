@@ -156,6 +156,20 @@ def test_points_map_to_unit_cube_of_the_bbox():
     torch.testing.assert_close(geo.to_unit(corners), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.75, 0.25]]))
 
 
+def test_unbounded_contracts_space_outside_the_box_into_the_encoding():
+    """Inside the box the contraction is linear (the box fills the inner half of the encoding's cube);
+    any point outside, however far, still lands in the cube, farther points farther out."""
+    geo = make(radius=2.0, unbounded=True)
+    inside = torch.tensor([[0.0, 1.0, -1.0], [0.5, 0.5, 0.5]])
+    torch.testing.assert_close(geo.to_unit(inside), 0.5 + inside / 8.0)
+    far = torch.tensor([[3.0, 0.0, 0.0], [30.0, 0.0, 0.0], [3e4, 0.0, 0.0]])
+    unit = geo.to_unit(far)
+    assert bool(((unit >= 0) & (unit <= 1)).all())
+    assert unit[0, 0] < unit[1, 0] < unit[2, 0] <= 1.0
+    assert make(radius=2.0).to_unit(far)[1, 0] > 1.0  # bounded: outside the encoding's cube
+    assert torch.isfinite(geo(far * 100)["density"]).all()
+
+
 def test_isosurface_of_the_blob_is_a_sphere():
     geo = make(isosurface_threshold=5.0, isosurface_resolution=40)
     mesh = geo.isosurface()

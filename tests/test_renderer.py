@@ -392,3 +392,52 @@ def test_real_parts_train_step_reaches_every_part():
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert grads and all(g is not None for g in grads), type(module).__name__
     assert set(renderer.state_dict()) == {"occupancy.bbox", "occupancy.density_ema", "occupancy.occupied"}
+
+
+# --------------------------------------------------------------------------- unbounded scenes
+def shell_density(radius: float, sigma: float, width: float = 0.5):
+    """A thick spherical wall at ``radius`` (outside the box): what a room around a capture is."""
+    return lambda p: sigma * ((p.norm(dim=-1) - radius).abs() <= width / 2).to(p.dtype)
+
+
+@pytest.mark.parametrize("grid_prune", [True, False])
+def test_unbounded_geometry_is_drawn_beyond_the_box(grid_prune):
+    """An unbounded geometry's surroundings are rendered at the right depth behind what the box
+    holds; a bounded one never sees them."""
+    density = lambda p: ball_density(0.3, 50.0)(p) + shell_density(6.0, 50.0)(p)  # noqa: E731
+    rays_o, rays_d = perspective_rays(size=8, distance=3.0)
+    bounded = make_renderer(ToyGeometry(density), grid_prune=grid_prune).eval()
+    geometry = ToyGeometry(density)
+    geometry.unbounded = True
+    unbounded = make_renderer(geometry, grid_prune=grid_prune, num_samples_per_ray_outside=128).eval()
+    with torch.no_grad():
+        inside_only, everything = bounded(rays_o, rays_d, light_positions=LIGHT), unbounded(rays_o, rays_d, light_positions=LIGHT)
+    ball_rays = everything["opacity"][0, 3:5, 3:5]  # the centre rays hit the ball first
+    assert torch.allclose(ball_rays, inside_only["opacity"][0, 3:5, 3:5], atol=1e-3)
+    assert torch.allclose(everything["depth"][0, 3:5, 3:5], inside_only["depth"][0, 3:5, 3:5], atol=0.05)
+    corner = (0, 0)  # misses the ball: transparent when bounded, the wall when unbounded
+    assert inside_only["opacity"][0, corner[0], corner[1]].item() < 1e-3
+    assert everything["opacity"][0, corner[0], corner[1]].item() > 0.99
+    wall_distance = _distance_to_sphere(rays_o[0, 0, 0], rays_d[0, 0, 0], 5.75)
+    assert everything["depth"][0, 0, 0].item() == pytest.approx(wall_distance, rel=0.05)
+
+
+def _distance_to_sphere(origin: torch.Tensor, direction: torch.Tensor, radius: float) -> float:
+    """Where a ray from inside a sphere of ``radius`` about the origin meets it."""
+    b = float(origin @ direction)
+    return -b + math.sqrt(b * b - float(origin @ origin) + radius**2)
+
+
+def test_samples_beyond_the_box_are_ordered_behind_it():
+    """Outside samples start where each ray leaves the box, end at the far plane, evenly in 1/t."""
+    geometry = ToyGeometry(lambda p: torch.zeros(p.shape[:-1]))
+    geometry.unbounded = True
+    renderer = make_renderer(geometry, num_samples_per_ray_outside=4, far_plane=50.0).eval()
+    rays_o, rays_d = perspective_rays(size=2, distance=3.0)
+    samples = renderer._samples_beyond_box(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
+    _, t_exit = ray_box_intersection(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), geometry.bbox)
+    starts, ends = samples.t_starts.reshape(4, 4), samples.t_ends.reshape(4, 4)
+    assert torch.allclose(starts[:, 0], t_exit) and torch.allclose(ends[:, -1], torch.full((4,), 50.0))
+    assert torch.allclose(starts[:, 1:], ends[:, :-1])
+    disparity_steps = (1 / ends - 1 / starts)
+    assert torch.allclose(disparity_steps, disparity_steps[:, :1].expand(4, 4), rtol=1e-4)

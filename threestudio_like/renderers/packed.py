@@ -33,6 +33,16 @@ class PackedSamples(NamedTuple):
         return rays_o[self.ray_indices] + rays_d[self.ray_indices] * self.t_mids[:, None]
 
 
+def concat_behind(front: PackedSamples, back: PackedSamples) -> PackedSamples:
+    """Both sample sets in one packed list, each ray's ``back`` samples after its ``front`` ones
+    (``back`` must lie farther along every ray, e.g. samples beyond the scene box)."""
+    ray_indices = torch.cat([front.ray_indices, back.ray_indices])
+    order = torch.sort(ray_indices, stable=True).indices  # stable: front stays before back per ray
+    return PackedSamples(
+        ray_indices[order], torch.cat([front.t_starts, back.t_starts])[order], torch.cat([front.t_ends, back.t_ends])[order]
+    )
+
+
 def segment_sum(
     values: Float[Tensor, "S ..."], ray_indices: Int[Tensor, "S"], n_rays: int
 ) -> Float[Tensor, "N ..."]:

@@ -3,7 +3,10 @@
 Per ray, samples are fixed-size steps through the scene box (``radius``), kept only in
 occupied cells of the grid (``grid_prune``) and, optionally, only where visible
 (``prune_alpha_threshold``). Colours come from the material, the background fills what
-the volume leaves transparent.
+the volume leaves transparent. An ``unbounded`` geometry (scene contraction) is also sampled
+beyond the box, ``num_samples_per_ray_outside`` intervals per ray evenly spaced in disparity up
+to ``far_plane``: what a real capture shows around the object is drawn there, not by floaters
+inside the box.
 
 ``backend: auto`` uses nerfacc's occupancy-grid sampler and rendering functions when
 nerfacc imports and the rays are on CUDA; the built-in PyTorch path runs anywhere. The
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from threestudio_like.registry import register
 from threestudio_like.renderers import packed
 from threestudio_like.renderers.base import BaseRenderer
-from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays, nan_as_opaque
+from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays, nan_as_opaque, ray_box_intersection
 from threestudio_like.renderers.packed import PackedSamples
 from threestudio_like.utils.backends import choose_backend, optional_import
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
@@ -53,6 +56,9 @@ class NeRFVolumeRenderer(BaseRenderer):
         occupancy_update_every: int = 16  # training steps between grid updates
         occupancy_threshold: float = 0.01  # step opacity below which a cell is empty
         backend: str = "auto"  # auto | torch | nerfacc
+        # unbounded geometries only: intervals per ray behind the box (uniform in 1/t) and where they end
+        num_samples_per_ray_outside: int = 32
+        far_plane: float = 100.0
 
     cfg: Config
 
@@ -62,6 +68,11 @@ class NeRFVolumeRenderer(BaseRenderer):
             raise ValueError(f"renderer.backend must be one of {', '.join(BACKENDS)}, got '{self.cfg.backend}'")
         if self.cfg.num_samples_per_ray < 1:
             raise ValueError(f"renderer.num_samples_per_ray must be at least 1, got {self.cfg.num_samples_per_ray}")
+        if self.cfg.num_samples_per_ray_outside < 1 or self.cfg.far_plane <= math.sqrt(3.0) * self.cfg.radius:
+            raise ValueError(
+                "renderer.num_samples_per_ray_outside must be at least 1 and renderer.far_plane beyond the box "
+                f"(> sqrt(3) * radius); got {self.cfg.num_samples_per_ray_outside} and {self.cfg.far_plane}"
+            )
         if self.cfg.occupancy_update_every < 1:
             raise ValueError(
                 f"renderer.occupancy_update_every must be at least 1, got {self.cfg.occupancy_update_every}"
@@ -141,6 +152,8 @@ class NeRFVolumeRenderer(BaseRenderer):
         n_rays = rays_o.shape[0]
         backend = choose_backend(self.cfg.backend, "nerfacc", rays_o.device)
         samples = self._sample(rays_o, rays_d, backend)
+        if getattr(self.geometry, "unbounded", False):
+            samples = packed.concat_behind(samples, self._samples_beyond_box(rays_o, rays_d))
         ray_indices = samples.ray_indices
         positions = samples.points(rays_o, rays_d)
         t_dirs = rays_d[ray_indices]
@@ -217,6 +230,21 @@ class NeRFVolumeRenderer(BaseRenderer):
             alpha_thre=PRUNE_ALPHA_THRESHOLD,
             early_stop_eps=EARLY_STOP_EPS,
         )
+
+    def _samples_beyond_box(self, rays_o: Tensor, rays_d: Tensor) -> PackedSamples:
+        """``num_samples_per_ray_outside`` intervals per ray from where it leaves the box to
+        ``far_plane``, evenly spaced in disparity (what scene contraction resolves equally well);
+        edges jittered by up to half an interval in training."""
+        n_rays, k = rays_o.shape[0], self.cfg.num_samples_per_ray_outside
+        _, t_exit = ray_box_intersection(rays_o, rays_d, self.occupancy.bbox)
+        t_start = t_exit.clamp(min=self.render_step_size, max=self.cfg.far_plane * 0.5)  # a miss starts at the camera
+        s = torch.linspace(0.0, 1.0, k + 1, device=rays_o.device).expand(n_rays, k + 1)
+        if self.cfg.randomized and self.training:
+            jitter = (torch.rand(n_rays, k - 1, device=rays_o.device) - 0.5) / k
+            s = torch.cat([s[:, :1], s[:, 1:-1] + jitter, s[:, -1:]], dim=1)
+        t = 1.0 / ((1.0 - s) / t_start[:, None] + s / self.cfg.far_plane)  # [N, k+1] edges
+        ray_indices = torch.arange(n_rays, device=rays_o.device).repeat_interleave(k)
+        return PackedSamples(ray_indices, t[:, :-1].reshape(-1), t[:, 1:].reshape(-1))
 
     def _sample_nerfacc(self, rays_o: Tensor, rays_d: Tensor, randomized: bool) -> PackedSamples:
         estimator = self._nerfacc_estimator(rays_o.device)

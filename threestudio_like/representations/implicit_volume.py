@@ -49,6 +49,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         detach_blob_points: bool = False  # blob bias without gradient w.r.t. the query points
         isosurface_threshold: Union[float, str] = 25.0
         backend: str = "auto"  # auto | torch | tinycudann; fills `backend` of the encoding / MLP configs
+        # scene contraction (mip-NeRF 360): the box fills the inner half of the encoding and all space
+        # outside is squashed into the rest, so a real capture's surroundings have somewhere to go
+        unbounded: bool = False
 
     cfg: Config
 
@@ -62,6 +65,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             hint = did_you_mean(cfg.normal_type, _NORMAL_TYPES)
             raise ConfigError(f"normal_type: {cfg.normal_type!r} is not null or one of {list(_NORMAL_TYPES)}.{hint}")
         self.density_activation = get_activation(cfg.density_activation)
+        self.unbounded = cfg.unbounded
 
         self.encoding = get_encoding(cfg.n_input_dims, self._with_backend(cfg.pos_encoding_config))
         mlp_config = self._with_backend(cfg.mlp_network_config)
@@ -138,11 +142,13 @@ class ImplicitVolume(BaseImplicitGeometry):
         return output
 
     def _finite_difference_normal(self, points: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N 3"]:
-        """Central differences of the density, samples clamped to the box."""
+        """Central differences of the density, samples clamped to the box (unless unbounded)."""
         eps = self.cfg.finite_difference_normal_eps
         offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3, 3]
         offsets = torch.stack([offsets, -offsets], dim=1).reshape(6, 3)  # +x, -x, +y, -y, +z, -z
-        shifted = (points[..., None, :] + offsets).clamp(-self.cfg.radius, self.cfg.radius)
+        shifted = points[..., None, :] + offsets
+        if not self.unbounded:
+            shifted = shifted.clamp(-self.cfg.radius, self.cfg.radius)
         density = self.forward_density(shifted)[..., 0]  # [*N, 6]
         grad = (density[..., 0::2] - density[..., 1::2]) / (2.0 * eps)
         return F.normalize(-grad, dim=-1)

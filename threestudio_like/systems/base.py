@@ -81,9 +81,9 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         background: dict = field(default_factory=dict)
         renderer_type: str = "nerf-volume-renderer"
         renderer: dict = field(default_factory=dict)
-        guidance_type: str = "stable-diffusion-guidance"
+        guidance_type: Optional[str] = "stable-diffusion-guidance"  # null: a recipe without a diffusion model
         guidance: dict = field(default_factory=dict)
-        prompt_processor_type: str = "stable-diffusion-prompt-processor"
+        prompt_processor_type: Optional[str] = "stable-diffusion-prompt-processor"
         prompt_processor: dict = field(default_factory=dict)
         exporter_type: str = "mesh-exporter"
         exporter: dict = field(default_factory=dict)
@@ -179,7 +179,7 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         parameters into the checkpoint and can be an optimiser group ``guidance``; the frozen
         diffusion model stays outside the module tree.
         """
-        if "guidance" in self._modules:
+        if "guidance" in self._modules or self.cfg.guidance_type is None:
             return
         # fork_rng: model loading may draw random initial weights; the training stream must not
         # depend on whether the components were already cached in this process.
@@ -197,6 +197,8 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         """The guidance; built here on first use outside a fit (e.g. a test driving the system)."""
         if "guidance" not in self._modules:
             self.prepare_for_training()
+        if self.cfg.guidance_type is None:
+            raise ConfigError(f"{type(self).__name__} has no guidance (system.guidance_type is null).")
         return self._modules["guidance"]
 
     @property
@@ -211,6 +213,8 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         from threestudio_like.guidance.models import check_model_folder
 
         for kind in ("guidance", "prompt_processor"):
+            if getattr(self.cfg, f"{kind}_type") is None:
+                continue
             part = getattr(self.cfg, kind)
             required = getattr(find(getattr(self.cfg, f"{kind}_type")), "required_models", {})
             for key, components in required.items():
