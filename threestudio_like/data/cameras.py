@@ -196,3 +196,70 @@ def make_camera_batch(
         width=int(width),
         index=index,
     )
+
+
+def directions_from_pixels(
+    cols: Float[Tensor, "..."],
+    rows: Float[Tensor, "..."],
+    fx: Float[Tensor, "..."],
+    fy: Float[Tensor, "..."],
+    cx: Float[Tensor, "..."],
+    cy: Float[Tensor, "..."],
+) -> Float[Tensor, "... 3"]:
+    """Camera-space directions (z = -1) through continuous pixel positions ``(cols, rows)``.
+
+    Positions use the pixel-centre convention of ``get_ray_directions`` (pixel ``(j, i)`` has
+    centre ``(i + 0.5, j + 0.5)``); all arguments broadcast, so per-frame intrinsics shaped
+    ``[N,1,1]`` combine with pixel grids ``[N,H,W]``.
+    """
+    x = (cols - cx) / fx
+    y = -(rows - cy) / fy  # image rows grow downwards, camera y upwards
+    return torch.stack(torch.broadcast_tensors(x, y, -torch.ones_like(x)), dim=-1)
+
+
+def get_ray_directions_per_frame(
+    H: int,
+    W: int,
+    fx: Float[Tensor, "N"],
+    fy: Float[Tensor, "N"],
+    cx: Float[Tensor, "N"],
+    cy: Float[Tensor, "N"],
+) -> Float[Tensor, "N H W 3"]:
+    """``get_ray_directions`` for N frames of one size, each with its own intrinsics (pixels)."""
+    fx, fy, cx, cy = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in (fx, fy, cx, cy))
+    rows, cols = torch.meshgrid(
+        torch.arange(H, dtype=fx.dtype, device=fx.device) + 0.5,
+        torch.arange(W, dtype=fx.dtype, device=fx.device) + 0.5,
+        indexing="ij",
+    )
+    return directions_from_pixels(cols[None], rows[None], fx, fy, cx, cy)
+
+
+def projection_from_intrinsics(
+    fx: Float[Tensor, "N"],
+    fy: Float[Tensor, "N"],
+    cx: Float[Tensor, "N"],
+    cy: Float[Tensor, "N"],
+    width: Union[int, Int[Tensor, "N"]],
+    height: Union[int, Int[Tensor, "N"]],
+    near: float = 0.01,
+    far: float = 100.0,
+) -> Float[Tensor, "N 4 4"]:
+    """OpenGL projection for pinhole intrinsics in pixels (camera -> clip space, y up).
+
+    Equals ``get_projection_matrix`` for a centred principal point. A camera-space point that
+    ``directions_from_pixels`` sends through pixel position ``(u, v)`` lands at NDC
+    ``x = 2u/W - 1``, ``y = 1 - 2v/H`` (NDC y = +1 is the top image row).
+    """
+    fx = torch.as_tensor(fx, dtype=torch.float32).reshape(-1)
+    fy, cx, cy = (torch.as_tensor(v, dtype=fx.dtype, device=fx.device).reshape(-1) for v in (fy, cx, cy))
+    width, height = (torch.as_tensor(v, dtype=fx.dtype, device=fx.device).reshape(-1) for v in (width, height))
+    proj = torch.zeros(fx.shape[0], 4, 4, dtype=fx.dtype, device=fx.device)
+    proj[:, 0, 0] = 2.0 * fx / width
+    proj[:, 0, 2] = 1.0 - 2.0 * cx / width
+    proj[:, 1, 1] = 2.0 * fy / height
+    proj[:, 1, 2] = 2.0 * cy / height - 1.0
+    proj[:, 2, 2] = -(far + near) / (far - near)
+    proj[:, 2, 3] = -2.0 * far * near / (far - near)
+    proj[:, 3, 2] = -1.0
+    return proj
