@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 
 from benchmarks import (
+    bench_capture,
     bench_export,
     bench_hashgrid,
     bench_marching_tets,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "rasterize": bench_rasterize,
     "marching_tets": bench_marching_tets,
     "export": bench_export,
+    "capture": bench_capture,
 }
 
 

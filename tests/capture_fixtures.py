@@ -16,6 +16,9 @@ from threestudio_like.data.undistort import undistort_points
 from threestudio_like.priors import procedural
 
 
+FIXED_LIGHT = torch.tensor([2.0, 1.5, 3.0])
+
+
 def orbit_positions(n_views: int, distance: float, seed: int) -> torch.Tensor:
     """[N,3] cameras around the origin: azimuths spread over the circle, elevations -10..60 degrees."""
     g = torch.Generator().manual_seed(seed)
@@ -50,7 +53,8 @@ def write_blender_capture(
     fovy_deg: float = 40.0,
     origin: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> dict:
-    """RGBA PNGs + ``transforms_train.json`` / ``transforms_val.json`` (the last ``holdout`` views).
+    """RGBA PNGs + ``transforms_train.json`` / ``transforms_val.json`` (``holdout`` views spread
+    evenly round the orbit, between training views: held out, not extrapolated).
 
     The shape sits at ``origin`` of the written world (cameras look at it). Returns ``c2w``
     [N,4,4] (as written), ``fovy_deg``, ``focal`` (pixels), ``train`` / ``val`` view numbers and
@@ -64,7 +68,7 @@ def write_blender_capture(
         center=torch.zeros_like(positions),
         up=torch.tensor([0.0, 0.0, 1.0]).expand_as(positions),
         fovy_deg=torch.full((n_views,), fovy_deg),
-        light_positions=positions.clone(),
+        light_positions=FIXED_LIGHT.expand_as(positions),  # a real scene's light stays put as the camera moves
         elevation_deg=torch.zeros(n_views),
         azimuth_deg=torch.zeros(n_views),
         camera_distances=torch.full((n_views,), distance),
@@ -75,7 +79,8 @@ def write_blender_capture(
     rgba = _straight_rgba(rgb.permute(0, 2, 3, 1), mask.permute(0, 2, 3, 1))
     c2w = cameras["c2w"].clone()
     c2w[:, :3, 3] += torch.tensor(origin, dtype=torch.float32)
-    splits = {"train": list(range(n_views - holdout)), "val": list(range(n_views - holdout, n_views))}
+    held_out = sorted({int((k + 0.5) * n_views / holdout) for k in range(holdout)}) if holdout else []
+    splits = {"train": [v for v in range(n_views) if v not in held_out], "val": held_out}
     angle = np.radians(fovy_deg)  # square images: fovx = fovy
     for split, views in splits.items():
         (folder / split).mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,7 @@ def write_nerfstudio_capture(
         directions = torch.stack([xy[..., 0], -xy[..., 1], -torch.ones_like(xy[..., 0])], dim=-1)
     rays_o, rays_d = get_rays(directions, c2w)
     albedo = torch.tensor([procedural.COLOURS[colour]]).expand(n_views, 3)
-    rgb, _ = procedural.render_rays(_ids(shape, colour, n_views)[0], albedo, rays_o, rays_d, positions, torch.zeros(n_views, dtype=torch.bool))
+    rgb, _ = procedural.render_rays(_ids(shape, colour, n_views)[0], albedo, rays_o, rays_d, FIXED_LIGHT.expand_as(positions), torch.zeros(n_views, dtype=torch.bool))
     rgb = procedural.downsample(rgb).permute(0, 2, 3, 1)
     pixels = (rgb * 255).round().to(torch.uint8).numpy()
 

@@ -170,7 +170,7 @@ def test_random_rays_carry_their_pixel_colour(nerfstudio) -> None:
         far = batch["rays_o"][n, 0, 0] + 2.0 * batch["rays_d"][n, 0, 0]
         u, v = project(far, train.c2w[k], *(float(t[k]) for t in (train.fx, train.fy, train.cx, train.cy)))
         col, row = math.floor(u), math.floor(v)
-        assert abs(u - col - 0.5) < 1e-3 and abs(v - row - 0.5) < 1e-3  # through the pixel centre
+        assert 0 <= u - col < 1 and 0 <= v - row < 1  # through a point of its pixel (jittered)
         pixel = train.pixels[int(train.offsets[k]) + row * int(train.width[k]) + col]
         assert torch.allclose(batch["rgb"][n, 0, 0], pixel.float() / 255)
         fovy = math.degrees(2 * math.atan(0.5 * float(train.height[k]) / float(train.fy[k])))
@@ -179,6 +179,39 @@ def test_random_rays_carry_their_pixel_colour(nerfstudio) -> None:
     pos = batch["camera_positions"]
     assert torch.allclose(pos[:, 2], batch["camera_distances"] * torch.sin(torch.deg2rad(batch["elevation"])), atol=1e-5)
     assert torch.allclose(batch["light_positions"], pos)
+
+
+def test_pixel_jitter_spreads_rays_over_their_pixels(nerfstudio) -> None:
+    """Training rays go through random points of their pixels (the photo's pixel is an area
+    average); without jitter, and in patches, through the centres."""
+
+    def offsets(**options) -> torch.Tensor:
+        data = module(nerfstudio[0], **options)
+        batch, train = data.sampler.sample(5), data.train_set
+        found = []
+        for n in range(0, batch["rays_o"].shape[0], 13):
+            k = int((train.index == batch["index"][n].reshape(-1)[0]).nonzero())
+            far = batch["rays_o"][n].reshape(-1, 3)[0] + 2.0 * batch["rays_d"][n].reshape(-1, 3)[0]
+            u, v = project(far, train.c2w[k], *(float(t[k]) for t in (train.fx, train.fy, train.cx, train.cy)))
+            found.append([u - math.floor(u), v - math.floor(v)])
+        return torch.tensor(found)
+
+    jittered = offsets()
+    assert jittered.min() < 0.2 and jittered.max() > 0.8 and jittered.std() > 0.2
+    assert torch.allclose(offsets(pixel_jitter=False), torch.tensor(0.5), atol=1e-3)
+    assert torch.allclose(offsets(patch_size=4, batch_size=2), torch.tensor(0.5), atol=1e-3)
+
+
+def test_supersampled_held_out_views_put_s_by_s_rays_in_each_pixel(nerfstudio) -> None:
+    from threestudio_like.systems.reconstruction import box_filter_to
+
+    plain, fine = module(nerfstudio[0], holdout_every=3).val_dataset[0], module(nerfstudio[0], holdout_every=3, eval_supersample=2).val_dataset[0]
+    H, W = plain["rgb"].shape[1:3]
+    assert (fine["height"], fine["width"]) == (2 * H, 2 * W) and torch.equal(fine["rgb"], plain["rgb"])
+    # the four rays of a pixel average to its single central ray's direction
+    four = box_filter_to(fine["rays_d"], H)
+    assert torch.allclose(torch.nn.functional.normalize(four, dim=-1), plain["rays_d"], atol=1e-4)
+    assert not torch.allclose(fine["rays_d"][:, ::2, ::2], plain["rays_d"], atol=1e-4)
 
 
 def test_images_rendered_through_a_lens_are_undistorted(tmp_path) -> None:

@@ -75,13 +75,19 @@ class CaptureDataConfig:
     undistort: bool = True
     scene_radius: float = 1.0
     n_test_views: int = 120
+    # random rays pass through a uniformly random point of their pixel (instant-ngp), so the field
+    # learns what the photo recorded, the pixel's area average, instead of aliasing at edges
+    pixel_jitter: bool = True
+    # held-out views are rendered with s x s rays per pixel, box-filtered to the photo's size by the
+    # system: a photo's pixel integrates light over its area, a single ray samples one point
+    eval_supersample: int = 1
 
 
 def _check_config(cfg: CaptureDataConfig) -> None:
     if not cfg.dataroot:
         raise ConfigError("data.dataroot is empty; set it to a capture folder (with transforms.json or transforms_train.json).")
     positive = ("train_downsample_resolution", "eval_downsample_resolution", "train_data_interval",
-                "eval_data_interval", "batch_size", "eval_batch_size", "rays_per_batch", "n_test_views")
+                "eval_data_interval", "batch_size", "eval_batch_size", "rays_per_batch", "n_test_views", "eval_supersample")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"data.{name} must be a positive integer, got {getattr(cfg, name)}.")
@@ -345,9 +351,13 @@ class CaptureRaySampler:
             local = flat - t.offsets[frame]
             rows, cols = (local // t.width[frame])[:, None, None], (local % t.width[frame])[:, None, None]
             flat = flat[:, None, None]
+        if self.cfg.pixel_jitter and self.cfg.patch_size == 0:
+            within = torch.rand(2, *rows.shape, generator=g)
+        else:
+            within = torch.full((2, *rows.shape), 0.5)  # pixel centres: patches stay a regular grid
         batch = camera_batch(
             t.c2w[frame], t.fx[frame], t.fy[frame], t.cx[frame], t.cy[frame], t.width[frame], t.height[frame],
-            cols.float() + 0.5, rows.float() + 0.5, t.index[frame], normalize=self.cfg.rays_d_normalize,
+            cols.float() + within[0], rows.float() + within[1], t.index[frame], normalize=self.cfg.rays_d_normalize,
         )
         return {**batch, **_colours(t.pixels[flat], self.background)}
 
@@ -355,9 +365,9 @@ class CaptureRaySampler:
 class HeldOutViews(Dataset):
     """Each held-out photo as one full-image batch (B = 1) with ``rgb`` (and ``mask``)."""
 
-    def __init__(self, views: FrameSet, background: list[float], normalize: bool = True) -> None:
+    def __init__(self, views: FrameSet, background: list[float], normalize: bool = True, supersample: int = 1) -> None:
         super().__init__()
-        self.views, self.normalize = views, normalize
+        self.views, self.normalize, self.supersample = views, normalize, supersample
         self.background = torch.tensor(background, dtype=torch.float32)
 
     def __len__(self) -> int:
@@ -367,8 +377,9 @@ class HeldOutViews(Dataset):
         if not 0 <= k < len(self):
             raise IndexError(f"held-out view {k} out of range (0..{len(self) - 1})")
         v = self.views
-        H, W = int(v.height[k]), int(v.width[k])
-        rows, cols = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        H, W, s = int(v.height[k]), int(v.width[k]), self.supersample
+        # s x s sub-pixel centres per pixel (rays rows * s .. rows * s + s - 1 belong to photo row `rows`)
+        rows, cols = torch.meshgrid((torch.arange(H * s) + 0.5) / s, (torch.arange(W * s) + 0.5) / s, indexing="ij")
         sl = slice(k, k + 1)
         batch = camera_batch(v.c2w[sl], v.fx[sl], v.fy[sl], v.cx[sl], v.cy[sl], v.width[sl], v.height[sl], cols[None], rows[None], v.index[sl], self.normalize)
         pixels = v.pixels[int(v.offsets[k]) : int(v.offsets[k + 1])].reshape(1, H, W, -1)
@@ -544,7 +555,7 @@ class CaptureDataModule(LightningDataModule):
             self.sampler = CaptureRaySampler(self.train_set, cfg, seed=self.seed)
             self.val_dataset = HeldOutViews(
                 build_frame_set(frames, self.val_indices, c2w, cfg.eval_downsample_resolution, cfg.undistort) if self.val_indices else _empty(),
-                cfg.background_color, cfg.rays_d_normalize,
+                cfg.background_color, cfg.rays_d_normalize, cfg.eval_supersample,
             )
             f = cfg.eval_downsample_resolution
             self.test_dataset = CapturePathViews(

@@ -78,13 +78,14 @@ class NeRFReconstruction(BaseLift3DSystem):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         with torch.random.fork_rng(devices=[]):  # keep the training RNG stream untouched
             out = self(batch)
-        psnr, ssim = image_metrics(out["comp_rgb"], batch["rgb"])
+        render = box_filter_to(out["comp_rgb"], batch["rgb"].shape[1])
+        psnr, ssim = image_metrics(render, batch["rgb"])
         for i, index in enumerate(batch["index"].tolist()):
             self._val_metrics[index] = (float(psnr[i]), float(ssim[i]))
             self.log(f"val/psnr/{index}", psnr[i], batch_size=1)
             self.log(f"val/ssim/{index}", ssim[i], batch_size=1)
             path = self._save_path(f"it{self.global_step}-val", f"{index}.png")
-            save_image(path, comparison_grid(out["comp_rgb"][i], batch["rgb"][i]))
+            save_image(path, comparison_grid(render[i], batch["rgb"][i]))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_metrics:
@@ -101,6 +102,14 @@ class NeRFReconstruction(BaseLift3DSystem):
         with open(self._save_path(f"it{self.global_step}-val-metrics.json"), "w") as f:
             json.dump(summary, f, indent=1)
         print(f"Held-out views at step {self.global_step}: PSNR {psnr:.2f} dB, SSIM {ssim:.4f} ({len(self._val_metrics)} views)")
+
+
+def box_filter_to(image: Float[Tensor, "B sH sW C"], height: int) -> Float[Tensor, "B H W C"]:
+    """A render with s x s rays per photo pixel (``data.eval_supersample``) averaged down to the photo."""
+    factor = image.shape[1] // height
+    if factor == 1:
+        return image
+    return F.avg_pool2d(image.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1)
 
 
 def comparison_grid(render: Float[Tensor, "H W 3"], target: Float[Tensor, "H W 3"]) -> np.ndarray:
