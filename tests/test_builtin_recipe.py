@@ -20,7 +20,8 @@ RECIPE = os.path.join(ROOT, "configs", "dreamfusion-cpu.yaml")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("colour, shape", [("red", "cube"), ("blue", "sphere")])
+# one prompt: each costs about 7 minutes of CI; `python -m threestudio_like.evaluation --train` scores them all
+@pytest.mark.parametrize("colour, shape", [("blue", "sphere")])
 def test_builtin_recipe_gives_the_prompted_colour(tmp_path, colour, shape):
     prompt = f"a {colour} {shape}"
     args = [
