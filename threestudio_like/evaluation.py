@@ -187,12 +187,13 @@ def evaluate_system(
     return score
 
 
-def load_trial(trial_dir: str) -> tuple[Any, str]:
-    """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt."""
+def load_trial(trial_dir: str) -> tuple[Any, Optional[str]]:
+    """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt
+    (None for a recipe without one, e.g. a reconstruction)."""
     from threestudio_like.trials import load_trained_system
 
     system, exp = load_trained_system(trial_dir)
-    return system, exp.system["prompt_processor"]["prompt"]
+    return system, (exp.system.get("prompt_processor") or {}).get("prompt")
 
 
 def evaluate_trials(trial_dirs: Sequence[str], classifier_folder: str) -> list[Score]:
