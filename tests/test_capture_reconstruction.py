@@ -145,8 +145,8 @@ def test_fox_capture_trains_to_a_held_out_psnr(shared_data, tmp_path) -> None:
     steps = 200
     trial = reconstruct(
         Path(fox), tmp_path / "outputs", "use_timestamp=false", "trainer.enable_progress_bar=false",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "data.n_test_views=4",
-        "data.rays_per_batch=1024", "system.geometry.isosurface_resolution=64",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "data.n_test_views=2",
+        "data.eval_downsample_resolution=16", "data.rays_per_batch=1024", "system.geometry.isosurface_resolution=64",
     )
     metrics = held_out_metrics(trial, steps)
     assert len(metrics["views"]) == 7  # every 8th of the 50 frames with an image
