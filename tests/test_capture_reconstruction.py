@@ -4,7 +4,6 @@ a procedural capture rendered in the test (known shape, known cameras) and the r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

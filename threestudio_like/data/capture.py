@@ -33,8 +33,7 @@ from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.data import capture_format
@@ -45,7 +44,7 @@ from threestudio_like.data.cameras import (
     projection_from_intrinsics,
 )
 from threestudio_like.data.capture_format import CaptureFrames, load_capture
-from threestudio_like.data.random_camera import RandomCameraDataModule, TrainCameraStream, step_seed
+from threestudio_like.data.random_camera import CameraDataModule, TrainCameraStream, step_seed
 from threestudio_like.data.undistort import undistort_image
 from threestudio_like.registry import register
 from threestudio_like.utils.ranks import rank_seed
@@ -501,16 +500,11 @@ def split_frames(frames: CaptureFrames, cfg: CaptureDataConfig) -> tuple[list[in
 
 
 @register("multiview-camera-datamodule")
-class CaptureDataModule(LightningDataModule):
+class CaptureDataModule(CameraDataModule):
     """Random rays (or patches) of the training photos; held-out photos for validation; a
     turntable along the capture path for test / predict."""
 
     Config = CaptureDataConfig
-
-    # the random-camera module's rank / step / loader plumbing, shared rather than repeated
-    _global_rank = RandomCameraDataModule._global_rank
-    _trainer_step = RandomCameraDataModule._trainer_step
-    _loader = RandomCameraDataModule._loader
 
     def __init__(self, cfg: Any = None, seed: int = 0) -> None:
         super().__init__()
@@ -566,25 +560,6 @@ class CaptureDataModule(LightningDataModule):
         # every training process its own ray stream, resumed at the trainer's step
         self.sampler.seed = rank_seed(self.seed, self._global_rank())
         self.train_dataset = TrainCameraStream(self.sampler, start_step=self._trainer_step)  # type: ignore[arg-type]
-
-    def _ensure_setup(self) -> None:
-        if not hasattr(self, "train_dataset"):
-            self.setup()
-
-    def train_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.train_dataset)
-
-    def val_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.val_dataset)
-
-    def test_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.test_dataset)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 def _empty() -> FrameSet:

@@ -275,25 +275,11 @@ class OrbitCameraDataset(Dataset):
         )
 
 
-@register("random-camera-datamodule")
-class RandomCameraDataModule(LightningDataModule):
-    """Training stream of random cameras; validation orbit; test / predict turntable."""
+class CameraDataModule(LightningDataModule):
+    """Loader plumbing every camera data module shares: ``setup`` builds ``train_dataset`` (an
+    endless per-step stream), ``val_dataset`` and ``test_dataset``; ``self.seed`` seeds the loaders."""
 
-    Config = RandomCameraConfig
-    Sampler = RandomCameraSampler
-
-    def __init__(self, cfg: Any = None, seed: int = 0) -> None:
-        super().__init__()
-        self.sampler = self.Sampler(cfg, seed=seed)
-        self.cfg: RandomCameraConfig = self.sampler.cfg
-        self.seed = int(seed)
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        # runs in every training process once the ranks are known: each rank its own camera stream
-        self.sampler.seed = rank_seed(self.seed, self._global_rank())
-        self.train_dataset = TrainCameraStream(self.sampler, start_step=self._trainer_step)
-        self.val_dataset = self._orbit(self.cfg.n_val_views)
-        self.test_dataset = self._orbit(self.cfg.n_test_views)
+    seed: int
 
     def _global_rank(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -302,19 +288,6 @@ class RandomCameraDataModule(LightningDataModule):
     def _trainer_step(self) -> int:
         trainer = getattr(self, "trainer", None)
         return int(trainer.global_step) if trainer is not None else 0
-
-    def _orbit(self, n_views: int) -> OrbitCameraDataset:
-        cfg = self.cfg
-        return OrbitCameraDataset(
-            n_views,
-            elevation_deg=cfg.eval_elevation_deg,
-            camera_distance=cfg.eval_camera_distance,
-            fovy_deg=cfg.eval_fovy_deg,
-            height=cfg.eval_height,
-            width=cfg.eval_width,
-            batch_size=cfg.eval_batch_size,
-            normalize_rays=cfg.rays_d_normalize,
-        )
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         # batch_size=None: datasets already yield whole CameraBatches; workers would
@@ -341,3 +314,37 @@ class RandomCameraDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+@register("random-camera-datamodule")
+class RandomCameraDataModule(CameraDataModule):
+    """Training stream of random cameras; validation orbit; test / predict turntable."""
+
+    Config = RandomCameraConfig
+    Sampler = RandomCameraSampler
+
+    def __init__(self, cfg: Any = None, seed: int = 0) -> None:
+        super().__init__()
+        self.sampler = self.Sampler(cfg, seed=seed)
+        self.cfg: RandomCameraConfig = self.sampler.cfg
+        self.seed = int(seed)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        # runs in every training process once the ranks are known: each rank its own camera stream
+        self.sampler.seed = rank_seed(self.seed, self._global_rank())
+        self.train_dataset = TrainCameraStream(self.sampler, start_step=self._trainer_step)
+        self.val_dataset = self._orbit(self.cfg.n_val_views)
+        self.test_dataset = self._orbit(self.cfg.n_test_views)
+
+    def _orbit(self, n_views: int) -> OrbitCameraDataset:
+        cfg = self.cfg
+        return OrbitCameraDataset(
+            n_views,
+            elevation_deg=cfg.eval_elevation_deg,
+            camera_distance=cfg.eval_camera_distance,
+            fovy_deg=cfg.eval_fovy_deg,
+            height=cfg.eval_height,
+            width=cfg.eval_width,
+            batch_size=cfg.eval_batch_size,
+            normalize_rays=cfg.rays_d_normalize,
+        )
