@@ -41,8 +41,7 @@ def get_ray_directions(
         torch.arange(W, dtype=torch.float32, device=device) + 0.5,
         indexing="ij",
     )
-    # image y grows downwards, camera y upwards: hence the minus sign on the row offset
-    return torch.stack([(cols - cx) / fx, -(rows - cy) / fy, -torch.ones_like(cols)], dim=-1)
+    return directions_from_pixels(cols, rows, fx, fy, cx, cy)
 
 
 def focal_from_fovy(fovy_rad: Float[Tensor, "B"], height: int) -> Float[Tensor, "B"]:
