@@ -18,6 +18,12 @@ otherwise, in file order among the loaded frames, frame p is held out when
 
 Training batches are pure functions of ``(seed, step)`` (``step_seed``), streamed from the
 trainer's step by ``TrainCameraStream``, so a resumed run sees the same rays at each step.
+
+The training images are state a system may change (Instruct-NeRF2NeRF replaces frames by their
+edits): ``replace_frame`` writes a frame, ``state_dict`` / ``load_state_dict`` carry the changed
+frames through checkpoints, and a batch's colours are looked up by its ``pixel_index`` when the
+batch reaches the system (``on_after_batch_transfer``), not when it is drawn, so a batch drawn
+ahead by the loader still sees the images of the step it is trained at.
 """
 
 from __future__ import annotations
@@ -358,7 +364,7 @@ class CaptureRaySampler:
             t.c2w[frame], t.fx[frame], t.fy[frame], t.cx[frame], t.cy[frame], t.width[frame], t.height[frame],
             cols.float() + within[0], rows.float() + within[1], t.index[frame], normalize=self.cfg.rays_d_normalize,
         )
-        return {**batch, **_colours(t.pixels[flat], self.background)}
+        return {**batch, **_colours(t.pixels[flat], self.background), "pixel_index": flat}
 
 
 class HeldOutViews(Dataset):
@@ -513,6 +519,7 @@ class CaptureDataModule(CameraDataModule):
         self.seed = int(seed)
         self._frames: Optional[CaptureFrames] = None
         self._normalisation: Optional[SceneNormalisation] = None
+        self._pending_state: Optional[dict[str, Any]] = None
 
     # ------------------------------------------------------------------ capture geometry
     @property
@@ -557,9 +564,81 @@ class CaptureDataModule(CameraDataModule):
                 (float(frames.fx[0]) / f, float(frames.fy[0]) / f, float(frames.cx[0]) / f, float(frames.cy[0]) / f),
                 int(frames.width[0]) // f, int(frames.height[0]) // f, cfg.eval_batch_size, cfg.rays_d_normalize,
             )
+            self.original_pixels = self.train_set.pixels.clone()
+            self.edit_step = torch.full((len(self.train_indices),), -1, dtype=torch.int64)
+            if self._pending_state is not None:
+                self.load_state_dict(self._pending_state)
         # every training process its own ray stream, resumed at the trainer's step
         self.sampler.seed = rank_seed(self.seed, self._global_rank())
         self.train_dataset = TrainCameraStream(self.sampler, start_step=self._trainer_step)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ the training images as state
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches take their colours from the current images, at the step they train."""
+        if isinstance(batch, dict) and "pixel_index" in batch and hasattr(self, "train_set"):
+            pixels = self.train_set.pixels[batch["pixel_index"].cpu()]
+            background = self.sampler.background
+            batch.update({k: v.to(batch["rays_o"].device) for k, v in _colours(pixels, background).items()})
+        return batch
+
+    def _frame_pixels(self, k: int) -> slice:
+        return slice(int(self.train_set.offsets[k]), int(self.train_set.offsets[k + 1]))
+
+    def training_frame(self, k: int, downsample: int = 1) -> dict[str, Any]:
+        """Training frame ``k`` (its position in the training split) as one image batch: rays through
+        the centres of ``downsample`` x ``downsample`` pixel blocks, the frame's current ``rgb`` and its
+        ``original_rgb`` (the photo as loaded), both at full resolution."""
+        t, d = self.train_set, int(downsample)
+        H, W = int(t.height[k]), int(t.width[k])
+        rows, cols = torch.meshgrid((torch.arange(H // d) + 0.5) * d, (torch.arange(W // d) + 0.5) * d, indexing="ij")
+        sl = slice(k, k + 1)
+        batch = camera_batch(t.c2w[sl], t.fx[sl], t.fy[sl], t.cx[sl], t.cy[sl], t.width[sl], t.height[sl], cols[None], rows[None], t.index[sl], self.cfg.rays_d_normalize)
+        region = self._frame_pixels(k)
+        current, original = (pixels[region].reshape(1, H, W, -1) for pixels in (t.pixels, self.original_pixels))
+        background = self.sampler.background
+        return {**batch, "rgb": _colours(current, background)["rgb"], "original_rgb": _colours(original, background)["rgb"]}
+
+    def replace_frame(self, k: int, rgb: Float[Tensor, "H W 3"], step: int) -> None:
+        """Train on ``rgb`` (in [0, 1]) instead of training frame ``k`` from now on; ``step``
+        records when (``edit_step``). A frame with alpha keeps it: only its colours change."""
+        t, region = self.train_set, self._frame_pixels(k)
+        colours = rgb.detach().float().cpu().clamp(0, 1).reshape(-1, 3)
+        if t.has_alpha:  # premultiplied, like the photos: transparent pixels stay background
+            colours = colours * (self.original_pixels[region, 3:].float() / 255.0)
+        t.pixels[region, :3] = (colours * 255.0).round().to(torch.uint8)
+        self.edit_step[k] = int(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replaced frames (with when each was replaced); empty while none is."""
+        if not hasattr(self, "edit_step") or not bool((self.edit_step >= 0).any()):
+            return {}
+        frames = (self.edit_step >= 0).nonzero().flatten()
+        return {
+            "frame_index": self.train_set.index.clone(),  # which capture frames the positions mean
+            "edit_step": self.edit_step.clone(),
+            "pixels": torch.cat([self.train_set.pixels[self._frame_pixels(int(k))] for k in frames]),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if not hasattr(self, "train_set"):
+            self._pending_state = state  # applied by setup()
+            return
+        self._pending_state = None
+        if not torch.equal(state["frame_index"], self.train_set.index):
+            raise ConfigError(
+                "The checkpoint's edited training frames belong to another split of the capture "
+                "(data.dataroot, holdout_every or train_data_interval changed); resume with the data settings it was trained with."
+            )
+        self.train_set.pixels.copy_(self.original_pixels)
+        self.edit_step.copy_(state["edit_step"])
+        start = 0
+        for k in (self.edit_step >= 0).nonzero().flatten().tolist():
+            region = self._frame_pixels(k)
+            size = region.stop - region.start
+            self.train_set.pixels[region] = state["pixels"][start : start + size]
+            start += size
 
 
 def _empty() -> FrameSet:

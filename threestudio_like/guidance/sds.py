@@ -244,16 +244,16 @@ class StableDiffusionGuidance(BaseModule):
 
     # ------------------------------------------------------------------ model space
     def model_space(
-        self, rgb: Float[Tensor, "B H W C"], rgb_as_latents: bool = False
+        self, rgb: Float[Tensor, "B H W C"], rgb_as_latents: bool = False, size: Optional[tuple[int, int]] = None
     ) -> tuple[Float[Tensor, "B c h w"], Float[Tensor, "B 3 H2 W2"]]:
         """What the UNet denoises (differentiable w.r.t. ``rgb``), and the image at the model's resolution.
 
-        Pixel models: rgb in [0, 1] -> 2 rgb - 1 at the UNet's sample size. Latent models: the
-        image at sample size x VAE factor, encoded and scaled. ``rgb_as_latents``: the input is
-        already in model space (its channels are the UNet's); it is only resized.
+        Pixel models: rgb in [0, 1] -> 2 rgb - 1 at the UNet's sample size (or ``size``). Latent
+        models: the image at that size x VAE factor, encoded and scaled. ``rgb_as_latents``: the
+        input is already in model space (its channels are the UNet's); it is only resized.
         """
         parts = self.components
-        sample_hw = self.sample_size()
+        sample_hw = size or self.sample_size()
         images = rgb.permute(0, 3, 1, 2)
         if rgb_as_latents:
             return _resize(images.float(), sample_hw), images

@@ -50,6 +50,16 @@ class PriorArchitecture:
     pooled_text_in_time_embedding: bool = True
     # Set: a multi-view UNet (MVDream's camera embedding and 3D self-attention) with this camera size.
     camera_dim: Optional[int] = None
+    # An editing model (InstructPix2Pix): the UNet also sees the image to edit, concatenated
+    # to its input (6 channels in pixel space), and the vocabulary holds the instruction words.
+    image_condition: bool = False
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """Every word of the captions (or instructions) the model is trained on, one token each."""
+        from threestudio_like.priors.edit_pairs import INSTRUCTION_WORDS
+
+        return CAPTION_WORDS + (INSTRUCTION_WORDS if self.image_condition else ())
 
 
 # --------------------------------------------------------------------------- components
@@ -70,7 +80,7 @@ def build_unet(arch: PriorArchitecture) -> Any:
     cls = UNet2DConditionModel if arch.camera_dim is None else MultiViewUNet2DConditionModel
     return cls(
         sample_size=arch.sample_size,
-        in_channels=3,
+        in_channels=6 if arch.image_condition else 3,
         out_channels=3,
         down_block_types=down,
         up_block_types=up,
@@ -125,7 +135,7 @@ def write_tokenizer(folder: str, arch: PriorArchitecture) -> dict[str, int]:
     # A stale tokenizer.json from an earlier save would be loaded instead of the files written
     # here (and disagree with them): start from an empty folder.
     shutil.rmtree(folder, ignore_errors=True)
-    words = sorted(dict.fromkeys(CAPTION_WORDS), key=lambda w: (-len(w), w))
+    words = sorted(dict.fromkeys(arch.words), key=lambda w: (-len(w), w))
     rng = random.Random(0)
     for _ in range(500):
         vocab = write_tiny_clip_tokenizer(folder, words)
@@ -175,10 +185,17 @@ class PriorModel(nn.Module):
         return self.text_encoder(input_ids.to(self.device))[0]
 
     def forward(
-        self, noisy: Float[Tensor, "B 3 H W"], timesteps: Int[Tensor, "B"], input_ids: Int[Tensor, "B L"], **unet_options: Any
+        self,
+        noisy: Float[Tensor, "B 3 H W"],
+        timesteps: Int[Tensor, "B"],
+        input_ids: Int[Tensor, "B L"],
+        condition: Optional[Float[Tensor, "B 3 H W"]] = None,
+        **unet_options: Any,
     ) -> Float[Tensor, "B 3 H W"]:
-        """Predicted noise (epsilon); ``unet_options``: ``camera`` and ``num_frames`` for a multi-view UNet."""
-        return self.unet(noisy, timesteps, encoder_hidden_states=self.encode(input_ids), **unet_options).sample
+        """Predicted noise (epsilon). ``condition``: an editing model's source image, in [-1, 1];
+        ``unet_options``: ``camera`` and ``num_frames`` for a multi-view UNet."""
+        x = noisy if condition is None else torch.cat([noisy, condition], dim=1)
+        return self.unet(x, timesteps, encoder_hidden_states=self.encode(input_ids), **unet_options).sample
 
     @property
     def device(self) -> torch.device:
@@ -223,11 +240,38 @@ class PriorModel(nn.Module):
         self.text_encoder.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
         self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(folder, "scheduler"))
-        _write_model_index(folder, with_vae=False)
+        pipeline = "StableDiffusionInstructPix2PixPipeline" if self.arch.image_condition else "StableDiffusionPipeline"
+        _write_model_index(folder, with_vae=False, pipeline=pipeline)
         with open(os.path.join(folder, KNOWN_WORDS_FILE), "w") as f:
-            json.dump(sorted(set(CAPTION_WORDS)), f, indent=2)
+            json.dump(sorted(set(self.arch.words)), f, indent=2)
         with open(os.path.join(folder, ARCHITECTURE_FILE), "w") as f:
             json.dump(asdict(self.arch), f, indent=2)
+
+
+def with_image_condition(unet: Any) -> Any:
+    """InstructPix2Pix's start from a text-to-image UNet: the same network with ``in_channels``
+    doubled for the image to edit, whose new input weights are zero (it first ignores the image)."""
+    config = dict(unet.config)
+    channels = config["in_channels"]
+    edit_unet = type(unet).from_config({**config, "in_channels": 2 * channels})
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    edit_unet.load_state_dict(state)
+    return edit_unet
+
+
+def copy_text_encoder_by_word(target: "PriorModel", source: "PriorModel") -> None:
+    """Warm-start ``target``'s text encoder from ``source``'s, whose vocabulary may differ:
+    token embeddings move by token string (new words keep their fresh rows), the rest as is."""
+    state = source.text_encoder.state_dict()
+    (key,) = [k for k in state if k.endswith("embeddings.token_embedding.weight")]  # prefix varies by transformers version
+    old_rows, rows = state[key], target.text_encoder.state_dict()[key].clone()
+    old_vocab = source.tokenizer.get_vocab()
+    for token, index in target.tokenizer.get_vocab().items():
+        if token in old_vocab:
+            rows[index] = old_rows[old_vocab[token]]
+    target.text_encoder.load_state_dict({**state, key: rows})
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -116,6 +116,7 @@ def build_tiny_diffusion_model(
     with_vae: bool = False,
     seed: int = 0,
     multiview: bool = False,
+    image_condition: bool = False,
 ) -> str:
     """Write a tiny, randomly initialised diffusers-format model folder at ``path``; returns ``path``.
 
@@ -123,6 +124,8 @@ def build_tiny_diffusion_model(
     with a VAE the UNet works on 4 latent channels and images are 8x ``sample_size``.
     Weights are safetensors and depend only on ``seed``. ``multiview``: the UNet is MVDream's
     (camera embedding, 3D self-attention; ``guidance/multiview_unet.py``), camera embedding random.
+    ``image_condition``: an InstructPix2Pix layout (the UNet also takes the image to edit: twice the
+    input channels; ``model_index.json`` names ``StableDiffusionInstructPix2PixPipeline``).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -141,7 +144,7 @@ def build_tiny_diffusion_model(
         unet = (MultiViewUNet2DConditionModel if multiview else UNet2DConditionModel)(
             **camera,
             sample_size=sample_size,
-            in_channels=unet_channels,
+            in_channels=unet_channels * (2 if image_condition else 1),
             out_channels=unet_channels,
             block_out_channels=(32, 64),
             layers_per_block=1,
@@ -192,15 +195,15 @@ def build_tiny_diffusion_model(
         prediction_type="epsilon",
     )
     scheduler.save_pretrained(os.path.join(path, "scheduler"))
-    _write_model_index(path, with_vae)
+    _write_model_index(path, with_vae, "StableDiffusionInstructPix2PixPipeline" if image_condition else "StableDiffusionPipeline")
     return path
 
 
-def _write_model_index(path: str, with_vae: bool) -> None:
+def _write_model_index(path: str, with_vae: bool, pipeline: str = "StableDiffusionPipeline") -> None:
     import diffusers
 
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": pipeline,
         "_diffusers_version": diffusers.__version__,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"],

@@ -32,8 +32,8 @@ import torch.nn as nn
 
 from threestudio_like.data.random_camera import step_seed
 from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
-from threestudio_like.priors import procedural
-from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, parameter_count
+from threestudio_like.priors import edit_pairs, procedural
+from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, copy_text_encoder_by_word, parameter_count, with_image_condition
 from threestudio_like.utils.io import atomic_path, atomic_write_text
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -64,23 +64,34 @@ class TrainConfig:
     # batch_size and dataset_size count views. A 2D init_from gains a zero camera embedding.
     n_view: int = 1
     camera_lr_scale: float = 10.0  # the new camera embedding learns this much faster than the rest
+    # An editing model (InstructPix2Pix, builtin:edit32): trained on procedural edit pairs to
+    # denoise the edited image given the instruction and the source image. A text-to-image
+    # init_from gains zero input weights for the source image.
+    edit: bool = False
     architecture: PriorArchitecture = field(default_factory=PriorArchitecture)
 
 
 # --------------------------------------------------------------------------- data
-def dataset_cache_path(n_images: int, seed: int, n_view: int = 1) -> str:
-    """Cache file keyed by size, seed, views per object and the generator's source, so edited shapes re-render."""
-    with open(procedural.__file__, "rb") as f:
-        source = hashlib.sha256(f.read()).hexdigest()[:12]
+def dataset_cache_path(n_images: int, seed: int, n_view: int = 1, edit: bool = False) -> str:
+    """Cache file keyed by size, seed, views per object and the generators' source, so edited shapes re-render."""
+    digest = hashlib.sha256()
+    for module in (procedural, edit_pairs) if edit else (procedural,):
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
     root = os.environ.get("THREESTUDIO_LIKE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "threestudio_like"))
-    views = "" if n_view == 1 else f"-mv{n_view}"
-    return os.path.join(root, "prior_data", f"shapes32-n{n_images}-seed{seed}{views}-{source}.pt")
+    kind = "-edit" if edit else "" if n_view == 1 else f"-mv{n_view}"
+    return os.path.join(root, "prior_data", f"shapes32-n{n_images}-seed{seed}{kind}-{digest.hexdigest()[:12]}.pt")
 
 
-def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1) -> dict:
+def to_uint8(images: Float[Tensor, "N 3 H W"]) -> Tensor:
+    return (images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1, edit: bool = False) -> dict:
     """{"images": uint8 [N,3,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}; for
-    ``n_view > 1`` also "cameras" [N,16] (MVDream's condition) and captions without view suffixes."""
-    path = dataset_cache_path(n_images, seed, n_view)
+    ``n_view > 1`` also "cameras" [N,16] (MVDream's condition) and captions without view suffixes;
+    for ``edit`` edit pairs: "images" the targets, "conditions" the sources, "captions" the instructions."""
+    path = dataset_cache_path(n_images, seed, n_view, edit)
     if os.path.isfile(path):
         log(f"dataset: {n_images} images from cache {path}")
         return torch.load(path, weights_only=False)
@@ -90,9 +101,17 @@ def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1)
         if done == total or done % 4096 < 256:
             log(f"rendering {done}/{total} ({time.time() - start:.0f} s)")
 
+    if edit:
+        pairs = edit_pairs.generate_pairs(n_images, seed=seed, progress=progress)
+        data = {"images": to_uint8(pairs.targets), "conditions": to_uint8(pairs.sources), "captions": pairs.instructions}
+        data.update(shape_ids=pairs.shape_ids, colour_ids=pairs.target_colour_ids, render_seconds=time.time() - start)
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+        log(f"dataset: rendered {n_images} edit pairs in {data['render_seconds']:.1f} s -> {path}")
+        return data
     batch = procedural.generate_dataset(n_images, seed=seed, progress=progress, n_view=n_view)
     data = {
-        "images": (batch.images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8),
+        "images": to_uint8(batch.images),
         "captions": batch.captions if n_view == 1 else batch.object_captions,
         "shape_ids": batch.shape_ids,
         "colour_ids": batch.colour_ids,
@@ -146,18 +165,24 @@ def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Ten
     """The batch for ``step``: a pure function of (seed, step), so resumed runs see the same data.
 
     Draws whole objects (groups of ``n_view`` adjacent views); a group shares its caption
-    dropout and its timestep, as the multi-view guidance uses one timestep per group."""
+    dropout and its timestep, as the multi-view guidance uses one timestep per group. Edit pairs
+    come with their source image (``condition``), dropped like InstructPix2Pix's."""
     g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
     n_view, objects = cfg.n_view, cfg.batch_size // cfg.n_view
     group = torch.randint(len(token_ids) // n_view, (objects,), generator=g)
     index = (group[:, None] * n_view + torch.arange(n_view)).reshape(-1)
     images = data["images"][index].float() / 127.5 - 1.0
     ids = token_ids[index].clone()
-    dropped = (torch.rand(objects, generator=g) < procedural.EMPTY_CAPTION_PROBABILITY).repeat_interleave(n_view)
+    p_empty = edit_pairs.EMPTY_INSTRUCTION_PROBABILITY if cfg.edit else procedural.EMPTY_CAPTION_PROBABILITY
+    dropped = (torch.rand(objects, generator=g) < p_empty).repeat_interleave(n_view)
     ids[dropped] = empty_ids
     timesteps = torch.randint(n_timesteps, (objects,), generator=g).repeat_interleave(n_view)
     noise = torch.randn(images.shape, generator=g)
-    unet_options = {"camera": data["cameras"][index], "num_frames": n_view} if n_view > 1 else {}
+    unet_options: dict = {"camera": data["cameras"][index], "num_frames": n_view} if n_view > 1 else {}
+    if cfg.edit:
+        condition = data["conditions"][index].float() / 127.5 - 1.0
+        no_image = torch.rand(objects, generator=g) < edit_pairs.EMPTY_IMAGE_PROBABILITY
+        unet_options["condition"] = torch.where(no_image[:, None, None, None], torch.zeros_like(condition), condition)
     return images, ids, timesteps, noise, unet_options
 
 
@@ -187,7 +212,7 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     def log(msg: str) -> None:
         print(f"[{time.time() - start_time:7.1f}s] {msg}", flush=True)
 
-    data = load_or_render_dataset(cfg.dataset_size, cfg.dataset_seed, log, cfg.n_view)
+    data = load_or_render_dataset(cfg.dataset_size, cfg.dataset_seed, log, cfg.n_view, cfg.edit)
     state_path = os.path.join(cfg.out, STATE_FILE)
     state = torch.load(state_path, weights_only=False) if os.path.isfile(state_path) else None
     if state is not None:
@@ -199,13 +224,17 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
         cfg.architecture = initial.arch
     if cfg.n_view > 1:
         cfg.architecture = replace(cfg.architecture, camera_dim=CAMERA_DIM)
+    if cfg.edit:
+        cfg.architecture = replace(cfg.architecture, image_condition=True)
     model = PriorModel.create(cfg.out, cfg.architecture, seed=cfg.seed)
     if initial is not None:  # same tokenizer (written deterministically), so token ids match
         unet = initial.unet
         if cfg.n_view > 1 and not isinstance(unet, MultiViewUNet2DConditionModel):
             unet = MultiViewUNet2DConditionModel.from_2d(unet)  # MVDream's start: a zero camera embedding
+        if cfg.edit and not initial.arch.image_condition:
+            unet = with_image_condition(unet)  # InstructPix2Pix's start: zero weights on the source image
         model.unet.load_state_dict(unet.state_dict())
-        model.text_encoder.load_state_dict(initial.text_encoder.state_dict())
+        copy_text_encoder_by_word(model, initial)
         log(f"initialised from {cfg.init_from}")
     model.train()
     ema = EMA(model, cfg.ema_decay)
@@ -380,6 +409,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after the last step")
     p.add_argument("--init-from", default=None, help="start from the weights of this prior folder (fresh optimiser)")
     p.add_argument("--n-view", type=int, default=defaults.n_view, help="views per object: > 1 trains a multi-view (MVDream) prior")
+    p.add_argument("--edit", action="store_true", help="train an editing model (InstructPix2Pix) on procedural edit pairs")
     p.add_argument("--camera-lr-scale", type=float, default=defaults.camera_lr_scale)
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
@@ -405,6 +435,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         init_from=args.init_from,
         n_view=args.n_view,
         camera_lr_scale=args.camera_lr_scale,
+        edit=args.edit,
         architecture=arch,
     )
 

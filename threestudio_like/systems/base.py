@@ -295,6 +295,9 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
             if weight != 0:
                 total = total + weight * value
         self.log("train/loss", total.detach(), prog_bar=True)
+        if torch.is_grad_enabled() and not total.requires_grad:
+            # nothing was drawn (every sample pruned, e.g. a few patches early on): a zero step, not a crash
+            total = total + sum(0.0 * p.sum() for p in self.parameters() if p.requires_grad)
         if not torch.isfinite(total):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise diverged(self.global_step, f"the loss became {total.item()} ({terms})")
