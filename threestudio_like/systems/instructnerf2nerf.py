@@ -108,8 +108,8 @@ class InstructNeRF2NeRF(NeRFReconstruction):
             if not self._warned_no_patches:
                 self._warned_no_patches = True
                 warnings.warn(
-                    f"system.loss.lambda_p needs image patches of at least {PERCEPTUAL_MIN_SIZE} pixels, but the data module "
-                    f"gives random rays: training with the other losses only. Set data.patch_size (e.g. 32) to use it."
+                    f"system.loss.lambda_p needs image patches of at least {PERCEPTUAL_MIN_SIZE} pixels, but the training batches "
+                    f"are {batch['height']} x {batch['width']}: training with the other losses only. Set data.patch_size (e.g. 32) to use it."
                 )
             return None
         if self._perceptual is None:
