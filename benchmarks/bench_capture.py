@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAPTURE = Path(os.environ.get("THREESTUDIO_LIKE_TEST_DATA", ROOT.parent / "shared" / "data")) / "fox"
 
 
-def build(capture: Path, overrides: list[str]) -> tuple[Any, Any]:
-    """The recipe's system (with an optimiser) and data module for ``capture``."""
-    cfg = load_config(str(ROOT / "configs" / "nerf-capture.yaml"), cli_args=[f"data.dataroot={capture}", *overrides])
+def build(capture: Path, overrides: list[str], recipe: str = "nerf-capture") -> tuple[Any, Any]:
+    """The recipe's system and data module (set up) for ``capture``."""
+    cfg = load_config(str(ROOT / "configs" / f"{recipe}.yaml"), cli_args=[f"data.dataroot={capture}", *overrides])
     exp = finalize_config(cfg)
     data = find(exp.data_type)(exp.data, seed=0)
     data.setup()

@@ -14,6 +14,7 @@ from types import ModuleType
 
 from benchmarks import (
     bench_capture,
+    bench_edit,
     bench_export,
     bench_hashgrid,
     bench_marching_tets,
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "marching_tets": bench_marching_tets,
     "export": bench_export,
     "capture": bench_capture,
+    "edit": bench_edit,
 }
 
 

@@ -18,6 +18,7 @@ from threestudio_like.systems.instructnerf2nerf import InstructNeRF2NeRF
 
 ROOT = Path(__file__).resolve().parents[1]
 BLUE = torch.tensor([0.1, 0.2, 0.9])
+EDIT_TEST_START, EDIT_TEST_STEPS = 250, 600  # reconstruct, then edit (each training frame about 9 times)
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +95,7 @@ def test_the_recipes_build(recipe, capture, tmp_path) -> None:
     data = find(exp.data_type)(exp.data, seed=0)
     data.setup()
     system = find(exp.system_type)(exp.system, save_dir=str(tmp_path))
-    assert system.lambda_("l1") > 0 and system.lambda_("p") > 0
+    assert system.lambda_("l1") + system.lambda_("mse") > 0 and system.lambda_("p") > 0
     if recipe == "instructnerf2nerf":
         assert type(system.renderer).__name__ == "PatchRenderer" and exp.trainer["max_steps"] == 20000
 
@@ -157,3 +158,52 @@ def test_resuming_mid_edit_matches_the_uninterrupted_run(capture, tmp_path) -> N
     assert (a["CaptureDataModule"]["edit_step"] >= 0).sum() == 3
     grids = sorted((straight / "save" / "it6-edits").glob("*.png"))
     assert len(grids) == 3  # before | after of each edited training view
+
+
+def held_out_renders(checkpoint: Path, capture: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """([V, H, W, 3] colour, [V, H, W] opacity) of the capture's held-out views from a checkpoint."""
+    from threestudio_like.trials import load_trained_system
+
+    system, exp = load_trained_system(str(checkpoint))
+    data = find(exp.data_type)(exp.data, seed=0)
+    data.setup()
+    colours, opacities = [], []
+    with torch.no_grad():
+        for k in range(len(data.val_dataset)):
+            out = system(data.val_dataset[k])
+            colours.append(out["comp_rgb"][0])
+            opacities.append(out["opacity"][0, ..., 0])
+    return torch.stack(colours), torch.stack(opacities)
+
+
+@pytest.mark.slow  # reconstructs then edits a 24-view capture with builtin:edit32 (about 4 minutes)
+def test_make_it_blue_turns_a_red_capture_blue_in_every_view(tmp_path) -> None:
+    from threestudio_like.priors.edit_eval import nearest_colour_by_hue
+
+    capture = tmp_path / "cube"
+    write_blender_capture(capture, shape="cube", colour="red", n_views=24, size=64, holdout=4)
+    start, steps = EDIT_TEST_START, EDIT_TEST_STEPS
+    args = [
+        "--config", str(ROOT / "configs" / "instructnerf2nerf-cpu.yaml"), "--train", f"data.dataroot={capture}", f"exp_root_dir={tmp_path}",
+        "use_timestamp=false", "system.geometry.unbounded=false", "data.train_downsample_resolution=1", "data.eval_downsample_resolution=1",
+        "data.patch_size=0", "data.rays_per_batch=2048", "system.loss.lambda_p=0", "data.n_test_views=2",
+        "system.geometry.pos_encoding_config.n_levels=10", "system.geometry.pos_encoding_config.per_level_scale=1.3",
+        "system.geometry.isosurface_resolution=32", "system.renderer.occupancy_grid_resolution=32",
+        f"system.start_editing_step={start}", "system.per_editing_step=2", "system.edit_downsample=1",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"checkpoint.every_n_train_steps={start}",
+        "trainer.enable_progress_bar=false",
+    ]
+    assert main(args) == 0
+    trial = tmp_path / "instructnerf2nerf-cpu" / "cube_make_it_blue"
+    (unedited,) = [p for p in (trial / "ckpts").glob(f"*step={start}*.ckpt")]
+    _, before = held_out_renders(unedited, capture)
+    colours, after = held_out_renders(trial / "ckpts" / "last.ckpt", capture)
+    silhouette_before, silhouette_after = before > 0.5, after > 0.5
+    iou = (silhouette_before & silhouette_after).sum() / (silhouette_before | silhouette_after).sum()
+    blue_share = [
+        sum(nearest_colour_by_hue(pixel) == "blue" for pixel in colours[v][silhouette_after[v]]) / int(silhouette_after[v].sum())
+        for v in range(len(colours))
+    ]
+    print(f"make it blue: blue share per held-out view {[round(b, 3) for b in blue_share]}, silhouette IoU {float(iou):.3f}")
+    assert float(iou) >= 0.9
+    assert min(blue_share) >= 0.9  # every held-out view agrees: one consistent edit, not per-view paint

@@ -50,6 +50,8 @@ class InstructNeRF2NeRF(NeRFReconstruction):
 
     def configure(self) -> None:
         super().configure()
+        if self.lambda_("sds") != 0:
+            raise ConfigError("system.loss.lambda_sds must be 0: Instruct-NeRF2NeRF trains on edited images, not on a score (threestudio ignores it too).")
         if self.cfg.edit_downsample < 1 or self.cfg.per_editing_step < 0:
             raise ConfigError(
                 f"system.edit_downsample must be >= 1 and system.per_editing_step >= 0; got {self.cfg.edit_downsample} and {self.cfg.per_editing_step}."
@@ -58,7 +60,7 @@ class InstructNeRF2NeRF(NeRFReconstruction):
         self._warned_no_patches = False
 
     def extra_loss_names(self) -> list[str]:
-        return super().extra_loss_names() + ["p"]
+        return super().extra_loss_names() + ["p", "sds"]  # lambda_sds: threestudio's configs carry it at 0
 
     # ------------------------------------------------------------------ the dataset update
     def edit_due(self, step: int) -> bool:
