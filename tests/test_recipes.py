@@ -21,7 +21,7 @@ from threestudio_like.recipes import RECIPES_DIR, find_config, shipped_recipes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(threestudio_like.__file__))
 RECIPES = [
-    "dreamfusion-cpu", "dreamfusion-sd", "magic3d-coarse-cpu", "magic3d-coarse-sd", "magic3d-refine-cpu", "magic3d-refine-sd",
+    "dreamfusion-cpu", "dreamfusion-sd", "instructnerf2nerf", "instructnerf2nerf-cpu", "magic3d-coarse-cpu", "magic3d-coarse-sd", "magic3d-refine-cpu", "magic3d-refine-sd",
     "mvdream-cpu", "mvdream-sd21", "mvdream-sd21-shading", "nerf-capture", "nerf-capture-gpu",
     "prolificdreamer", "prolificdreamer-cpu", "prolificdreamer-geometry", "prolificdreamer-geometry-cpu",
     "prolificdreamer-texture", "prolificdreamer-texture-cpu",
