@@ -190,7 +190,7 @@ def test_make_it_blue_turns_a_red_capture_blue_in_every_view(tmp_path) -> None:
         "system.geometry.pos_encoding_config.n_levels=10", "system.geometry.pos_encoding_config.per_level_scale=1.3",
         "system.geometry.isosurface_resolution=32", "system.renderer.occupancy_grid_resolution=32",
         f"system.start_editing_step={start}", "system.per_editing_step=2", "system.edit_downsample=1",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"checkpoint.every_n_train_steps={start}",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"checkpoint.every_n_train_steps={start}", "checkpoint.save_top_k=-1",
         "trainer.enable_progress_bar=false",
     ]
     assert main(args) == 0
