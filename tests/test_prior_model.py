@@ -8,7 +8,7 @@ import torch
 
 from threestudio_like.priors import procedural as P
 from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, sample_images
-from threestudio_like.priors.train_prior import EMA, TrainConfig, lr_factor, min_snr_weights, train
+from threestudio_like.priors.train_prior import EMA, FRONT_SHAPES, TrainConfig, draw_groups, lr_factor, min_snr_weights, train
 
 SHIPPED = os.path.join(os.path.dirname(P.__file__), "weights", "shapes32")
 TINY = PriorArchitecture(block_out_channels=(16, 32), text_hidden_size=32, text_layers=1, text_heads=2, attention_heads=2)
@@ -119,6 +119,23 @@ def test_learning_rate_schedule_and_loss_weights():
     abar = torch.tensor([0.99, 0.5, 0.01])  # SNR 99, 1, ~0.0101
     w = min_snr_weights(abar, torch.tensor([0, 1, 2]), gamma=5.0)
     assert torch.allclose(w, torch.tensor([5.0 / 99.0, 1.0, 1.0]), atol=1e-5)
+    # a floor on the x0 weight weights the high-noise sample up (x0 weight 0.25 instead of its SNR)
+    w = min_snr_weights(abar, torch.tensor([0, 1, 2]), gamma=5.0, floor=0.25)
+    assert torch.allclose(w, torch.tensor([5.0 / 99.0, 1.0, 0.25 / (0.01 / 0.99)]), atol=1e-4)
+
+
+def test_front_share_draws_groups_of_shapes_with_a_front():
+    n_view, shapes = 4, torch.arange(100) % len(P.SHAPE_NAMES)  # 100 groups, every shape
+    data = {"images": torch.zeros(400, 3, 2, 2), "shape_ids": shapes.repeat_interleave(n_view)}
+    front = [P.SHAPE_NAMES.index(s) for s in FRONT_SHAPES]
+
+    def share(front_share: float) -> float:
+        groups = draw_groups(data, 4000, n_view, front_share, torch.Generator().manual_seed(0))
+        return torch.isin(shapes[groups], torch.tensor(front)).float().mean().item()
+
+    assert share(0.0) == pytest.approx(2 / 8, abs=0.03)
+    assert share(0.5) == pytest.approx(0.5 + 0.5 * 2 / 8, abs=0.03)
+    assert share(1.0) == 1.0
 
 
 def test_ema_tracks_weights_with_warm_started_decay():

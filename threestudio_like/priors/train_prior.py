@@ -43,6 +43,7 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.csv"
 INFO_FILE = "training_info.json"
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023): faster convergence for eps-prediction
+FRONT_SHAPES = ("house", "mug")  # the procedural shapes whose front shows (view_head.VIEW_SHAPES)
 
 
 @dataclass
@@ -66,6 +67,12 @@ class TrainConfig:
     # batch_size and dataset_size count views. A 2D init_from gains a zero camera embedding.
     n_view: int = 1
     camera_lr_scale: float = 10.0  # the new camera embedding learns this much faster than the rest
+    # Which side a view shows is decided at high noise, where the epsilon loss hardly sees x0
+    # (its x0 weight is the SNR). snr_floor > 0 keeps the x0 weight at least snr_floor there
+    # (truncated SNR weighting, Salimans & Ho 2022, combined with min-SNR); front_share draws
+    # this share of the groups from the shapes whose front shows, the only ones a camera tells apart.
+    snr_floor: float = 0.0
+    front_share: float = 0.0
     # An editing model (InstructPix2Pix, builtin:edit32): trained on procedural edit pairs to
     # denoise the edited image given the instruction and the source image. A text-to-image
     # init_from gains zero input weights for the source image.
@@ -156,11 +163,26 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def min_snr_weights(alphas_cumprod: Float[Tensor, "T"], timesteps: Int[Tensor, "B"], gamma: float = MIN_SNR_GAMMA) -> Float[Tensor, "B"]:
-    """Per-sample weights min(SNR, gamma) / SNR for the epsilon loss."""
+def min_snr_weights(
+    alphas_cumprod: Float[Tensor, "T"], timesteps: Int[Tensor, "B"], gamma: float = MIN_SNR_GAMMA, floor: float = 0.0
+) -> Float[Tensor, "B"]:
+    """Per-sample weights clamp(SNR, floor, gamma) / SNR for the epsilon loss: an x0 loss
+    weighted by the SNR, clipped above at ``gamma`` (min-SNR) and below at ``floor``."""
     abar = alphas_cumprod[timesteps]
     snr = abar / (1.0 - abar)
-    return snr.clamp(max=gamma) / snr
+    return snr.clamp(min=floor, max=gamma) / snr
+
+
+def draw_groups(data: dict, objects: int, n_view: int, front_share: float, g: torch.Generator) -> Int[Tensor, "G"]:
+    """Indices of ``objects`` groups: uniform, or ``front_share`` of them from ``FRONT_SHAPES``."""
+    n_groups = len(data["images"]) // n_view
+    group = torch.randint(n_groups, (objects,), generator=g)
+    if front_share > 0:
+        shapes = data["shape_ids"][::n_view]
+        front = torch.isin(shapes, torch.tensor([procedural.SHAPE_NAMES.index(s) for s in FRONT_SHAPES])).nonzero()[:, 0]
+        pick = front[torch.randint(len(front), (objects,), generator=g)]
+        group = torch.where(torch.rand(objects, generator=g) < front_share, pick, group)
+    return group
 
 
 def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Tensor, "L"], step: int, cfg: TrainConfig, n_timesteps: int):
@@ -171,7 +193,7 @@ def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Ten
     come with their source image (``condition``), dropped like InstructPix2Pix's."""
     g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
     n_view, objects = cfg.n_view, cfg.batch_size // cfg.n_view
-    group = torch.randint(len(token_ids) // n_view, (objects,), generator=g)
+    group = draw_groups(data, objects, n_view, cfg.front_share, g)
     index = (group[:, None] * n_view + torch.arange(n_view)).reshape(-1)
     images = data["images"][index].float() / 127.5 - 1.0
     ids = token_ids[index].clone()
@@ -277,7 +299,7 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), sdpa_kernel(SDPBackend.MATH):
             prediction = model(noisy, timesteps, ids, **unet_options)
         per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps)).mean()
+        loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps, floor=cfg.snr_floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -413,6 +435,8 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--n-view", type=int, default=defaults.n_view, help="views per object: > 1 trains a multi-view (MVDream) prior")
     p.add_argument("--edit", action="store_true", help="train an editing model (InstructPix2Pix) on procedural edit pairs")
     p.add_argument("--camera-lr-scale", type=float, default=defaults.camera_lr_scale)
+    p.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="lower clip of the loss's x0 weight (the SNR): > 0 weights high noise up")
+    p.add_argument("--front-share", type=float, default=defaults.front_share, help=f"share of groups drawn from {', '.join(FRONT_SHAPES)}")
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
@@ -437,6 +461,8 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         init_from=args.init_from,
         n_view=args.n_view,
         camera_lr_scale=args.camera_lr_scale,
+        snr_floor=args.snr_floor,
+        front_share=args.front_share,
         edit=args.edit,
         architecture=arch,
     )
