@@ -42,3 +42,27 @@ def test_extension_configs_run_with_only_models_and_sizes_changed(recipe, latent
     assert state["global_step"] == 3
     assert not any(k.startswith("guidance.") for k in state["state_dict"]), "frozen MVDream weights stay out"
     assert os.path.isfile(os.path.join(trial, "save", "it3-export", "model.obj"))
+
+
+MVDREAM_TEST_STEPS = 200  # the Janus table's run length (README)
+
+
+@pytest.mark.slow  # one mvdream-cpu run on builtin:shapes32-mv, judged from 12 azimuths by the view head
+def test_mvdream_cpu_keeps_the_front_of_a_house_on_one_side(tmp_path) -> None:
+    from threestudio_like.comparison import ensure_trial
+    from threestudio_like.guidance.models import resolve_model_path
+    from threestudio_like.janus import evaluate_janus_trial, parse_variant
+    from threestudio_like.priors.classifier import load_classifier
+    from threestudio_like.priors.view_head import load_view_head
+
+    variant = parse_variant("mvdream-cpu")
+    trial = ensure_trial(variant, "a red house", 0, MVDREAM_TEST_STEPS, str(tmp_path), extra=[])
+    prior = resolve_model_path("builtin:shapes32")  # the evaluator's classifier and view head
+    result = evaluate_janus_trial(trial, variant.name, 0, load_classifier(prior), load_view_head(prior))
+    janus = result.janus
+    print(f"mvdream-cpu 'a red house': Janus rate {janus.rate:.2f}, seen as front {janus.front_share:.2f}, "
+          + " ".join(f"{a:g}:{s}" for a, s in zip(janus.azimuths, janus.seen)))
+    assert result.score.shape == "house", result.score
+    # a Janus house shows its door from every side (rate 0.75, front 1.0); this one keeps it in front
+    assert janus.rate <= 0.25, janus
+    assert 0 < janus.front_share <= 5 / 12, janus

@@ -153,6 +153,27 @@ def test_mug_handle_is_on_minus_y_left_in_front_view():
     assert centroid[1] > 32.5  # and on the right from the back
 
 
+def test_side_features_are_the_door_and_the_handle_where_they_show():
+    def features(shape, azimuths):
+        cameras = fixed_cameras(azimuths, elevation_deg=5.0)
+        n = len(azimuths)
+        rgb, _ = render(shape, "yellow", cameras, flat=True)
+        out = torch.zeros(n, 64, 64, 1)
+        P.render_rays(torch.full((n,), P.SHAPE_NAMES.index(shape)), torch.tensor(P.COLOURS["yellow"]).expand(n, 3),
+                      cameras["rays_o"], cameras["rays_d"], cameras["light_positions"], torch.full((n,), True), out)
+        return rgb, out[..., 0] > 0
+
+    rgb, door = features("house", [0.0, 180.0])
+    dark = (rgb - torch.tensor(P.COLOURS["yellow"]) * P.DOOR_DARKNESS).abs().amax(-1) < 1e-5
+    assert torch.equal(door, dark) and door[0].sum() > 20 and door[1].sum() == 0  # the door, seen from the front only
+    _, handle = features("mug", [0.0, -90.0, 90.0])
+    assert handle[0].sum() > 20 and handle[1].sum() > handle[0].sum()  # beside the cup from the front, full on from -y
+    assert handle[2].sum() == 0  # hidden behind the cup from +y
+    assert not features("cube", [0.0])[1].any()
+    batch = P.render_batch(seed=0, index=0, batch_size=8)
+    assert batch.side_features.shape == batch.masks.shape and (batch.side_features <= batch.masks + 1e-6).all()
+
+
 def test_multi_view_set_spacing():
     mv = P.multi_view_set("house", "green", torch.Generator().manual_seed(5))
     steps = torch.remainder(mv.azimuth[1:] - mv.azimuth[:-1], 360.0)

@@ -232,13 +232,25 @@ SHAPE_SDFS: dict[str, Callable[[Tensor], Tensor]] = {
 assert tuple(SHAPE_SDFS) == SHAPE_NAMES
 
 
+def _house_door(p: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]:
+    return (p[:, 0] > _HOUSE_HALF_X - 0.01) & (p[:, 1].abs() < _DOOR_HALF_WIDTH) & (p[:, 2] < _DOOR_TOP_Z)
+
+
 def albedo_factor(shape: str, p: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
     """Surface markings, as a multiplier on the albedo at surface points ``p``."""
     factor = torch.ones_like(p[:, 0])
     if shape == "house":
-        door = (p[:, 0] > _HOUSE_HALF_X - 0.01) & (p[:, 1].abs() < _DOOR_HALF_WIDTH) & (p[:, 2] < _DOOR_TOP_Z)
-        factor = torch.where(door, torch.full_like(factor, DOOR_DARKNESS), factor)
+        factor = torch.where(_house_door(p), torch.full_like(factor, DOOR_DARKNESS), factor)
     return factor
+
+
+def side_features(shape: str, p: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]:
+    """Surface points on what tells an object's sides apart: the house's door, the mug's handle."""
+    if shape == "house":
+        return _house_door(p)
+    if shape == "mug":
+        return p[:, 1] < -_MUG_OUTER - 0.005  # the handle stands off the -y wall
+    return torch.zeros_like(p[:, 0], dtype=torch.bool)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -298,12 +310,16 @@ def render_rays(
     rays_d: Float[Tensor, "B H W 3"],
     light_positions: Float[Tensor, "B 3"],
     flat: Bool[Tensor, "B"],
+    features: Optional[Float[Tensor, "B H W 1"]] = None,
 ) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 1"]]:
-    """Render one object per view at the rays' resolution: (rgb on white, coverage mask)."""
+    """Render one object per view at the rays' resolution: (rgb on white, coverage mask).
+    ``features``, when given, is filled with 1 where a ray hits a ``side_features`` point."""
     B, H, W, _ = rays_o.shape
     n = H * W
     rgb = rays_o.new_tensor(BACKGROUND_RGB).repeat(B * n, 1)
     mask = torch.zeros(B * n, dtype=torch.bool, device=rays_o.device)
+    if features is not None:
+        features.zero_()
     origins, dirs = rays_o.reshape(-1, 3), F.normalize(rays_d.reshape(-1, 3), dim=-1)
     view_of_ray = torch.arange(B, device=rays_o.device).repeat_interleave(n)
     for shape_index, name in enumerate(SHAPE_NAMES):
@@ -318,6 +334,8 @@ def render_rays(
         surface_albedo = albedo[view] * albedo_factor(name, points)[:, None]
         rgb[rays] = shade(surface_albedo, _sdf_normals(sdf, points), points, light_positions[view], flat[view])
         mask[rays] = True
+        if features is not None:
+            features.view(-1)[rays] = side_features(name, points).to(features.dtype)
     return rgb.view(B, H, W, 3), mask.view(B, H, W, 1).float()
 
 
@@ -327,11 +345,16 @@ def downsample(image: Float[Tensor, "B H W C"], factor: int = SUPERSAMPLE) -> Fl
 
 
 def render_cameras(
-    shape_ids: Int[Tensor, "B"], colour_ids: Int[Tensor, "B"], cameras: CameraBatch, flat: Bool[Tensor, "B"]
+    shape_ids: Int[Tensor, "B"], colour_ids: Int[Tensor, "B"], cameras: CameraBatch, flat: Bool[Tensor, "B"],
+    features: Optional[Float[Tensor, "B 1 h w"]] = None,
 ) -> tuple[Float[Tensor, "B 3 h w"], Float[Tensor, "B 1 h w"]]:
-    """Render objects seen by ``cameras`` (given at ``SUPERSAMPLE`` x the output size): images in [0, 1], masks."""
+    """Render objects seen by ``cameras`` (given at ``SUPERSAMPLE`` x the output size): images in [0, 1],
+    masks; ``features``, when given, receives the coverage of their ``side_features``."""
     albedo = torch.tensor([COLOURS[COLOUR_NAMES[int(i)]] for i in colour_ids], dtype=torch.float32)
-    rgb, mask = render_rays(shape_ids, albedo, cameras["rays_o"], cameras["rays_d"], cameras["light_positions"], flat)
+    hit_features = torch.zeros_like(cameras["rays_o"][..., :1]) if features is not None else None
+    rgb, mask = render_rays(shape_ids, albedo, cameras["rays_o"], cameras["rays_d"], cameras["light_positions"], flat, hit_features)
+    if features is not None:
+        features.copy_(downsample(hit_features))
     return downsample(rgb), downsample(mask)
 
 
@@ -364,6 +387,7 @@ class ProceduralBatch:
 
     images: Float[Tensor, "N 3 32 32"]
     masks: Float[Tensor, "N 1 32 32"]
+    side_features: Float[Tensor, "N 1 32 32"]  # coverage of what tells the sides apart (door, handle)
     shape_ids: Int[Tensor, "N"]
     colour_ids: Int[Tensor, "N"]
     flat: Bool[Tensor, "N"]
@@ -418,10 +442,12 @@ def render_batch(seed: int, index: int, batch_size: int, n_view: int = 1) -> Pro
     shape_ids = torch.randint(len(SHAPE_NAMES), (objects,), generator=g).repeat_interleave(n_view)
     colour_ids = torch.randint(len(COLOUR_NAMES), (objects,), generator=g).repeat_interleave(n_view)
     flat = (torch.rand(objects, generator=g) < FLAT_SHADING_PROBABILITY).repeat_interleave(n_view)
-    images, masks = render_cameras(shape_ids, colour_ids, cameras, flat)
+    features = torch.zeros(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
+    images, masks = render_cameras(shape_ids, colour_ids, cameras, flat, features)
     return ProceduralBatch(
         images=images,
         masks=masks,
+        side_features=features,
         shape_ids=shape_ids,
         colour_ids=colour_ids,
         flat=flat,

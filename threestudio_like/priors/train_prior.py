@@ -70,9 +70,12 @@ class TrainConfig:
     # Which side a view shows is decided at high noise, where the epsilon loss hardly sees x0
     # (its x0 weight is the SNR). snr_floor > 0 keeps the x0 weight at least snr_floor there
     # (truncated SNR weighting, Salimans & Ho 2022, combined with min-SNR); front_share draws
-    # this share of the groups from the shapes whose front shows, the only ones a camera tells apart.
+    # this share of the groups from the shapes whose front shows, the only ones a camera tells
+    # apart; side_feature_weight weights the pixels of their door and handle (a few percent of
+    # the image, all that differs between a front and a back) 1 + this much.
     snr_floor: float = 0.0
     front_share: float = 0.0
+    side_feature_weight: float = 0.0
     # An editing model (InstructPix2Pix, builtin:edit32): trained on procedural edit pairs to
     # denoise the edited image given the instruction and the source image. A text-to-image
     # init_from gains zero input weights for the source image.
@@ -97,7 +100,7 @@ def to_uint8(images: Float[Tensor, "N 3 H W"]) -> Tensor:
 
 
 def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1, edit: bool = False) -> dict:
-    """{"images": uint8 [N,3,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}; for
+    """{"images": uint8 [N,3,32,32], "side_features": uint8 [N,1,32,32], "captions": [N], "shape_ids", "colour_ids", "flat"}; for
     ``n_view > 1`` also "cameras" [N,16] (MVDream's condition) and captions without view suffixes;
     for ``edit`` edit pairs: "images" the targets, "conditions" the sources, "captions" the instructions."""
     path = dataset_cache_path(n_images, seed, n_view, edit)
@@ -121,6 +124,7 @@ def load_or_render_dataset(n_images: int, seed: int, log=print, n_view: int = 1,
     batch = procedural.generate_dataset(n_images, seed=seed, progress=progress, n_view=n_view)
     data = {
         "images": to_uint8(batch.images),
+        "side_features": to_uint8(batch.side_features),
         "captions": batch.captions if n_view == 1 else batch.object_captions,
         "shape_ids": batch.shape_ids,
         "colour_ids": batch.colour_ids,
@@ -207,7 +211,8 @@ def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Ten
         condition = data["conditions"][index].float() / 127.5 - 1.0
         no_image = torch.rand(objects, generator=g) < edit_pairs.EMPTY_IMAGE_PROBABILITY
         unet_options["condition"] = torch.where(no_image[:, None, None, None], torch.zeros_like(condition), condition)
-    return images, ids, timesteps, noise, unet_options
+    pixel_weights = 1.0 + cfg.side_feature_weight * data["side_features"][index].float() / 255.0 if cfg.side_feature_weight else None
+    return images, ids, timesteps, noise, unet_options, pixel_weights
 
 
 def machine_description() -> dict:
@@ -293,12 +298,13 @@ def train(cfg: TrainConfig, command: Optional[list[str]] = None) -> PriorModel:
     smoothed = state.get("loss_smoothed") if state is not None else None
     session_start = time.time()
     for step in range(first_step, cfg.steps):
-        images, ids, timesteps, noise, unet_options = training_batch(data, token_ids, empty_ids, step, cfg, n_timesteps)
+        images, ids, timesteps, noise, unet_options, pixel_weights = training_batch(data, token_ids, empty_ids, step, cfg, n_timesteps)
         noisy = model.scheduler.add_noise(images, noise, timesteps)
         # The math attention kernel: on CPU its backward is faster than the flash kernel at these sizes.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), sdpa_kernel(SDPBackend.MATH):
             prediction = model(noisy, timesteps, ids, **unet_options)
-        per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        error = (prediction.float() - noise).pow(2)
+        per_sample = (error if pixel_weights is None else error * pixel_weights).mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(alphas_cumprod, timesteps, floor=cfg.snr_floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -437,6 +443,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--camera-lr-scale", type=float, default=defaults.camera_lr_scale)
     p.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="lower clip of the loss's x0 weight (the SNR): > 0 weights high noise up")
     p.add_argument("--front-share", type=float, default=defaults.front_share, help=f"share of groups drawn from {', '.join(FRONT_SHAPES)}")
+    p.add_argument("--side-feature-weight", type=float, default=defaults.side_feature_weight, help="extra loss weight on door / handle pixels")
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
@@ -463,6 +470,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         camera_lr_scale=args.camera_lr_scale,
         snr_floor=args.snr_floor,
         front_share=args.front_share,
+        side_feature_weight=args.side_feature_weight,
         edit=args.edit,
         architecture=arch,
     )
