@@ -20,14 +20,14 @@ RECIPE = os.path.join(ROOT, "configs", "dreamfusion-cpu.yaml")
 
 
 @pytest.mark.slow
-# one prompt: each costs about 7 minutes of CI; `python -m threestudio_like.evaluation --train` scores them all
+# one prompt: each costs about 5 minutes of CI; `python -m threestudio_like.evaluation --train` scores them all
 @pytest.mark.parametrize("colour, shape", [("blue", "sphere")])
 def test_builtin_recipe_gives_the_prompted_colour(tmp_path, colour, shape):
     prompt = f"a {colour} {shape}"
     args = [
         "--config", RECIPE, "--train", f"system.prompt_processor.prompt={prompt}",
         f"exp_root_dir={tmp_path}", "use_timestamp=false", f"system.prompt_processor.cache_dir={tmp_path}/cache",
-        "trainer.max_steps=300", "data.n_test_views=8", "trainer.val_check_interval=300",
+        "trainer.max_steps=200", "data.n_test_views=8", "trainer.val_check_interval=200",
     ]
     assert main(args) == 0
     trial = os.path.join(str(tmp_path), "dreamfusion-cpu", prompt.replace(" ", "_"))

@@ -135,13 +135,13 @@ def test_ssim_loss_needs_patches(tmp_path) -> None:
     assert torch.isfinite(loss) and loss > 0
 
 
-@pytest.mark.slow  # about 3 minutes of training on the real capture
+@pytest.mark.slow  # about 2.5 minutes of training on the real capture
 def test_fox_capture_trains_to_a_held_out_psnr(shared_data, tmp_path) -> None:
     """The real phone capture: 17 of its 67 frames have no image; the rest reconstruct, with the
     room around the fox outside the box (unbounded), a turntable and a mesh. (The README's figure
     is the recipe's own ten minutes; this is a shorter run of it.)"""
     fox = shared_data("fox")
-    steps = 200
+    steps = 150
     trial = reconstruct(
         Path(fox), tmp_path / "outputs", "use_timestamp=false", "trainer.enable_progress_bar=false",
         f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "data.n_test_views=2",

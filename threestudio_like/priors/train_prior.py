@@ -9,7 +9,9 @@ Every ``--save-every`` steps it writes the EMA model folder to DIR and the full 
 to DIR/train_state.pt, so an interrupted run resumes where it stopped (rerun the same command).
 ``--edit`` trains an editing model (InstructPix2Pix, ``builtin:edit32``) on procedural edit pairs
 instead: the UNet also sees the source image, and a text-to-image ``--init-from`` gains zero
-weights for it. DIR/training_log.csv holds the loss curve and DIR/training_info.json how the model was made;
+weights for it. ``--n-view 4`` trains a multi-view (MVDream) prior; ``--snr-floor``,
+``--front-share`` and ``--side-feature-weight`` make it learn which side each camera sees.
+DIR/training_log.csv holds the loss curve and DIR/training_info.json how the model was made;
 a warm start (``--init-from``) carries both over from the folder it starts from, so a model
 trained in stages keeps every stage's curve (column ``stage``) and settings.
 """
