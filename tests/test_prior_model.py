@@ -8,7 +8,8 @@ import torch
 
 from threestudio_like.priors import procedural as P
 from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, sample_images
-from threestudio_like.priors.train_prior import EMA, FRONT_SHAPES, TrainConfig, draw_groups, lr_factor, min_snr_weights, train
+from threestudio_like.priors.train_prior import EMA, TrainConfig, draw_groups, lr_factor, min_snr_weights, train
+from threestudio_like.priors.view_head import VIEW_SHAPES
 
 SHIPPED = os.path.join(os.path.dirname(P.__file__), "weights", "shapes32")
 TINY = PriorArchitecture(block_out_channels=(16, 32), text_hidden_size=32, text_layers=1, text_heads=2, attention_heads=2)
@@ -127,7 +128,7 @@ def test_learning_rate_schedule_and_loss_weights():
 def test_front_share_draws_groups_of_shapes_with_a_front():
     n_view, shapes = 4, torch.arange(100) % len(P.SHAPE_NAMES)  # 100 groups, every shape
     data = {"images": torch.zeros(400, 3, 2, 2), "shape_ids": shapes.repeat_interleave(n_view)}
-    front = [P.SHAPE_NAMES.index(s) for s in FRONT_SHAPES]
+    front = [P.SHAPE_NAMES.index(s) for s in VIEW_SHAPES]
 
     def share(front_share: float) -> float:
         groups = draw_groups(data, 4000, n_view, front_share, torch.Generator().manual_seed(0))

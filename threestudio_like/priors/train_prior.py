@@ -38,6 +38,7 @@ from threestudio_like.data.random_camera import step_seed
 from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
 from threestudio_like.priors import edit_pairs, procedural
 from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, copy_text_encoder_by_word, parameter_count, with_image_condition
+from threestudio_like.priors.view_head import VIEW_SHAPES  # the shapes whose front shows
 from threestudio_like.utils.io import atomic_path, atomic_write_text
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -45,7 +46,6 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.csv"
 INFO_FILE = "training_info.json"
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023): faster convergence for eps-prediction
-FRONT_SHAPES = ("house", "mug")  # the procedural shapes whose front shows (view_head.VIEW_SHAPES)
 
 
 @dataclass
@@ -180,12 +180,12 @@ def min_snr_weights(
 
 
 def draw_groups(data: dict, objects: int, n_view: int, front_share: float, g: torch.Generator) -> Int[Tensor, "G"]:
-    """Indices of ``objects`` groups: uniform, or ``front_share`` of them from ``FRONT_SHAPES``."""
+    """Indices of ``objects`` groups: uniform, or ``front_share`` of them from ``VIEW_SHAPES``."""
     n_groups = len(data["images"]) // n_view
     group = torch.randint(n_groups, (objects,), generator=g)
     if front_share > 0:
         shapes = data["shape_ids"][::n_view]
-        front = torch.isin(shapes, torch.tensor([procedural.SHAPE_NAMES.index(s) for s in FRONT_SHAPES])).nonzero()[:, 0]
+        front = torch.isin(shapes, torch.tensor([procedural.SHAPE_NAMES.index(s) for s in VIEW_SHAPES])).nonzero()[:, 0]
         pick = front[torch.randint(len(front), (objects,), generator=g)]
         group = torch.where(torch.rand(objects, generator=g) < front_share, pick, group)
     return group
@@ -444,13 +444,15 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--edit", action="store_true", help="train an editing model (InstructPix2Pix) on procedural edit pairs")
     p.add_argument("--camera-lr-scale", type=float, default=defaults.camera_lr_scale)
     p.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="lower clip of the loss's x0 weight (the SNR): > 0 weights high noise up")
-    p.add_argument("--front-share", type=float, default=defaults.front_share, help=f"share of groups drawn from {', '.join(FRONT_SHAPES)}")
+    p.add_argument("--front-share", type=float, default=defaults.front_share, help=f"share of groups drawn from {', '.join(VIEW_SHAPES)}")
     p.add_argument("--side-feature-weight", type=float, default=defaults.side_feature_weight, help="extra loss weight on door / handle pixels")
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
     if args.steps <= 0 or args.batch_size <= 0:
         p.error("--steps and --batch-size must be positive")
+    if args.edit and (args.front_share or args.side_feature_weight):
+        p.error("--front-share and --side-feature-weight are for multi-view priors, not --edit")
     if args.n_view < 1 or args.batch_size % args.n_view or args.dataset_size % args.n_view:
         p.error(f"--batch-size and --dataset-size must be multiples of --n-view ({args.n_view})")
     return TrainConfig(
