@@ -8,7 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread per xdist worker (the suite runs on two processes), otherwise at most two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the checkout first
