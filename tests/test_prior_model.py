@@ -8,7 +8,7 @@ import torch
 
 from threestudio_like.priors import procedural as P
 from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, sample_images
-from threestudio_like.priors.train_prior import EMA, TrainConfig, draw_groups, lr_factor, min_snr_weights, train
+from threestudio_like.priors.train_prior import EMA, TrainConfig, draw_groups, draw_timesteps, lr_factor, min_snr_weights, train
 from threestudio_like.priors.view_head import VIEW_SHAPES
 
 SHIPPED = os.path.join(os.path.dirname(P.__file__), "weights", "shapes32")
@@ -137,6 +137,17 @@ def test_front_share_draws_groups_of_shapes_with_a_front():
     assert share(0.0) == pytest.approx(2 / 8, abs=0.03)
     assert share(0.5) == pytest.approx(0.5 + 0.5 * 2 / 8, abs=0.03)
     assert share(1.0) == 1.0
+
+
+def test_high_t_share_draws_that_share_of_timesteps_from_the_upper_half():
+    def upper(high_t_share: float) -> float:
+        t = draw_timesteps(8000, 1000, high_t_share, torch.Generator().manual_seed(0))
+        assert 0 <= t.min() and t.max() < 1000
+        return (t >= 500).float().mean().item()
+
+    assert upper(0.0) == pytest.approx(0.5, abs=0.02)
+    assert upper(0.5) == pytest.approx(0.75, abs=0.02)
+    assert upper(1.0) == 1.0
 
 
 def test_ema_tracks_weights_with_warm_started_decay():

@@ -74,10 +74,13 @@ class TrainConfig:
     # (truncated SNR weighting, Salimans & Ho 2022, combined with min-SNR); front_share draws
     # this share of the groups from the shapes whose front shows, the only ones a camera tells
     # apart; side_feature_weight weights the pixels of their door and handle (a few percent of
-    # the image, all that differs between a front and a back) 1 + this much.
+    # the image, all that differs between a front and a back) 1 + this much; high_t_share
+    # draws this share of the groups' timesteps from the upper half [T/2, T), where the
+    # camera decides the picture.
     snr_floor: float = 0.0
     front_share: float = 0.0
     side_feature_weight: float = 0.0
+    high_t_share: float = 0.0
     # An editing model (InstructPix2Pix, builtin:edit32): trained on procedural edit pairs to
     # denoise the edited image given the instruction and the source image. A text-to-image
     # init_from gains zero input weights for the source image.
@@ -191,6 +194,15 @@ def draw_groups(data: dict, objects: int, n_view: int, front_share: float, g: to
     return group
 
 
+def draw_timesteps(objects: int, n_timesteps: int, high_t_share: float, g: torch.Generator) -> Int[Tensor, "G"]:
+    """One timestep per group: uniform on [0, T), or ``high_t_share`` of them on [T/2, T)."""
+    timesteps = torch.randint(n_timesteps, (objects,), generator=g)
+    if high_t_share > 0:
+        high = torch.randint(n_timesteps // 2, n_timesteps, (objects,), generator=g)
+        timesteps = torch.where(torch.rand(objects, generator=g) < high_t_share, high, timesteps)
+    return timesteps
+
+
 def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Tensor, "L"], step: int, cfg: TrainConfig, n_timesteps: int):
     """The batch for ``step``: a pure function of (seed, step), so resumed runs see the same data.
 
@@ -206,7 +218,7 @@ def training_batch(data: dict, token_ids: Int[Tensor, "N L"], empty_ids: Int[Ten
     p_empty = edit_pairs.EMPTY_INSTRUCTION_PROBABILITY if cfg.edit else procedural.EMPTY_CAPTION_PROBABILITY
     dropped = (torch.rand(objects, generator=g) < p_empty).repeat_interleave(n_view)
     ids[dropped] = empty_ids
-    timesteps = torch.randint(n_timesteps, (objects,), generator=g).repeat_interleave(n_view)
+    timesteps = draw_timesteps(objects, n_timesteps, cfg.high_t_share, g).repeat_interleave(n_view)
     noise = torch.randn(images.shape, generator=g)
     unet_options: dict = {"camera": data["cameras"][index], "num_frames": n_view} if n_view > 1 else {}
     if cfg.edit:
@@ -446,6 +458,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     p.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="lower clip of the loss's x0 weight (the SNR): > 0 weights high noise up")
     p.add_argument("--front-share", type=float, default=defaults.front_share, help=f"share of groups drawn from {', '.join(VIEW_SHAPES)}")
     p.add_argument("--side-feature-weight", type=float, default=defaults.side_feature_weight, help="extra loss weight on door / handle pixels")
+    p.add_argument("--high-t-share", type=float, default=defaults.high_t_share, help="share of groups trained at timesteps in the upper half")
     p.add_argument("--channels", type=str, default=",".join(map(str, defaults.architecture.block_out_channels)), help="UNet block_out_channels")
     args = p.parse_args(argv)
     arch = PriorArchitecture(block_out_channels=tuple(int(c) for c in args.channels.split(",")))
@@ -475,6 +488,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
         snr_floor=args.snr_floor,
         front_share=args.front_share,
         side_feature_weight=args.side_feature_weight,
+        high_t_share=args.high_t_share,
         edit=args.edit,
         architecture=arch,
     )
