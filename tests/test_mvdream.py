@@ -48,9 +48,12 @@ MVDREAM_TEST_STEPS = 200  # the Janus table's run length (README)
 
 
 @pytest.mark.slow  # one mvdream-cpu run on builtin:shapes32-mv (about 3 minutes), judged from 12 azimuths by the view head
-@pytest.mark.skip(reason="issue 12 is open: mvdream-cpu makes a door-less house (Janus rate 0.75, no view seen as front); "
-                  "remove this mark when it keeps the front")
-def test_mvdream_cpu_keeps_the_front_of_a_house_on_one_side(tmp_path) -> None:
+@pytest.mark.parametrize("prompt", [
+    "a blue mug",
+    pytest.param("a red house", marks=pytest.mark.skip(
+        reason="issue 12 is open: mvdream-cpu makes a door-less hut with a pyramid roof (Janus rate 0.75); remove this mark when it keeps the front")),
+])
+def test_mvdream_cpu_keeps_the_front_on_one_side(tmp_path, prompt: str) -> None:
     from threestudio_like.comparison import ensure_trial
     from threestudio_like.guidance.models import resolve_model_path
     from threestudio_like.janus import evaluate_janus_trial, parse_variant
@@ -58,13 +61,14 @@ def test_mvdream_cpu_keeps_the_front_of_a_house_on_one_side(tmp_path) -> None:
     from threestudio_like.priors.view_head import load_view_head
 
     variant = parse_variant("mvdream-cpu")
-    trial = ensure_trial(variant, "a red house", 0, MVDREAM_TEST_STEPS, str(tmp_path), extra=[])
+    trial = ensure_trial(variant, prompt, 0, MVDREAM_TEST_STEPS, str(tmp_path), extra=[])
     prior = resolve_model_path("builtin:shapes32")  # the evaluator's classifier and view head
     result = evaluate_janus_trial(trial, variant.name, 0, load_classifier(prior), load_view_head(prior))
     janus = result.janus
-    print(f"mvdream-cpu 'a red house': Janus rate {janus.rate:.2f}, seen as front {janus.front_share:.2f}, "
+    print(f"mvdream-cpu {prompt!r}: Janus rate {janus.rate:.2f}, seen as front {janus.front_share:.2f}, "
           + " ".join(f"{a:g}:{s}" for a, s in zip(janus.azimuths, janus.seen)))
-    assert result.score.shape == "house", result.score
-    # a Janus house shows its door from every side (rate 0.75, front 1.0); this one keeps it in front
+    assert result.score.shape == janus.shape, result.score
+    # a Janus object shows its front from every side (rate 0.75, front 1.0); single-view SDS scores
+    # 0.75 on the mug (README); this one keeps the front on one side, give or take a view or three
     assert janus.rate <= 0.25, janus
     assert 0 < janus.front_share <= 5 / 12, janus
