@@ -51,7 +51,7 @@ MVDREAM_TEST_STEPS = 200  # the Janus table's run length (README)
 @pytest.mark.parametrize("prompt", [
     "a blue mug",
     pytest.param("a red house", marks=pytest.mark.skip(
-        reason="issue 12 is open: mvdream-cpu makes a door-less hut with a pyramid roof (Janus rate 0.75); remove this mark when it keeps the front")),
+        reason="issue 12 is open: mvdream-cpu makes a house with its ridge the right way but no door, so its front reads as its back (Janus rate 0.25, no view seen as front); remove this mark when the door shows")),
 ])
 def test_mvdream_cpu_keeps_the_front_on_one_side(tmp_path, prompt: str) -> None:
     from threestudio_like.comparison import ensure_trial
