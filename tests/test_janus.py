@@ -193,3 +193,17 @@ def test_view_head_trains_saves_and_loads(tmp_path):
     assert len(head.classify(torch.rand(3, 3, 32, 32), ["house", "mug", "house"]).sides) == 3
     with pytest.raises(ValueError):
         head.classify(torch.rand(2, 3, 32, 32), "cube")
+
+
+def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
+    from threestudio_like.janus_floor import fit_reference_nerf
+
+    small = ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
+             "system.renderer.num_samples_per_ray=24"]
+    system, losses = fit_reference_nerf("a red house", steps=40, overrides=small, save_dir=str(tmp_path))
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    images, opacity = evaluation.render_views_with_opacity(system, views=janus.janus_cameras((0.0, 180.0)))
+    covered = opacity[:, 0] > 0.5
+    assert covered.float().mean() > 0.05, "the fitted NeRF is empty"
+    r, g, b = (images[:, c][covered].mean() for c in range(3))
+    assert r > g + 0.2 and r > b + 0.2, (r, g, b)  # red, as the procedural house it was fitted to

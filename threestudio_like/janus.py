@@ -172,6 +172,10 @@ class JanusResult:
 
 def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: Any, view_head: ViewHead) -> JanusResult:
     system, prompt = evaluation.load_trial(trial_dir)
+    return evaluate_janus_system(system, prompt, variant, seed, classifier, view_head)
+
+
+def evaluate_janus_system(system: Any, prompt: str, variant: str, seed: int, classifier: Any, view_head: ViewHead) -> JanusResult:
     score = evaluation.evaluate_system(system, prompt, classifier)
     images = render_janus_views(system)
     return JanusResult(variant, prompt, seed, score, judge_views(view_head, images, JANUS_AZIMUTHS_DEG, score.expected_shape), images)
@@ -243,9 +247,10 @@ def save_janus_renders(results: Sequence[JanusResult], path: str) -> list[str]:
 
 # --------------------------------------------------------------------------- command line
 def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants: Sequence[RecipeVariant], out: str,
-              extra: Sequence[str] = (), classifier_folder: Optional[str] = None, view_head_folder: Optional[str] = None
-              ) -> tuple[str, dict[str, str]]:
-    """Train what is missing, judge every trial, write ``out/janus.md``; returns (title + table, failures)."""
+              extra: Sequence[str] = (), classifier_folder: Optional[str] = None, view_head_folder: Optional[str] = None,
+              floor: bool = False) -> tuple[str, dict[str, str]]:
+    """Train what is missing, judge every trial (and, with ``floor``, a reference NeRF per prompt
+    and seed: janus_floor.py), write ``out/janus.md``; returns (title + table, failures)."""
     from threestudio_like.comparison import ensure_trial
     from threestudio_like.guidance.models import resolve_model_path
     from threestudio_like.priors.classifier import load_classifier
@@ -268,7 +273,13 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
                   + "".join(traceback.format_exception_only(type(error), error)), file=sys.stderr)
             continue
         results.append(evaluate_janus_trial(trial, variant.name, seed, classifier, view_head))
-    names = [v.name for v in variants]
+    if floor:  # the evaluator's own error on correct objects (janus_floor.py)
+        from threestudio_like.janus_floor import FLOOR_STEPS, FLOOR_VARIANT, fit_reference_nerf
+
+        for seed, prompt in itertools.product(range(seeds), prompts):
+            system, _ = fit_reference_nerf(prompt, steps or FLOOR_STEPS, seed, save_dir=os.path.join(out, "reference", f"seed{seed}"))
+            results.append(evaluate_janus_system(system, prompt, FLOOR_VARIANT, seed, classifier, view_head))
+    names = [v.name for v in variants] + ([FLOOR_VARIANT] if floor else [])
     table = format_janus_table(results, names, prompts, failures)
     title = (f"Janus rate on {evaluation.DEFAULT_PRIOR}: {len(prompts)} prompt(s), {seeds} seed(s), "
              f"{steps if steps is not None else 'the recipes own'} steps; {len(JANUS_AZIMUTHS_DEG)} views per trial at azimuths "
@@ -294,6 +305,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--classifier", default=None, help="classifier folder (default: the built-in prior's)")
     parser.add_argument("--view-head", default=None, help="view head folder (default: the classifier's view/)")
+    parser.add_argument("--floor", action="store_true",
+                        help="add a 'reference NeRF' row: NeRFs fitted to the correct objects, the evaluator's own error")
     args, extra = parser.parse_known_args(argv)
     unknown = [e for e in extra if not is_override(e)]
     if unknown:
@@ -313,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not variants:
         parser.error("no --variants given")
     started = time.time()
-    text, failures = run_janus(prompts, args.seeds, args.steps, variants, args.out, extra, args.classifier, args.view_head)
+    text, failures = run_janus(prompts, args.seeds, args.steps, variants, args.out, extra, args.classifier, args.view_head,
+                               args.floor)
     print(text)
     print(f"\n(wall time {time.time() - started:.0f} s; table written to {os.path.join(args.out, 'janus.md')})")
     return 1 if failures else 0

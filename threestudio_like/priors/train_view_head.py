@@ -6,8 +6,10 @@ Fresh procedural renders of the house and the mug in every colour, flat and lit,
 kinds: orbit-like cameras (the evaluator's: unperturbed, lit from the camera; elevation -10..80
 and the training distance / fovy ranges, a little look-at jitter) and, for a quarter, the prior's
 training distribution (procedural.camera_sampler: perturbed positions, look-at and up, random
-lights). Augmentations mimic renders of an SDS-trained NeRF: tinted backgrounds, shifts, slight
-colour shifts and washing-out, blur, pixel noise. Horizontal flips come with the label a mirror
+lights). Augmentations mimic renders of an SDS-trained NeRF: tinted backgrounds and grey floater
+blotches, shifts, darkened, shifted and washed-out colour, speckle, dark features grown by a
+pixel, blur, pixel noise (without the blotches, speckle and darkening, the first head called the
+plain back gable of an SDS house its front as often as not). Horizontal flips come with the label a mirror
 implies: the house is symmetric about y = 0 (a flip swaps left and right), the mug about x = 0
 (a flip swaps front and back).
 
@@ -127,18 +129,27 @@ def mirror(images: Float[Tensor, "B 3 H W"], sides: Tensor, view_shapes: Tensor,
 
 
 def augment(images: Float[Tensor, "B 3 H W"], masks: Float[Tensor, "B 1 H W"], g: torch.Generator) -> Float[Tensor, "B 3 H W"]:
-    """What an SDS-trained NeRF's render looks like next to a clean procedural one."""
+    """What an SDS-trained NeRF's render looks like next to a clean procedural one: a tinted or
+    hazy background, shifted and darkened colour, speckle, features grown or blurred, noise."""
     b, _, h, w = images.shape
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    chance = lambda p: (u(b, 1, 1, 1) < p).float()  # noqa: E731  (per image)
     # background: white, or (40%) a light grey with a slight tint, as fog / a learned background gives
-    tinted = (u(b, 1, 1, 1) < 0.4).float()
     background = (0.82 + 0.18 * u(b, 1, 1, 1)) + 0.04 * (u(b, 3, 1, 1) - 0.5)
-    images = images + tinted * (1.0 - masks) * (background.clamp(0, 1) - 1.0)
-    # object colour: per-channel gain, brightness, and washing-out toward grey
-    gain = (1.0 + 0.08 * (2 * u(b, 3, 1, 1) - 1)) * (0.88 + 0.24 * u(b, 1, 1, 1))
+    images = images + chance(0.4) * (1.0 - masks) * (background.clamp(0, 1) - 1.0)
+    # (50%) grey blotches of low-density floaters around the object: smooth noise, darkening only
+    blotches = F.interpolate(torch.randn(b, 1, 5, 5, generator=g), (h, w), mode="bicubic", align_corners=True).clamp_min(0)
+    images = images - chance(0.5) * 0.15 * u(b, 1, 1, 1) * (1.0 - masks) * blotches
+    # object colour: per-channel gain, brightness (SDS colours run dark), washing-out toward grey
+    gain = (1.0 + 0.08 * (2 * u(b, 3, 1, 1) - 1)) * (0.65 + 0.45 * u(b, 1, 1, 1))
     grey = images.mean(1, keepdim=True)
     washed = images + 0.3 * u(b, 1, 1, 1) * (grey - images)
     images = images + masks * (washed * gain - images)
+    # (50%) speckle: SDS textures are grainy at the pixel scale
+    speckle = 1.0 + chance(0.5) * 0.25 * u(b, 1, 1, 1) * torch.randn(b, 1, h, w, generator=g)
+    images = images * (1.0 - masks + masks * speckle)
+    # (30%) dark features grown by a pixel (a 3 x 3 minimum): SDS draws doors and handles coarse
+    images = torch.lerp(images, -F.max_pool2d(-images, 3, stride=1, padding=1), chance(0.3))
     # shifts of up to 2 pixels (border replicated: the background continues)
     padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
     dx, dy = torch.randint(0, 5, (2, b), generator=g).tolist()

@@ -1,0 +1,71 @@
+"""The Janus measure's floor: NeRFs fitted to correct objects, judged like the recipes' results.
+
+The view head learns from clean procedural renders; a recipe's result is a NeRF rendered at
+32 px. To tell the head's own mistakes from the recipe's, the recipe's representation (geometry,
+material, renderer) is fitted by a photometric loss, no diffusion model involved, to procedural
+renders of the prompt's object from the recipe's camera groups, then judged from the same 12
+azimuths (janus.py). Its front is on its front by construction, so every wrong view is the
+evaluator's: a Janus rate this low is the best any recipe can be measured at.
+
+``python -m threestudio_like.evaluation --janus --floor [--prompts ...] [--steps N]`` adds a
+"reference NeRF" row per prompt to the Janus table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from threestudio_like import evaluation
+from threestudio_like.priors import procedural
+from threestudio_like.utils.typing import Float, Tensor
+
+FLOOR_RECIPE = "mvdream-cpu"  # its representation and camera groups; the fit ignores its guidance
+FLOOR_STEPS = 200
+FLOOR_LR = 0.01
+FLOOR_VARIANT = "reference NeRF"  # the table row's name
+
+
+def reference_views(shape: str, colour: str, cameras: dict[str, Tensor]) -> Float[Tensor, "B H W 3"]:
+    """Procedural renders of ``colour`` ``shape`` (lit, on white) at the cameras' own resolution."""
+    n = len(cameras["rays_o"])
+    shape_ids = torch.full((n,), procedural.SHAPE_NAMES.index(shape))
+    albedo = torch.tensor([procedural.COLOURS[colour]] * n)
+    rgb, _ = procedural.render_rays(shape_ids, albedo, cameras["rays_o"], cameras["rays_d"], cameras["light_positions"],
+                                    torch.zeros(n, dtype=torch.bool))
+    return rgb
+
+
+def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, recipe: str = FLOOR_RECIPE,
+                       overrides: Sequence[str] = (), save_dir: str = ".") -> tuple[Any, list[float]]:
+    """The recipe's system, fitted to renders of the object ``prompt`` names; returns it (eval
+    mode) and the MSE of each step."""
+    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.registry import find
+
+    shape, colour = evaluation.parse_prompt(prompt)
+    if shape is None or colour is None:
+        raise ValueError(f"a reference NeRF needs a prompt naming a colour and a shape of the built-in prior, not {prompt!r}")
+    cli = [f"system.prompt_processor.prompt={prompt}", "system.guidance_type=null", "system.prompt_processor_type=null",
+           f"seed={seed}", *overrides]
+    exp = finalize_config(load_config(recipe, cli_args=cli))
+    torch.manual_seed(seed)
+    system = find(exp.system_type)(exp.system, save_dir=save_dir)
+    system.update_step(steps + 10**6)  # past every shading phase: lit, as judged
+    optimizer = torch.optim.Adam(system.parameters(), lr=FLOOR_LR, betas=(0.9, 0.99), eps=1e-15)
+    # the recipe's camera groups at its training size (the sampler's size is half its rays')
+    groups = procedural.multiview_camera_sampler(int(exp.data["batch_size"]), seed, image_size=int(exp.data["width"]) // procedural.SUPERSAMPLE)
+    losses = []
+    system.train()
+    for step in range(steps):
+        cameras = groups.sample(step)
+        with torch.no_grad():
+            target = reference_views(shape, colour, cameras)
+        loss = F.mse_loss(system.renderer(**cameras)["comp_rgb"], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return system.eval(), losses
