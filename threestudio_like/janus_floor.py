@@ -5,7 +5,8 @@ The view head learns from clean procedural renders; a recipe's result is a NeRF 
 material, renderer) is fitted by a photometric loss, no diffusion model involved, to procedural
 renders of the prompt's object from the recipe's camera groups, then judged from the same 12
 azimuths (janus.py). Its front is on its front by construction, so every wrong view is the
-evaluator's: a Janus rate this low is the best any recipe can be measured at.
+evaluator's: its rate is how often the measure errs on a correct object (a rough floor, itself
+measured on few views and seeds).
 
 ``python -m threestudio_like.evaluation --janus --floor [--prompts ...] [--steps N]`` adds a
 "reference NeRF" row per prompt to the Janus table.
