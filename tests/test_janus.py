@@ -195,6 +195,30 @@ def test_view_head_trains_saves_and_loads(tmp_path):
         head.classify(torch.rand(2, 3, 32, 32), "cube")
 
 
+@pytest.mark.slow  # a NeRF fit and a dozen 64 px renders: ~1.5 min
+def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
+    from threestudio_like.priors import nerf_views
+    from threestudio_like.priors.train_view_head import train_view_head
+
+    monkeypatch.setattr(nerf_views, "FIT_PROMPTS", ("a green mug",))
+    monkeypatch.setattr(nerf_views, "FIT_STEPS", 30)
+    data = nerf_views.render_nerf_view_dataset(nerf_views.FIT_PROMPTS, 8, 0, str(tmp_path / "nerfs"))
+    # labelled by the camera, a mug's view, covering the object (fitted, not the initial blob)
+    assert torch.equal(data["sides"], side_of_azimuth(data["azimuth"]))
+    assert (data["view_shapes"] == janus.VIEW_SHAPES.index("mug")).all()
+    covered = data["masks"][:, 0] > 127
+    assert covered.float().mean() > 0.05
+    r, g, b = (data["images"][:, c][covered].float().mean() for c in range(3))
+    assert g > r + 20 and g > b + 20, (r, g, b)  # green, as the procedural mug it was fitted to
+    kept = tmp_path / "nerfs" / "a_green_mug" / "reference.ckpt"
+    assert kept.is_file()
+    before = kept.stat().st_mtime_ns
+    info = train_view_head(str(tmp_path / "head"), steps=2, batch_size=8, dataset_size=16, held_out_size=16,
+                           nerf_views=4, nerf_work_dir=str(tmp_path / "nerfs"))
+    assert kept.stat().st_mtime_ns == before  # the kept fit was used, not refitted
+    assert info["nerf_views"] == {"per_fit": 4, "batch_share": 0.25, "fit_prompts": ["a green mug"], "fit_steps": 30}
+
+
 def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
     from threestudio_like.janus_floor import fit_reference_nerf
 
@@ -207,3 +231,6 @@ def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
     assert covered.float().mean() > 0.05, "the fitted NeRF is empty"
     r, g, b = (images[:, c][covered].mean() for c in range(3))
     assert r > g + 0.2 and r > b + 0.2, (r, g, b)  # red, as the procedural house it was fitted to
+    again, losses_again = fit_reference_nerf("a red house", steps=40, overrides=small, save_dir=str(tmp_path))
+    assert losses_again == losses  # the kept fit, not a new one
+    assert torch.equal(evaluation.render_views_with_opacity(again, views=janus.janus_cameras((0.0, 180.0)))[0], images)

@@ -9,12 +9,16 @@ evaluator's: its rate is how often the measure errs on a correct object (a rough
 measured on few views and seeds).
 
 ``python -m threestudio_like.evaluation --janus --floor [--prompts ...] [--steps N]`` adds a
-"reference NeRF" row per prompt to the Janus table.
+"reference NeRF" row per prompt to the Janus table. A fit is kept in its ``save_dir``
+(``REFERENCE_FILE``) and reused by a later call with the same prompt, steps, seed and overrides,
+so a table can be re-judged (``--view-head``) without fitting again.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,7 @@ FLOOR_RECIPE = "mvdream-cpu"  # its representation and camera groups; the fit ig
 FLOOR_STEPS = 200
 FLOOR_LR = 0.01
 FLOOR_VARIANT = "reference NeRF"  # the table row's name
+REFERENCE_FILE = "reference.ckpt"  # the fitted system in its save_dir
 
 
 def reference_views(shape: str, colour: str, cameras: dict[str, Tensor]) -> Float[Tensor, "B H W 3"]:
@@ -42,9 +47,10 @@ def reference_views(shape: str, colour: str, cameras: dict[str, Tensor]) -> Floa
 def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, recipe: str = FLOOR_RECIPE,
                        overrides: Sequence[str] = (), save_dir: str = ".") -> tuple[Any, list[float]]:
     """The recipe's system, fitted to renders of the object ``prompt`` names; returns it (eval
-    mode) and the MSE of each step."""
+    mode) and the MSE of each step. A fit with the same settings in ``save_dir`` is loaded instead."""
     from threestudio_like.config import finalize_config, load_config
     from threestudio_like.registry import find
+    from threestudio_like.trials import check_state_matches, load_checkpoint, save_checkpoint
 
     shape, colour = evaluation.parse_prompt(prompt)
     if shape is None or colour is None:
@@ -55,6 +61,14 @@ def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, rec
     torch.manual_seed(seed)
     system = find(exp.system_type)(exp.system, save_dir=save_dir)
     system.update_step(steps + 10**6)  # past every shading phase: lit, as judged
+    path = os.path.join(save_dir, REFERENCE_FILE)
+    settings = {"prompt": prompt, "steps": steps, "seed": seed, "recipe": recipe, "overrides": list(overrides)}
+    if os.path.isfile(path):
+        saved = load_checkpoint(path)
+        if saved.get("settings") == settings:
+            check_state_matches(system, saved["state_dict"], path)
+            system.load_state_dict(saved["state_dict"])
+            return system.eval(), list(saved["losses"])
     optimizer = torch.optim.Adam(system.parameters(), lr=FLOOR_LR, betas=(0.9, 0.99), eps=1e-15)
     # the recipe's camera groups at its training size (the sampler's size is half its rays')
     groups = procedural.multiview_camera_sampler(int(exp.data["batch_size"]), seed, image_size=int(exp.data["width"]) // procedural.SUPERSAMPLE)
@@ -69,4 +83,5 @@ def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, rec
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    save_checkpoint({"state_dict": system.state_dict(), "settings": settings, "losses": losses}, path)
     return system.eval(), losses

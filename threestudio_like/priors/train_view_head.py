@@ -1,6 +1,7 @@
 """Train the view head (which side of a house / mug a render shows) for the Janus measure.
 
     python -m threestudio_like.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
+        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR]]
 
 Fresh procedural renders of the house and the mug in every colour, flat and lit, from two camera
 kinds: orbit-like cameras (the evaluator's: unperturbed, lit from the camera; elevation -10..80
@@ -11,7 +12,9 @@ blotches, shifts, darkened, shifted and washed-out colour, speckle, dark feature
 pixel, blur, pixel noise (without the blotches, speckle and darkening, the first head called the
 plain back gable of an SDS house its front as often as not). Horizontal flips come with the label a mirror
 implies: the house is symmetric about y = 0 (a flip swaps left and right), the mug about x = 0
-(a flip swaps front and back).
+(a flip swaps front and back). With ``--nerf-views N``, a share of each batch (``--nerf-share``)
+comes from N renders of each of four NeRFs fitted to procedural houses and mugs (nerf_views.py):
+the domain the head is used on, with the side known by construction.
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
 at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras),
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.data.random_camera import step_seed
 from threestudio_like.priors import procedural
+from threestudio_like.priors import nerf_views as nerf_view_data
 from threestudio_like.priors.view_head import (
     SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, ViewHead, boundary_distance, save_view_head, side_of_azimuth,
 )
@@ -51,6 +55,8 @@ assert VIEW_SHAPES == ("house", "mug")
 # The evaluator's orbit elevation (evaluation.EVAL_ELEVATION_DEG; repeated, not imported:
 # evaluation imports the whole system stack, and this stays a light training script).
 EVAL_ELEVATION_DEG = 15.0
+NERF_SHARE = 0.25  # share of each batch from reference-NeRF renders (--nerf-views; nerf_views.py)
+NERF_WORK_DIR = os.path.join("outputs", "view_head_nerfs")  # where the fits are kept between runs
 
 
 # --------------------------------------------------------------------------- data
@@ -161,6 +167,13 @@ def augment(images: Float[Tensor, "B 3 H W"], masks: Float[Tensor, "B 1 H W"], g
     return (images + noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
 
 
+def draw(data: dict[str, Tensor], n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` random views of ``data``, augmented: (images [n, 3, 32, 32], sides [n], view_shapes [n])."""
+    index = torch.randint(len(data["sides"]), (n,), generator=g)
+    images = augment(data["images"][index].float() / 255.0, data["masks"][index].float() / 255.0, g)
+    return images, data["sides"][index], data["view_shapes"][index]
+
+
 # --------------------------------------------------------------------------- accuracy
 @torch.no_grad()
 def predict(model: ViewHead, images: Float[Tensor, "N 3 32 32"], view_shapes: Tensor) -> Tensor:
@@ -214,6 +227,7 @@ def held_out_accuracy(model: ViewHead, data: dict[str, Tensor], augmented: bool 
 def train_view_head(
     out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
     width: int = 16, threads: int = 1, command: Optional[str] = None, held_out_size: int = HELD_OUT_SIZE,
+    nerf_views: int = 0, nerf_share: float = NERF_SHARE, nerf_work_dir: str = NERF_WORK_DIR,
 ) -> dict:
     """Train and save to ``out/classifier/view``; returns the saved training info."""
     torch.set_num_threads(threads)
@@ -225,6 +239,10 @@ def train_view_head(
     data = render_view_dataset(dataset_size, TRAIN_DATASET_SEED)
     held_out = render_view_dataset(held_out_size, HELD_OUT_DATASET_SEED)
     log(f"rendered {dataset_size} training and {held_out_size} held-out views")
+    nerf = None
+    if nerf_views:
+        nerf = nerf_view_data.render_nerf_view_dataset(nerf_view_data.FIT_PROMPTS, nerf_views, TRAIN_DATASET_SEED, nerf_work_dir)
+        log(f"rendered {len(nerf['sides'])} views of {len(nerf_view_data.FIT_PROMPTS)} reference NeRFs (fits kept in {nerf_work_dir})")
     render_seconds = time.time() - start
     torch.manual_seed(seed)
     model = ViewHead(width)
@@ -232,13 +250,14 @@ def train_view_head(
     warmup = max(1, steps // 15)  # a cold start at full rate sat at chance level for a few hundred steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    n_nerf = int(round(batch_size * nerf_share)) if nerf is not None else 0
     for step in range(steps):
         model.train()
         g = torch.Generator().manual_seed(step_seed(seed, step))
-        index = torch.randint(dataset_size, (batch_size,), generator=g)
-        images = augment(data["images"][index].float() / 255.0, data["masks"][index].float() / 255.0, g)
-        images, sides = mirror(images, data["sides"][index], data["view_shapes"][index], g)
-        loss = F.cross_entropy(model(images, data["view_shapes"][index]), sides, label_smoothing=0.05)
+        parts = [draw(data, batch_size - n_nerf, g)] + ([draw(nerf, n_nerf, g)] if n_nerf else [])
+        images, sides, view_shapes = (torch.cat(p) for p in zip(*parts))
+        images, sides = mirror(images, sides, view_shapes, g)
+        loss = F.cross_entropy(model(images, view_shapes), sides, label_smoothing=0.05)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,6 +277,9 @@ def train_view_head(
         "label_smoothing": 0.05, "warmup_steps": warmup, "orbit_camera_share": ORBIT_SHARE,
         "orbit_center_jitter": ORBIT_CENTER_JITTER, "flips": "mirror with MIRROR_SIDES labels",
         "train_dataset": {"size": dataset_size, "seed": TRAIN_DATASET_SEED, "shapes": list(VIEW_SHAPES)},
+        "nerf_views": {"per_fit": nerf_views, "batch_share": nerf_share if nerf_views else 0.0,
+                       "fit_prompts": list(nerf_view_data.FIT_PROMPTS) if nerf_views else [],
+                       "fit_steps": nerf_view_data.FIT_STEPS if nerf_views else 0},
         "held_out_dataset": {"size": held_out_size, "seed": HELD_OUT_DATASET_SEED},
         "render_seconds": round(render_seconds, 1),
         "wall_seconds": round(time.time() - start, 1),
@@ -280,9 +302,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--nerf-views", type=int, default=0,
+                   help="also train on this many renders of each reference NeRF (nerf_views.py; 0: procedural renders only)")
+    p.add_argument("--nerf-share", type=float, default=NERF_SHARE, help="share of each batch from the NeRF renders")
+    p.add_argument("--nerf-work-dir", default=NERF_WORK_DIR, help="where the reference NeRFs are fitted and kept")
     args = p.parse_args(argv)
     command = "python -m threestudio_like.priors.train_view_head " + " ".join(argv)
-    train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command)
+    train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command,
+                    nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir)
 
 
 if __name__ == "__main__":

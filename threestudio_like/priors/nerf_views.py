@@ -1,0 +1,62 @@
+"""Labelled renders of NeRFs fitted to procedural objects: the view head's NeRF-domain data.
+
+The view head judges 32 px renders of NeRFs (janus.py), but the procedural renders it learns
+from are sharp, exact images. The reference NeRFs of janus_floor.py, fitted to a house or a mug
+by photometric loss alone, show what the representation makes of a correct object (soft
+edges, a door or handle drawn at the hash grid's resolution) with the side known by
+construction. Rendered from evaluator-like cameras, they give the head training views from the
+domain it is used on.
+
+The fits' prompts (``FIT_PROMPTS``) and seeds are kept apart from the Janus table's (a red house,
+a blue mug; seeds from 0), so the table's reference-NeRF row stays a held-out measure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional, Sequence
+
+import torch
+
+from threestudio_like.priors import procedural
+from threestudio_like.priors.view_head import VIEW_SHAPES, side_of_azimuth
+from threestudio_like.utils.typing import Tensor
+
+FIT_PROMPTS: tuple[str, ...] = (
+    "a green house", "a purple mug", "a yellow house", "a green mug",
+)
+FIT_STEPS = 200  # as the Janus table's reference NeRFs (janus_floor.FLOOR_STEPS)
+FIT_SEED_OFFSET = 100  # fit k uses seed 100 + k: apart from the Janus table's seeds
+RENDER_BATCH = 16
+
+
+def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: int, work_dir: str,
+                             fit_steps: Optional[int] = None) -> dict[str, Tensor]:
+    """``views_per_fit`` labelled renders of a reference NeRF per prompt (fitted once, then kept
+    in ``work_dir``), in ``train_view_head.render_view_batch``'s fields."""
+    from threestudio_like import evaluation
+    from threestudio_like.janus_floor import fit_reference_nerf
+    from threestudio_like.priors.train_view_head import orbit_like_cameras
+
+    parts: list[dict[str, Tensor]] = []
+    g = torch.Generator().manual_seed(seed)
+    for k, prompt in enumerate(prompts):
+        shape, colour = evaluation.parse_prompt(prompt)
+        if shape not in VIEW_SHAPES or colour is None:
+            raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
+        folder = os.path.join(work_dir, re.sub(r"\W+", "_", prompt))
+        system, _ = fit_reference_nerf(prompt, fit_steps or FIT_STEPS, FIT_SEED_OFFSET + k, save_dir=folder)
+        for start in range(0, views_per_fit, RENDER_BATCH):
+            n = min(RENDER_BATCH, views_per_fit - start)
+            cameras = orbit_like_cameras(n, g)
+            with torch.no_grad():
+                images, opacity = evaluation.render_views_with_opacity(system, views=[cameras])
+            parts.append({
+                "images": (images * 255).round().to(torch.uint8), "masks": (opacity * 255).round().to(torch.uint8),
+                "sides": side_of_azimuth(cameras["azimuth"]), "view_shapes": torch.full((n,), VIEW_SHAPES.index(shape)),
+                "colour_ids": torch.full((n,), procedural.COLOUR_NAMES.index(colour)),
+                "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(),
+                "flat": torch.zeros(n, dtype=torch.bool), "orbit": torch.ones(n, dtype=torch.bool),
+            })
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
