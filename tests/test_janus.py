@@ -213,9 +213,12 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     kept = tmp_path / "nerfs" / "a_green_mug" / "reference.ckpt"
     assert kept.is_file()
     before = kept.stat().st_mtime_ns
+    again = nerf_views.render_nerf_view_dataset(nerf_views.FIT_PROMPTS, 8, 0, str(tmp_path / "nerfs"))
+    assert all(torch.equal(again[k], data[k]) for k in data)  # the kept renders
     info = train_view_head(str(tmp_path / "head"), steps=2, batch_size=8, dataset_size=16, held_out_size=16,
                            nerf_views=4, nerf_work_dir=str(tmp_path / "nerfs"))
     assert kept.stat().st_mtime_ns == before  # the kept fit was used, not refitted
+    assert set(info["clean_janus_rate"]) == {"house", "mug"}
     assert info["nerf_views"] == {"per_fit": 4, "batch_share": 0.25, "fit_prompts": ["a green mug"], "fit_steps": 30}
 
 

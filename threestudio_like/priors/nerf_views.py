@@ -33,12 +33,21 @@ RENDER_BATCH = 16
 
 def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: int, work_dir: str,
                              fit_steps: Optional[int] = None) -> dict[str, Tensor]:
-    """``views_per_fit`` labelled renders of a reference NeRF per prompt (fitted once, then kept
-    in ``work_dir``), in ``train_view_head.render_view_batch``'s fields."""
+    """``views_per_fit`` labelled renders of a reference NeRF per prompt, in
+    ``train_view_head.render_view_batch``'s fields. The fits and the renders are kept in
+    ``work_dir`` and reused by a call with the same settings."""
     from threestudio_like import evaluation
     from threestudio_like.janus_floor import fit_reference_nerf
     from threestudio_like.priors.train_view_head import orbit_like_cameras
+    from threestudio_like.utils.io import atomic_path
 
+    fit_steps = fit_steps or FIT_STEPS
+    settings = {"prompts": list(prompts), "views_per_fit": views_per_fit, "seed": seed, "fit_steps": fit_steps}
+    kept = os.path.join(work_dir, f"views{views_per_fit}_seed{seed}.pt")
+    if os.path.isfile(kept):
+        saved = torch.load(kept, weights_only=True)
+        if saved.get("settings") == settings:
+            return saved["data"]
     parts: list[dict[str, Tensor]] = []
     g = torch.Generator().manual_seed(seed)
     for k, prompt in enumerate(prompts):
@@ -46,7 +55,7 @@ def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: i
         if shape not in VIEW_SHAPES or colour is None:
             raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
         folder = os.path.join(work_dir, re.sub(r"\W+", "_", prompt))
-        system, _ = fit_reference_nerf(prompt, fit_steps or FIT_STEPS, FIT_SEED_OFFSET + k, save_dir=folder)
+        system, _ = fit_reference_nerf(prompt, fit_steps, FIT_SEED_OFFSET + k, save_dir=folder)
         for start in range(0, views_per_fit, RENDER_BATCH):
             n = min(RENDER_BATCH, views_per_fit - start)
             cameras = orbit_like_cameras(n, g)
@@ -59,4 +68,7 @@ def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: i
                 "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(),
                 "flat": torch.zeros(n, dtype=torch.bool), "orbit": torch.ones(n, dtype=torch.bool),
             })
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    data = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    with atomic_path(kept) as tmp:
+        torch.save({"settings": settings, "data": data}, tmp)
+    return data

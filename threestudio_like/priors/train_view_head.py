@@ -17,7 +17,8 @@ comes from N renders of each of four NeRFs fitted to procedural houses and mugs 
 the domain the head is used on, with the side known by construction.
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
-at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras),
+at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras)
+and the Janus rate of clean correct objects at the measure's cameras (0 for a head fit for it),
 and writes PRIOR_DIR/classifier/view/model.safetensors + view_head.json.
 """
 
@@ -223,6 +224,26 @@ def held_out_accuracy(model: ViewHead, data: dict[str, Tensor], augmented: bool 
     }
 
 
+@torch.no_grad()
+def clean_janus_rates(model: ViewHead) -> dict[str, float]:
+    """Per shape, the Janus rate of clean procedural renders of the correct object (every colour,
+    lit) at the Janus measure's 12 cameras: what the head itself adds to the measure, 0 for a
+    head fit for it."""
+    from threestudio_like import janus  # the measure's cameras (janus imports the evaluator stack)
+
+    cameras = janus.janus_cameras()
+    rates = {}
+    for shape in VIEW_SHAPES:
+        views = []
+        for colour in procedural.COLOUR_NAMES:
+            ids = torch.tensor([procedural.SHAPE_NAMES.index(shape)]), torch.tensor([procedural.COLOUR_NAMES.index(colour)])
+            views += [procedural.render_cameras(*ids, camera, torch.zeros(1, dtype=torch.bool))[0] for camera in cameras]
+        scores = [janus.judge_views(model, torch.cat(views[i : i + len(cameras)]), janus.JANUS_AZIMUTHS_DEG, shape)
+                  for i in range(0, len(views), len(cameras))]
+        rates[shape] = round(sum(score.rate for score in scores) / len(scores), 4)
+    return rates
+
+
 # --------------------------------------------------------------------------- training
 def train_view_head(
     out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
@@ -268,11 +289,14 @@ def train_view_head(
     log(f"held-out accuracy, clean: {clean['all']:.3f} (per side {clean['per_side']}, per shape {clean['per_shape']}), "
         f"augmented: {augmented['all']:.3f}")
     log(f"clean, house left/right merged: {clean['all_house_sides_merged']}; Janus setting: {clean['janus_setting']}")
+    janus_rates = clean_janus_rates(model)
+    log(f"Janus rate of clean correct objects at the measure's cameras (all colours): {janus_rates}")
     info = {
         "command": command or f"python -m threestudio_like.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
                               f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads}",
         "held_out_accuracy_clean": clean,
         "held_out_accuracy_augmented": augmented,
+        "clean_janus_rate": janus_rates,
         "steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "threads": threads,
         "label_smoothing": 0.05, "warmup_steps": warmup, "orbit_camera_share": ORBIT_SHARE,
         "orbit_center_jitter": ORBIT_CENTER_JITTER, "flips": "mirror with MIRROR_SIDES labels",
