@@ -16,9 +16,10 @@ so a table can be re-judged (``--view-head``) without fitting again.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
+import math
 import os
+import re
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,12 @@ FLOOR_STEPS = 200
 FLOOR_LR = 0.01
 FLOOR_VARIANT = "reference NeRF"  # the table row's name
 REFERENCE_FILE = "reference.ckpt"  # the fitted system in its save_dir
+
+
+def reference_folder(root: str, prompt: str) -> str:
+    """Where the fit for ``prompt`` is kept under ``root`` (one folder per prompt: fits of
+    different prompts never share one)."""
+    return os.path.join(root, re.sub(r"\W+", "_", prompt))
 
 
 def reference_views(shape: str, colour: str, cameras: dict[str, Tensor]) -> Float[Tensor, "B H W 3"]:
@@ -83,5 +90,6 @@ def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, rec
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    save_checkpoint({"state_dict": system.state_dict(), "settings": settings, "losses": losses}, path)
+    if all(map(math.isfinite, losses)):  # a diverged fit is returned, never kept
+        save_checkpoint({"state_dict": system.state_dict(), "settings": settings, "losses": losses}, path)
     return system.eval(), losses

@@ -14,7 +14,6 @@ a blue mug; seeds from 0), so the table's reference-NeRF row stays a held-out me
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional, Sequence
 
 import torch
@@ -37,7 +36,7 @@ def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: i
     ``train_view_head.render_view_batch``'s fields. The fits and the renders are kept in
     ``work_dir`` and reused by a call with the same settings."""
     from threestudio_like import evaluation
-    from threestudio_like.janus_floor import fit_reference_nerf
+    from threestudio_like.janus_floor import fit_reference_nerf, reference_folder
     from threestudio_like.priors.train_view_head import orbit_like_cameras
     from threestudio_like.utils.io import atomic_path
 
@@ -54,8 +53,7 @@ def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: i
         shape, colour = evaluation.parse_prompt(prompt)
         if shape not in VIEW_SHAPES or colour is None:
             raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
-        folder = os.path.join(work_dir, re.sub(r"\W+", "_", prompt))
-        system, _ = fit_reference_nerf(prompt, fit_steps, FIT_SEED_OFFSET + k, save_dir=folder)
+        system, _ = fit_reference_nerf(prompt, fit_steps, FIT_SEED_OFFSET + k, save_dir=reference_folder(work_dir, prompt))
         for start in range(0, views_per_fit, RENDER_BATCH):
             n = min(RENDER_BATCH, views_per_fit - start)
             cameras = orbit_like_cameras(n, g)
