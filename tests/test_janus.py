@@ -211,7 +211,7 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     r, g, b = (data["images"][:, c][covered].float().mean() for c in range(3))
     assert g > r + 20 and g > b + 20, (r, g, b)  # green, as the procedural mug it was fitted to
     kept = tmp_path / "nerfs" / "a_green_mug" / "reference.ckpt"
-    assert kept.is_file()
+    assert kept.is_file() and (kept.parent / "views8_seed0.pt").is_file()  # fit and renders kept per prompt
     before = kept.stat().st_mtime_ns
     again = nerf_views.render_nerf_view_dataset(nerf_views.FIT_PROMPTS, 8, 0, str(tmp_path / "nerfs"))
     assert all(torch.equal(again[k], data[k]) for k in data)  # the kept renders

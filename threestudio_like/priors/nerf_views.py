@@ -24,6 +24,7 @@ from threestudio_like.utils.typing import Tensor
 
 FIT_PROMPTS: tuple[str, ...] = (
     "a green house", "a purple mug", "a yellow house", "a green mug",
+    "an orange mug", "a cyan mug", "a pink mug", "a yellow mug", "an orange house", "a cyan house",
 )
 FIT_STEPS = 200  # as the Janus table's reference NeRFs (janus_floor.FLOOR_STEPS)
 FIT_SEED_OFFSET = 100  # fit k uses seed 100 + k: apart from the Janus table's seeds
@@ -33,39 +34,46 @@ RENDER_BATCH = 16
 def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: int, work_dir: str,
                              fit_steps: Optional[int] = None) -> dict[str, Tensor]:
     """``views_per_fit`` labelled renders of a reference NeRF per prompt, in
-    ``train_view_head.render_view_batch``'s fields. The fits and the renders are kept in
-    ``work_dir`` and reused by a call with the same settings."""
+    ``train_view_head.render_view_batch``'s fields. Each fit and its renders are kept in the
+    prompt's folder under ``work_dir`` and reused by a call with the same settings, so adding a
+    prompt fits and renders only that one."""
+    parts = [_fit_views(prompt, FIT_SEED_OFFSET + k, views_per_fit, seed, work_dir, fit_steps or FIT_STEPS)
+             for k, prompt in enumerate(prompts)]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def _fit_views(prompt: str, fit_seed: int, views: int, seed: int, work_dir: str, fit_steps: int) -> dict[str, Tensor]:
+    """One prompt's labelled renders (kept in its folder as ``views{n}_seed{s}.pt``)."""
     from threestudio_like import evaluation
     from threestudio_like.janus_floor import fit_reference_nerf, reference_folder
     from threestudio_like.priors.train_view_head import orbit_like_cameras
     from threestudio_like.utils.io import atomic_path
 
-    fit_steps = fit_steps or FIT_STEPS
-    settings = {"prompts": list(prompts), "views_per_fit": views_per_fit, "seed": seed, "fit_steps": fit_steps}
-    kept = os.path.join(work_dir, f"views{views_per_fit}_seed{seed}.pt")
+    shape, colour = evaluation.parse_prompt(prompt)
+    if shape not in VIEW_SHAPES or colour is None:
+        raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
+    folder = reference_folder(work_dir, prompt)
+    settings = {"prompt": prompt, "fit_seed": fit_seed, "fit_steps": fit_steps, "views": views, "seed": seed}
+    kept = os.path.join(folder, f"views{views}_seed{seed}.pt")
     if os.path.isfile(kept):
         saved = torch.load(kept, weights_only=True)
         if saved.get("settings") == settings:
             return saved["data"]
+    system, _ = fit_reference_nerf(prompt, fit_steps, fit_seed, save_dir=folder)
+    g = torch.Generator().manual_seed(seed * 1009 + fit_seed)  # each fit its own cameras, whatever the prompt list
     parts: list[dict[str, Tensor]] = []
-    g = torch.Generator().manual_seed(seed)
-    for k, prompt in enumerate(prompts):
-        shape, colour = evaluation.parse_prompt(prompt)
-        if shape not in VIEW_SHAPES or colour is None:
-            raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
-        system, _ = fit_reference_nerf(prompt, fit_steps, FIT_SEED_OFFSET + k, save_dir=reference_folder(work_dir, prompt))
-        for start in range(0, views_per_fit, RENDER_BATCH):
-            n = min(RENDER_BATCH, views_per_fit - start)
-            cameras = orbit_like_cameras(n, g)
-            with torch.no_grad():
-                images, opacity = evaluation.render_views_with_opacity(system, views=[cameras])
-            parts.append({
-                "images": (images * 255).round().to(torch.uint8), "masks": (opacity * 255).round().to(torch.uint8),
-                "sides": side_of_azimuth(cameras["azimuth"]), "view_shapes": torch.full((n,), VIEW_SHAPES.index(shape)),
-                "colour_ids": torch.full((n,), procedural.COLOUR_NAMES.index(colour)),
-                "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(),
-                "flat": torch.zeros(n, dtype=torch.bool), "orbit": torch.ones(n, dtype=torch.bool),
-            })
+    for start in range(0, views, RENDER_BATCH):
+        n = min(RENDER_BATCH, views - start)
+        cameras = orbit_like_cameras(n, g)
+        with torch.no_grad():
+            images, opacity = evaluation.render_views_with_opacity(system, views=[cameras])
+        parts.append({
+            "images": (images * 255).round().to(torch.uint8), "masks": (opacity * 255).round().to(torch.uint8),
+            "sides": side_of_azimuth(cameras["azimuth"]), "view_shapes": torch.full((n,), VIEW_SHAPES.index(shape)),
+            "colour_ids": torch.full((n,), procedural.COLOUR_NAMES.index(colour)),
+            "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(),
+            "flat": torch.zeros(n, dtype=torch.bool), "orbit": torch.ones(n, dtype=torch.bool),
+        })
     data = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     with atomic_path(kept) as tmp:
         torch.save({"settings": settings, "data": data}, tmp)

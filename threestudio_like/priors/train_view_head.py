@@ -13,7 +13,7 @@ pixel, blur, pixel noise (without the blotches, speckle and darkening, the first
 plain back gable of an SDS house its front as often as not). Horizontal flips come with the label a mirror
 implies: the house is symmetric about y = 0 (a flip swaps left and right), the mug about x = 0
 (a flip swaps front and back). With ``--nerf-views N``, a share of each batch (``--nerf-share``)
-comes from N renders of each of four NeRFs fitted to procedural houses and mugs (nerf_views.py):
+comes from N renders of each of the NeRFs fitted to procedural houses and mugs (nerf_views.py):
 the domain the head is used on, with the side known by construction.
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
