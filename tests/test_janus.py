@@ -187,12 +187,32 @@ def test_classifier_without_a_view_head_still_loads(tmp_path):
 def test_view_head_trains_saves_and_loads(tmp_path):
     from threestudio_like.priors.train_view_head import train_view_head
 
-    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, command="test")
+    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, command="test", members=2)
     assert info["command"] == "test" and 0.0 <= info["held_out_accuracy_clean"]["all"] <= 1.0
     head = load_view_head(str(tmp_path))
+    assert len(head.members) == info["members"] == 2
     assert len(head.classify(torch.rand(3, 3, 32, 32), ["house", "mug", "house"]).sides) == 3
     with pytest.raises(ValueError):
         head.classify(torch.rand(2, 3, 32, 32), "cube")
+
+
+def test_a_view_head_ensemble_averages_its_members_and_round_trips(tmp_path):
+    from threestudio_like.priors.view_head import ViewHead, ViewHeadEnsemble, save_view_head
+
+    torch.manual_seed(0)
+    members = [ViewHead(width=4).eval() for _ in range(2)]
+    ensemble = ViewHeadEnsemble(members)
+    images, shapes = torch.rand(5, 3, 32, 32), ["house", "mug", "mug", "house", "mug"]
+    probs = ensemble.classify(images, shapes).probs
+    each = [m.classify(images, shapes).probs for m in members]
+    assert not torch.allclose(each[0], each[1], atol=1e-3)  # the members differ, so the mean is a real mix
+    assert torch.allclose(probs, (each[0] + each[1]) / 2, atol=1e-6)
+    save_view_head(str(tmp_path / "ens"), ensemble)
+    loaded = load_view_head(str(tmp_path / "ens"))
+    assert isinstance(loaded, ViewHeadEnsemble) and len(loaded.members) == 2
+    assert torch.allclose(loaded.classify(images, shapes).probs, probs, atol=1e-6)
+    save_view_head(str(tmp_path / "one"), members[0])
+    assert isinstance(load_view_head(str(tmp_path / "one")), ViewHead)
 
 
 @pytest.mark.slow  # a NeRF fit and a dozen 64 px renders: ~1.5 min
@@ -200,9 +220,9 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     from threestudio_like.priors import nerf_views
     from threestudio_like.priors.train_view_head import train_view_head
 
-    monkeypatch.setattr(nerf_views, "FIT_PROMPTS", ("a green mug",))
+    prompts = ("a green mug",)
     monkeypatch.setattr(nerf_views, "FIT_STEPS", 30)
-    data = nerf_views.render_nerf_view_dataset(nerf_views.FIT_PROMPTS, 8, 0, str(tmp_path / "nerfs"))
+    data = nerf_views.render_nerf_view_dataset(prompts, 8, 0, str(tmp_path / "nerfs"))
     # labelled by the camera, a mug's view, covering the object (fitted, not the initial blob)
     assert torch.equal(data["sides"], side_of_azimuth(data["azimuth"]))
     assert (data["view_shapes"] == janus.VIEW_SHAPES.index("mug")).all()
@@ -213,10 +233,10 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     kept = tmp_path / "nerfs" / "a_green_mug" / "reference.ckpt"
     assert kept.is_file() and (kept.parent / "views8_seed0.pt").is_file()  # fit and renders kept per prompt
     before = kept.stat().st_mtime_ns
-    again = nerf_views.render_nerf_view_dataset(nerf_views.FIT_PROMPTS, 8, 0, str(tmp_path / "nerfs"))
+    again = nerf_views.render_nerf_view_dataset(prompts, 8, 0, str(tmp_path / "nerfs"))
     assert all(torch.equal(again[k], data[k]) for k in data)  # the kept renders
     info = train_view_head(str(tmp_path / "head"), steps=2, batch_size=8, dataset_size=16, held_out_size=16,
-                           nerf_views=4, nerf_work_dir=str(tmp_path / "nerfs"))
+                           nerf_views=4, nerf_work_dir=str(tmp_path / "nerfs"), nerf_prompts=prompts)
     assert kept.stat().st_mtime_ns == before  # the kept fit was used, not refitted
     assert set(info["clean_janus_rate"]) == {"house", "mug"}
     assert info["nerf_views"] == {"per_fit": 4, "batch_share": 0.25, "fit_prompts": ["a green mug"], "fit_steps": 30}

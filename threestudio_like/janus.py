@@ -44,7 +44,7 @@ import torch
 from threestudio_like import evaluation
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.priors import procedural
-from threestudio_like.priors.view_head import SIDE_GROUPS, SIDE_NAMES, VIEW_SHAPES, ViewHead, side_of_azimuth
+from threestudio_like.priors.view_head import SIDE_GROUPS, SIDE_NAMES, VIEW_SHAPES, SideClassifier, side_of_azimuth
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 JANUS_AZIMUTHS_DEG: tuple[float, ...] = tuple(sorted(c + d for c in (0.0, 90.0, 180.0, 270.0) for d in (-22.5, 0.0, 22.5) if c + d >= 0) + [337.5])
@@ -106,7 +106,7 @@ class JanusScore:
         return sum(s == "front" for s in self.seen) / len(self.seen)
 
 
-def judge_views(view_head: ViewHead, images: Float[Tensor, "V 3 32 32"], azimuths_deg: Sequence[float], shape: str) -> JanusScore:
+def judge_views(view_head: SideClassifier, images: Float[Tensor, "V 3 32 32"], azimuths_deg: Sequence[float], shape: str) -> JanusScore:
     """The Janus verdict on renders of a ``shape`` (house or mug) from ``azimuths_deg``."""
     if shape not in VIEW_SHAPES:
         raise ValueError(f"the Janus measure needs a shape with a front ({', '.join(VIEW_SHAPES)}), not {shape!r}")
@@ -170,12 +170,12 @@ class JanusResult:
     images: Tensor = field(repr=False)  # [V, 3, 32, 32] the judged renders
 
 
-def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: Any, view_head: ViewHead) -> JanusResult:
+def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: Any, view_head: SideClassifier) -> JanusResult:
     system, prompt = evaluation.load_trial(trial_dir)
     return evaluate_janus_system(system, prompt, variant, seed, classifier, view_head)
 
 
-def evaluate_janus_system(system: Any, prompt: str, variant: str, seed: int, classifier: Any, view_head: ViewHead) -> JanusResult:
+def evaluate_janus_system(system: Any, prompt: str, variant: str, seed: int, classifier: Any, view_head: SideClassifier) -> JanusResult:
     score = evaluation.evaluate_system(system, prompt, classifier)
     images = render_janus_views(system)
     return JanusResult(variant, prompt, seed, score, judge_views(view_head, images, JANUS_AZIMUTHS_DEG, score.expected_shape), images)

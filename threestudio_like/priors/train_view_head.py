@@ -1,7 +1,7 @@
 """Train the view head (which side of a house / mug a render shows) for the Janus measure.
 
     python -m threestudio_like.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
-        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR]]
+        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K]
 
 Fresh procedural renders of the house and the mug in every colour, flat and lit, from two camera
 kinds: orbit-like cameras (the evaluator's: unperturbed, lit from the camera; elevation -10..80
@@ -14,7 +14,9 @@ plain back gable of an SDS house its front as often as not). Horizontal flips co
 implies: the house is symmetric about y = 0 (a flip swaps left and right), the mug about x = 0
 (a flip swaps front and back). With ``--nerf-views N``, a share of each batch (``--nerf-share``)
 comes from N renders of each of the NeRFs fitted to procedural houses and mugs (nerf_views.py):
-the domain the head is used on, with the side known by construction.
+the domain the head is used on, with the side known by construction. With ``--members K``, K
+heads are trained alike from seeds SEED..SEED+K-1 and saved as one ensemble (view_head.py's
+``ViewHeadEnsemble``: the verdict is their mean probability).
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
 at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras)
@@ -29,7 +31,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,8 @@ from threestudio_like.data.random_camera import step_seed
 from threestudio_like.priors import procedural
 from threestudio_like.priors import nerf_views as nerf_view_data
 from threestudio_like.priors.view_head import (
-    SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, ViewHead, boundary_distance, save_view_head, side_of_azimuth,
+    SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, ViewHead, ViewHeadEnsemble, boundary_distance,
+    save_view_head, side_of_azimuth,
 )
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
@@ -177,13 +180,13 @@ def draw(data: dict[str, Tensor], n: int, g: torch.Generator) -> tuple[Tensor, T
 
 # --------------------------------------------------------------------------- accuracy
 @torch.no_grad()
-def predict(model: ViewHead, images: Float[Tensor, "N 3 32 32"], view_shapes: Tensor) -> Tensor:
+def predict(model: SideClassifier, images: Float[Tensor, "N 3 32 32"], view_shapes: Tensor) -> Tensor:
     """Predicted side indices [N] (eval mode, in chunks)."""
     model.eval()
     return torch.cat([model(images[s : s + 512], view_shapes[s : s + 512]).argmax(-1) for s in range(0, len(images), 512)])
 
 
-def held_out_accuracy(model: ViewHead, data: dict[str, Tensor], augmented: bool = False) -> dict:
+def held_out_accuracy(model: SideClassifier, data: dict[str, Tensor], augmented: bool = False) -> dict:
     """Accuracy on ``data`` (clean, or augmented with a fixed generator), broken down by side,
     shape, shading, camera kind, elevation and distance from a side boundary; ``*_house_sides_merged``
     counts the house's left / right as one side (``SIDE_GROUPS``), as the Janus measure does."""
@@ -225,7 +228,7 @@ def held_out_accuracy(model: ViewHead, data: dict[str, Tensor], augmented: bool 
 
 
 @torch.no_grad()
-def clean_janus_rates(model: ViewHead) -> dict[str, float]:
+def clean_janus_rates(model: SideClassifier) -> dict[str, float]:
     """Per shape, the Janus rate of clean procedural renders of the correct object (every colour,
     lit) at the Janus measure's 12 cameras: what the head itself adds to the measure, 0 for a
     head fit for it."""
@@ -245,33 +248,15 @@ def clean_janus_rates(model: ViewHead) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- training
-def train_view_head(
-    out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
-    width: int = 16, threads: int = 1, command: Optional[str] = None, held_out_size: int = HELD_OUT_SIZE,
-    nerf_views: int = 0, nerf_share: float = NERF_SHARE, nerf_work_dir: str = NERF_WORK_DIR,
-) -> dict:
-    """Train and save to ``out/classifier/view``; returns the saved training info."""
-    torch.set_num_threads(threads)
-    start = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
-
-    data = render_view_dataset(dataset_size, TRAIN_DATASET_SEED)
-    held_out = render_view_dataset(held_out_size, HELD_OUT_DATASET_SEED)
-    log(f"rendered {dataset_size} training and {held_out_size} held-out views")
-    nerf = None
-    if nerf_views:
-        nerf = nerf_view_data.render_nerf_view_dataset(nerf_view_data.FIT_PROMPTS, nerf_views, TRAIN_DATASET_SEED, nerf_work_dir)
-        log(f"rendered {len(nerf['sides'])} views of {len(nerf_view_data.FIT_PROMPTS)} reference NeRFs (fits kept in {nerf_work_dir})")
-    render_seconds = time.time() - start
+def train_one_head(data: dict[str, Tensor], nerf: Optional[dict[str, Tensor]], n_nerf: int, steps: int, batch_size: int,
+                   seed: int, lr: float, width: int, log: Callable[[str], None]) -> ViewHead:
+    """One view head trained from ``seed`` on batches of ``data`` (``n_nerf`` of each from ``nerf``)."""
     torch.manual_seed(seed)
     model = ViewHead(width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = max(1, steps // 15)  # a cold start at full rate sat at chance level for a few hundred steps
+    warmup = warmup_steps(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    n_nerf = int(round(batch_size * nerf_share)) if nerf is not None else 0
     for step in range(steps):
         model.train()
         g = torch.Generator().manual_seed(step_seed(seed, step))
@@ -284,7 +269,41 @@ def train_view_head(
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"step {step + 1}/{steps} loss {loss.item():.4f}")
+            log(f"seed {seed}: step {step + 1}/{steps} loss {loss.item():.4f}")
+    return model.eval()
+
+
+def warmup_steps(steps: int) -> int:
+    return max(1, steps // 15)  # a cold start at full rate sat at chance level for a few hundred steps
+
+
+def train_view_head(
+    out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
+    width: int = 16, threads: int = 1, command: Optional[str] = None, held_out_size: int = HELD_OUT_SIZE,
+    nerf_views: int = 0, nerf_share: float = NERF_SHARE, nerf_work_dir: str = NERF_WORK_DIR, members: int = 1,
+    nerf_prompts: Sequence[str] = nerf_view_data.FIT_PROMPTS,
+) -> dict:
+    """Train ``members`` heads (seeds ``seed``, ``seed + 1``, ...; more than one are saved as a
+    ``ViewHeadEnsemble``) and save to ``out/classifier/view``; returns the saved training info."""
+    torch.set_num_threads(threads)
+    start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
+
+    data = render_view_dataset(dataset_size, TRAIN_DATASET_SEED)
+    held_out = render_view_dataset(held_out_size, HELD_OUT_DATASET_SEED)
+    log(f"rendered {dataset_size} training and {held_out_size} held-out views")
+    nerf = None
+    if nerf_views:
+        nerf = nerf_view_data.render_nerf_view_dataset(nerf_prompts, nerf_views, TRAIN_DATASET_SEED, nerf_work_dir)
+        log(f"rendered {len(nerf['sides'])} views of {len(nerf_prompts)} reference NeRFs (fits kept in {nerf_work_dir})")
+    render_seconds = time.time() - start
+    n_nerf = int(round(batch_size * nerf_share)) if nerf is not None else 0
+    heads = []
+    for member in range(members):
+        heads.append(train_one_head(data, nerf, n_nerf, steps, batch_size, seed + member, lr, width, log))
+    model: SideClassifier = heads[0] if members == 1 else ViewHeadEnsemble(heads)
     clean, augmented = held_out_accuracy(model, held_out), held_out_accuracy(model, held_out, augmented=True)
     log(f"held-out accuracy, clean: {clean['all']:.3f} (per side {clean['per_side']}, per shape {clean['per_shape']}), "
         f"augmented: {augmented['all']:.3f}")
@@ -293,16 +312,16 @@ def train_view_head(
     log(f"Janus rate of clean correct objects at the measure's cameras (all colours): {janus_rates}")
     info = {
         "command": command or f"python -m threestudio_like.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
-                              f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads}",
+                              f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads} --members {members}",
         "held_out_accuracy_clean": clean,
         "held_out_accuracy_augmented": augmented,
         "clean_janus_rate": janus_rates,
         "steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "threads": threads,
-        "label_smoothing": 0.05, "warmup_steps": warmup, "orbit_camera_share": ORBIT_SHARE,
+        "label_smoothing": 0.05, "warmup_steps": warmup_steps(steps), "members": members, "orbit_camera_share": ORBIT_SHARE,
         "orbit_center_jitter": ORBIT_CENTER_JITTER, "flips": "mirror with MIRROR_SIDES labels",
         "train_dataset": {"size": dataset_size, "seed": TRAIN_DATASET_SEED, "shapes": list(VIEW_SHAPES)},
         "nerf_views": {"per_fit": nerf_views, "batch_share": nerf_share if nerf_views else 0.0,
-                       "fit_prompts": list(nerf_view_data.FIT_PROMPTS) if nerf_views else [],
+                       "fit_prompts": list(nerf_prompts) if nerf_views else [],
                        "fit_steps": nerf_view_data.FIT_STEPS if nerf_views else 0},
         "held_out_dataset": {"size": held_out_size, "seed": HELD_OUT_DATASET_SEED},
         "render_seconds": round(render_seconds, 1),
@@ -330,10 +349,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="also train on this many renders of each reference NeRF (nerf_views.py; 0: procedural renders only)")
     p.add_argument("--nerf-share", type=float, default=NERF_SHARE, help="share of each batch from the NeRF renders")
     p.add_argument("--nerf-work-dir", default=NERF_WORK_DIR, help="where the reference NeRFs are fitted and kept")
+    p.add_argument("--nerf-prompts", nargs="+", default=list(nerf_view_data.FIT_PROMPTS),
+                   help="the reference NeRFs' prompts (a colour and a house or mug; keep the Janus table's own apart)")
+    p.add_argument("--members", type=int, default=1, help="heads trained from seeds SEED, SEED+1, ...; more than one: their mean verdict")
     args = p.parse_args(argv)
     command = "python -m threestudio_like.priors.train_view_head " + " ".join(argv)
     train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command,
-                    nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir)
+                    nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir, members=args.members,
+                    nerf_prompts=args.nerf_prompts)
 
 
 if __name__ == "__main__":

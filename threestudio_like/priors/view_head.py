@@ -17,7 +17,9 @@ them for the house wherever a decision needs a side that the image determines.
 It is a separate small network, not a third head on ``ShapeColourClassifier``, so the shipped
 shape / colour classifier's weights stay as they are. It is saved beside it in
 ``classifier/view/`` (``model.safetensors`` + ``view_head.json``) and trained by
-``python -m threestudio_like.priors.train_view_head``.
+``python -m threestudio_like.priors.train_view_head``; a folder may hold an ensemble of heads
+trained alike from several seeds (``ViewHeadEnsemble``, ``"members"`` in the json), judged by
+their mean probability.
 """
 
 from __future__ import annotations
@@ -71,20 +73,12 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class ViewHead(nn.Module):
-    """Conv trunk 32 -> 4 pixels (widths w, 2w, 4w), one linear layer to 4 sides per shape.
+class SideClassifier(nn.Module):
+    """What the Janus measure calls: ``forward(images, shape_ids)`` gives side log-probabilities
+    (or logits) [B, 4] of each image's shape, ``classify`` the verdict."""
 
-    No global pooling: where the door / handle sits in the frame is the answer, so the
-    linear layer sees the spatial map."""
-
-    def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES) -> None:
-        super().__init__()
-        self.side_names = list(side_names)
-        self.shapes = list(shapes)
-        self.width = width
-        self.trunk = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
-        self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(4 * width * 4 * 4, len(self.shapes) * len(self.side_names))
+    side_names: list[str]
+    shapes: list[str]
 
     def shape_ids(self, shapes: Union[str, Sequence[str]], n: int) -> Int[Tensor, "B"]:
         """Indices into ``self.shapes`` of one name (for all ``n`` images) or one name per image."""
@@ -93,16 +87,6 @@ class ViewHead(nn.Module):
         if unknown or len(names) != n:
             raise ValueError(f"view head: needs one of {self.shapes} per image (or one for all {n}); got {shapes!r}")
         return torch.tensor([self.shapes.index(name) for name in names], dtype=torch.long)
-
-    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
-        """Side logits of each image's shape (``shape_ids`` index ``self.shapes``); ``images`` in
-        [0, 1] (other sizes are area-resized to 32 x 32)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"view head: expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
-        if images.shape[-2:] != (32, 32):
-            images = F.interpolate(images, (32, 32), mode="area")
-        logits = self.head(self.dropout(self.trunk(images * 2.0 - 1.0))).view(len(images), len(self.shapes), -1)
-        return logits[torch.arange(len(images), device=logits.device), shape_ids.to(logits.device)]
 
     @torch.no_grad()
     def classify(self, images: Float[Tensor, "B 3 32 32"], shapes: Union[str, Sequence[str]]) -> ViewClassification:
@@ -117,6 +101,50 @@ class ViewHead(nn.Module):
         return ViewClassification([self.side_names[i] for i in indices.tolist()], indices, probs)
 
 
+class ViewHead(SideClassifier):
+    """Conv trunk 32 -> 4 pixels (widths w, 2w, 4w), one linear layer to 4 sides per shape.
+
+    No global pooling: where the door / handle sits in the frame is the answer, so the
+    linear layer sees the spatial map."""
+
+    def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES) -> None:
+        super().__init__()
+        self.side_names = list(side_names)
+        self.shapes = list(shapes)
+        self.width = width
+        self.trunk = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(4 * width * 4 * 4, len(self.shapes) * len(self.side_names))
+
+    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
+        """Side logits of each image's shape (``shape_ids`` index ``self.shapes``); ``images`` in
+        [0, 1] (other sizes are area-resized to 32 x 32)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"view head: expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, (32, 32), mode="area")
+        logits = self.head(self.dropout(self.trunk(images * 2.0 - 1.0))).view(len(images), len(self.shapes), -1)
+        return logits[torch.arange(len(images), device=logits.device), shape_ids.to(logits.device)]
+
+
+class ViewHeadEnsemble(SideClassifier):
+    """View heads trained alike from different seeds; the verdict is their mean probability.
+    On NeRF renders, out of the training domain, much of one head's error is its own (two seeds
+    of the same training disagree on different views), and averaging cancels that part."""
+
+    def __init__(self, members: Sequence[ViewHead]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a view head ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.side_names, self.shapes, self.width = members[0].side_names, members[0].shapes, members[0].width
+
+    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
+        """Log of the members' mean side probability (so its softmax is that mean)."""
+        probs = torch.stack([m(images, shape_ids).softmax(-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
 def view_head_folder(folder: str) -> str:
     """The view head's folder, given it, a classifier folder or a prior folder."""
     for candidate in (folder, os.path.join(folder, VIEW_FOLDER), os.path.join(folder, "classifier", VIEW_FOLDER)):
@@ -128,24 +156,27 @@ def view_head_folder(folder: str) -> str:
     )
 
 
-def save_view_head(folder: str, model: ViewHead, info: dict | None = None) -> None:
-    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width, training info)."""
+def save_view_head(folder: str, model: Union[ViewHead, ViewHeadEnsemble], info: dict | None = None) -> None:
+    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width,
+    number of ensemble members, training info)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
-    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "info": info or {}}
+    members = len(model.members) if isinstance(model, ViewHeadEnsemble) else 1
+    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "members": members, "info": info or {}}
     with open(os.path.join(folder, INFO_FILE), "w") as f:
         json.dump(meta, f, indent=2)
 
 
-def load_view_head(folder: str) -> ViewHead:
-    """The view head in ``folder`` (see ``view_head_folder``), in eval mode."""
+def load_view_head(folder: str) -> Union[ViewHead, ViewHeadEnsemble]:
+    """The view head (or ensemble of them) in ``folder`` (see ``view_head_folder``), in eval mode."""
     from safetensors.torch import load_file
 
     folder = view_head_folder(folder)
     with open(os.path.join(folder, INFO_FILE)) as f:
         meta = json.load(f)
-    model = ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES))
+    heads = [ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES)) for _ in range(meta.get("members", 1))]
+    model = heads[0] if len(heads) == 1 else ViewHeadEnsemble(heads)
     model.load_state_dict(load_file(os.path.join(folder, WEIGHTS_FILE)))
     return model.eval()
