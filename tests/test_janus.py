@@ -115,7 +115,7 @@ def test_an_object_that_shows_its_front_everywhere_scores_nine_twelfths(view_hea
         janus.judge_views(view_head, front, [0.0], "cube")
 
 
-def fake_result(variant, prompt, seed, rate_wrong, shape_ok=True):
+def fake_result(variant, prompt, seed, rate_wrong, shape_ok=True, handles=None):
     """A JanusResult whose first ``rate_wrong`` back / side views are seen as front."""
     shape, colour = evaluation.parse_prompt(prompt)
     score = evaluation.Score(prompt, shape, colour, Counter({shape if shape_ok else "cube": 8}), Counter({colour: 8}),
@@ -127,12 +127,36 @@ def fake_result(variant, prompt, seed, rate_wrong, shape_ok=True):
         wrong = e != "front" and flipped < rate_wrong
         flipped += wrong
         seen.append("front" if wrong else e)
-    return janus.JanusResult(variant, prompt, seed, score, janus.JanusScore(shape, azimuths, seen, expected), torch.zeros(12, 3, 32, 32))
+    return janus.JanusResult(variant, prompt, seed, score, janus.JanusScore(shape, azimuths, seen, expected),
+                             torch.zeros(12, 3, 32, 32), handles)
+
+
+def test_geometry_finds_the_mugs_handles_at_any_scale_and_ignores_floaters():
+    from threestudio_like.export.isosurface import extract_isosurface
+    from threestudio_like.mesh.types import Mesh
+
+    bound = procedural.OBJECT_RADIUS + 0.2
+    bbox = torch.tensor([[-bound] * 3, [bound] * 3])
+    mug = extract_isosurface(lambda p: -procedural.sdf_mug(p)[..., None], bbox, 64, 0.0)
+    assert janus.handle_sides(mug) == ["right"]  # the handle stands off the -y wall
+    moved = Mesh(mug.v_pos * 1.4 + torch.tensor([0.1, 0.05, 0.0]), mug.t_pos_idx)
+    assert janus.handle_sides(moved) == ["right"]  # larger, off centre
+    speck = extract_isosurface(lambda p: (0.1 - p.norm(dim=-1))[..., None], torch.tensor([[-0.15] * 3, [0.15] * 3]), 12, 0.0)
+    assert speck.n_faces < janus.FLOATER_SHARE * mug.n_faces
+    with_floater = Mesh(torch.cat([mug.v_pos, speck.v_pos + torch.tensor([0.9, 0.0, 0.0])]),
+                        torch.cat([mug.t_pos_idx, speck.t_pos_idx + mug.n_vertices]))
+    assert janus.reach_by_side(with_floater.v_pos)["front"] > 2.0  # counted, the speck would be a front handle
+    assert janus.handle_sides(with_floater) == ["right"]  # a floater far out in front is not a handle
+    mirrored = lambda p: -torch.minimum(procedural.sdf_mug(p), procedural.sdf_mug(p * p.new_tensor([1.0, -1.0, 1.0])))[..., None]  # noqa: E731
+    assert janus.handle_sides(extract_isosurface(mirrored, bbox, 64, 0.0)) == ["left", "right"]  # a Janus mug
+    cylinder = extract_isosurface(lambda p: -procedural.sdf_cylinder(p)[..., None], bbox, 64, 0.0)
+    assert janus.handle_sides(cylinder) == []
 
 
 def test_table_gives_rates_over_seeds_zero_janus_counts_and_failures():
     results = [fake_result("sds", "a red house", 0, 6), fake_result("sds", "a red house", 1, 0),
-               fake_result("sds", "a blue mug", 0, 3, shape_ok=False), fake_result("sds", "a blue mug", 1, 3)]
+               fake_result("sds", "a blue mug", 0, 3, shape_ok=False, handles=["left", "right"]),
+               fake_result("sds", "a blue mug", 1, 3, handles=["right"])]
     table = janus.format_janus_table(results, ["sds", "mv"], ["a red house", "a blue mug"], {"mv": "ModelNotFoundError: no builtin:x"})
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
     header, body = rows[0], {(r[0], r[1]): dict(zip(rows[0], r)) for r in rows[1:]}
@@ -140,6 +164,7 @@ def test_table_gives_rates_over_seeds_zero_janus_counts_and_failures():
     house, mug, both = body[("sds", "a red house")], body[("sds", "a blue mug")], body[("sds", "all prompts")]
     assert house["Janus rate"] == "0.25 ± 0.35" and house["Janus-free"] == "1/2" and house["seen as front"] == "0.50 ± 0.35"
     assert mug["Janus rate"] == "0.25 ± 0.00" and mug["Janus-free"] == "0/2" and mug["shape right"] == "1/2"
+    assert mug["one handle, right"] == "1/2" and house["one handle, right"] == "-" and both["one handle, right"] == "1/2"
     # all prompts: per seed the mean over prompts (0.375, 0.125), then mean +- sd over seeds
     assert both["Janus rate"] == "0.25 ± 0.18" and both["Janus-free"] == "1/4" and both["trials"] == "4"
     assert body[("mv", "(failed, see below)")]["trials"] == "0"

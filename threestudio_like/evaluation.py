@@ -66,6 +66,7 @@ class Score:
     shape_votes: Counter = field(default_factory=Counter)
     colour_votes: Counter = field(default_factory=Counter)
     chamfer: dict[str, float] = field(default_factory=dict)
+    mesh: Optional[Mesh] = field(default=None, repr=False)  # the surface the geometry judge saw
 
     @property
     def shape(self) -> str:
@@ -182,6 +183,7 @@ def evaluate_system(
         try:
             mesh = exporter.surface(system.geometry)  # what an export would write (NeRF or DMTet)
             score.chamfer = chamfer_to_references(mesh)
+            score.mesh = mesh
         except ValueError as e:  # an empty field scores as a wrong shape, not a crash
             print(f"warning: no surface for '{prompt}': {e}", file=sys.stderr)
     return score

@@ -13,6 +13,10 @@ door edge-on, a house seen from +90 and from -90 is the same image).
 - Seen as front: the share of views the head calls "front" (3/12 = 0.25 for a correct object,
   1.0 for a full Janus).
 
+A second judge that does not look at renders, for the mug: ``handle_sides`` finds the sides its
+exported surface (floaters left out) reaches out on, which for a mug are its handles; the
+renders' legend gives it per trial. A correct mug has one, on the right.
+
 Azimuths: the evaluator's orbit (0, 45, ...) puts half its views on side boundaries, where the
 side is ambiguous by definition. Instead each class centre (0, 90, 180, 270) and 22.5 degrees to
 either side of it: 12 views, three a side, each at least 22.5 degrees from a boundary.
@@ -36,6 +40,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -43,6 +48,7 @@ import torch
 
 from threestudio_like import evaluation
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.priors import procedural
 from threestudio_like.priors.view_head import SIDE_GROUPS, SIDE_NAMES, VIEW_SHAPES, SideClassifier, side_of_azimuth
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
@@ -117,6 +123,50 @@ def judge_views(view_head: SideClassifier, images: Float[Tensor, "V 3 32 32"], a
     return JanusScore(shape, [float(a) for a in azimuths_deg], seen, expected)
 
 
+# --------------------------------------------------------------------------- geometry cross-check
+FLOATER_SHARE = 0.05  # mesh pieces under this share of the faces are floaters, not the object
+
+
+def reach_by_side(points: Float[Tensor, "N 3"]) -> dict[str, float]:
+    """How far a surface reaches out from its upright axis toward each side (``SIDE_NAMES``): the
+    99th percentile of the horizontal distance from the points' median, over the median distance
+    (the body's radius, for a mug). A judge of the mug that does not look at renders: its handle
+    is what stands off its round body, so a mug reaches out on its handle's side only (the
+    right, -y) and a Janus mug on several."""
+    centre = points[:, :2].median(0).values
+    offset = points[:, :2] - centre
+    distance = offset.norm(dim=-1)
+    body = distance.median().clamp_min(1e-8)
+    sides = side_of_azimuth(torch.rad2deg(torch.atan2(offset[:, 1], offset[:, 0])))
+    return {name: round(float(distance[sides == k].quantile(0.99) / body), 3) if (sides == k).any() else 0.0
+            for k, name in enumerate(SIDE_NAMES)}
+
+
+@lru_cache(maxsize=1)
+def handle_reach_threshold() -> float:
+    """Halfway between the procedural mug's reach on its handle's side and on its other sides."""
+    from threestudio_like.export.isosurface import extract_isosurface
+
+    bound = procedural.OBJECT_RADIUS + 0.2
+    mesh = extract_isosurface(lambda p: -procedural.sdf_mug(p)[..., None], torch.tensor([[-bound] * 3, [bound] * 3]), 64, 0.0)
+    reach = reach_by_side(mesh.v_pos)
+    return (reach.pop("right") + max(reach.values())) / 2
+
+
+def handle_sides(mesh: Mesh) -> list[str]:
+    """The sides a mug's surface reaches out on (``reach_by_side`` over ``handle_reach_threshold``),
+    floaters (``FLOATER_SHARE``) left out."""
+    threshold = handle_reach_threshold()
+    return [side for side, reach in reach_by_side(object_surface(mesh)).items() if reach > threshold]
+
+
+def object_surface(mesh: Mesh) -> Float[Tensor, "N 3"]:
+    """The vertices of ``mesh`` without its floaters."""
+    from threestudio_like.mesh.marching_tets import remove_outliers
+
+    return remove_outliers(mesh, FLOATER_SHARE).v_pos.detach().float().cpu()
+
+
 # --------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class RecipeVariant:
@@ -168,6 +218,7 @@ class JanusResult:
     score: evaluation.Score  # the evaluator's shape / colour / geometry judges
     janus: JanusScore
     images: Tensor = field(repr=False)  # [V, 3, 32, 32] the judged renders
+    handles: Optional[list[str]] = None  # a mug's: the sides its geometry reaches out on (handle_sides)
 
 
 def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: Any, view_head: SideClassifier) -> JanusResult:
@@ -178,7 +229,9 @@ def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: An
 def evaluate_janus_system(system: Any, prompt: str, variant: str, seed: int, classifier: Any, view_head: SideClassifier) -> JanusResult:
     score = evaluation.evaluate_system(system, prompt, classifier)
     images = render_janus_views(system)
-    return JanusResult(variant, prompt, seed, score, judge_views(view_head, images, JANUS_AZIMUTHS_DEG, score.expected_shape), images)
+    handles = handle_sides(score.mesh) if score.expected_shape == "mug" and score.mesh is not None else None
+    return JanusResult(variant, prompt, seed, score, judge_views(view_head, images, JANUS_AZIMUTHS_DEG, score.expected_shape),
+                       images, handles)
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -201,12 +254,12 @@ def format_janus_table(results: Sequence[JanusResult], variants: Sequence[str], 
     over prompts (a seed's trials together), and its Janus-free count is over trials."""
     failures = failures or {}
     header = ["variant", "prompt", "Janus rate", "seen as front", "Janus-free", "shape right", "colour right",
-              "geometry right", "trials"]
+              "geometry right", "one handle, right", "trials"]
     rows = []
     for variant in variants:
         mine = [r for r in results if r.variant == variant]
         if not mine and variant in failures:
-            rows.append([variant, "(failed, see below)", *["-"] * 6, "0"])
+            rows.append([variant, "(failed, see below)", *["-"] * 7, "0"])
             continue
         for prompt in prompts:
             trials = sorted((r for r in mine if r.prompt == prompt), key=lambda r: r.seed)
@@ -230,7 +283,9 @@ def _cells(trials: Sequence[JanusResult], rates: Sequence[Sequence[float]], fron
     return [
         _mean_sd([float(np.mean(g)) for g in rates]), _mean_sd([float(np.mean(g)) for g in fronts]),
         _count([r.janus.rate == 0 for r in trials]), _count([r.score.shape_ok for r in trials]),
-        _count([r.score.colour_ok for r in trials]), _count([r.score.geometry_ok for r in trials]), str(len(trials)),
+        _count([r.score.colour_ok for r in trials]), _count([r.score.geometry_ok for r in trials]),
+        _count([r.handles == ["right"] for r in mugs]) if (mugs := [r for r in trials if r.handles is not None]) else "-",
+        str(len(trials)),
     ]
 
 
@@ -242,7 +297,16 @@ def save_janus_renders(results: Sequence[JanusResult], path: str) -> list[str]:
     Image.fromarray((sheet.numpy() * 255).round().astype(np.uint8)).save(path)
     return [f"{r.variant} '{r.prompt}' seed {r.seed}: Janus {r.janus.rate:.2f}, seen "
             + " ".join(f"{a:g}:{s}{'*' if w else ''}" for a, s, w in zip(r.janus.azimuths, r.janus.seen, r.janus.wrong))
-            for r in results]
+            + _handle_note(r) for r in results]
+
+
+def _handle_note(result: JanusResult) -> str:
+    """For a mug with a judged surface: the sides its geometry reaches out on (its handles)."""
+    if result.handles is None or result.score.mesh is None:
+        return ""
+    reach = reach_by_side(object_surface(result.score.mesh))
+    return (f"; geometry: handle on {', '.join(result.handles) or 'no side'} (reach: "
+            + " ".join(f"{k} {v:.2f}" for k, v in reach.items()) + f"; a handle over {handle_reach_threshold():.2f})")
 
 
 # --------------------------------------------------------------------------- command line
