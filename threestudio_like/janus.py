@@ -229,7 +229,9 @@ def evaluate_janus_trial(trial_dir: str, variant: str, seed: int, classifier: An
 def evaluate_janus_system(system: Any, prompt: str, variant: str, seed: int, classifier: Any, view_head: SideClassifier) -> JanusResult:
     score = evaluation.evaluate_system(system, prompt, classifier)
     images = render_janus_views(system)
-    handles = handle_sides(score.mesh) if score.expected_shape == "mug" and score.mesh is not None else None
+    handles = None
+    if score.expected_shape == "mug":  # no surface: no handle
+        handles = handle_sides(score.mesh) if score.mesh is not None else []
     return JanusResult(variant, prompt, seed, score, judge_views(view_head, images, JANUS_AZIMUTHS_DEG, score.expected_shape),
                        images, handles)
 
@@ -302,8 +304,10 @@ def save_janus_renders(results: Sequence[JanusResult], path: str) -> list[str]:
 
 def _handle_note(result: JanusResult) -> str:
     """For a mug with a judged surface: the sides its geometry reaches out on (its handles)."""
-    if result.handles is None or result.score.mesh is None:
+    if result.handles is None:
         return ""
+    if result.score.mesh is None:
+        return "; geometry: no surface"
     reach = reach_by_side(object_surface(result.score.mesh))
     return (f"; geometry: handle on {', '.join(result.handles) or 'no side'} (reach: "
             + " ".join(f"{k} {v:.2f}" for k, v in reach.items()) + f"; a handle over {handle_reach_threshold():.2f})")
