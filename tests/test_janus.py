@@ -13,15 +13,17 @@ from threestudio_like.guidance.models import resolve_model_path
 from threestudio_like.priors import procedural
 from threestudio_like.priors.classifier import load_classifier
 from threestudio_like.priors.view_head import (
-    SIDE_CENTRES_DEG, SIDE_NAMES, VIEW_FOLDER, boundary_distance, load_view_head, side_of_azimuth,
+    RELIEF_FOLDER, SIDE_CENTRES_DEG, SIDE_NAMES, VIEW_FOLDER, boundary_distance, load_view_head, side_of_azimuth,
+    view_head_folder,
 )
 
 PRIOR = resolve_model_path(evaluation.DEFAULT_PRIOR)
 
 
-@pytest.fixture(scope="module")
-def view_head():
-    return load_view_head(PRIOR)
+@pytest.fixture(scope="module", params=[VIEW_FOLDER, RELIEF_FOLDER])
+def view_head(request):
+    """Each shipped head: the RGB one and the one that also sees the relief."""
+    return load_view_head(PRIOR, kinds=(request.param,))
 
 
 class ProceduralSystem:
@@ -38,8 +40,10 @@ class ProceduralSystem:
         pass
 
     def renderer(self, rays_o, rays_d, light_positions, **_):
-        rgb, mask = procedural.render_rays(self.shape_id, self.albedo, rays_o, rays_d, light_positions, torch.tensor([False]))
-        return {"comp_rgb": rgb, "opacity": mask}
+        depth = torch.zeros_like(rays_o[..., :1])
+        rgb, mask = procedural.render_rays(self.shape_id, self.albedo, rays_o, rays_d, light_positions, torch.tensor([False]),
+                                           depth=depth)
+        return {"comp_rgb": rgb, "opacity": mask, "depth": depth}
 
 
 def janus_albedo(shape, p):
@@ -74,6 +78,40 @@ def test_mirrored_renders_show_the_side_the_flip_labels_say():
         assert (images.flip(-1) - mirrored).abs().max() < 0.05
         sides, mirrored_sides = side_of_azimuth(azimuths), side_of_azimuth([mirrored_azimuth(a) for a in azimuths])
         assert MIRROR_SIDES[row][sides].tolist() == mirrored_sides.tolist()
+
+
+def test_relief_shows_a_mugs_handle_pointing_at_the_camera():
+    """The relief a Janus view carries: 0 off the object, ~0.5 + nearness / 2 on it; the handle
+    seen end-on (its side's camera, azimuth 270) is nearer than the wall seen from 90. The
+    training renders' relief is the measure's."""
+    from threestudio_like.priors.train_view_head import render_with_relief
+
+    views = janus.render_janus_views(ProceduralSystem("mug", "blue"), [90.0, 270.0])
+    relief = views[:, 3]
+    assert relief[:, :2].max() == 0.0  # the top rows: background
+    centre = relief[:, 13:19, 14:18].mean((1, 2))
+    wall = 0.5 + (procedural._MUG_OUTER) / 2  # a wall at the mug's radius in front of the look-at point
+    assert centre[0] == pytest.approx(wall, abs=0.03)
+    assert centre[1] > centre[0] + 0.05, centre.tolist()
+    ids = torch.tensor([procedural.SHAPE_NAMES.index("mug")]), torch.tensor([procedural.COLOUR_NAMES.index("blue")])
+    trained = torch.cat([render_with_relief(*ids, camera, torch.tensor([False]))[0] for camera in janus.janus_cameras([90.0, 270.0])])
+    assert torch.allclose(trained, views, atol=1e-5)
+
+
+def test_the_relief_head_tells_a_handle_end_on_from_a_hidden_one_by_depth():
+    """A mug seen from its handle's side (270) and the opposite one (90), colour blurred as a NeRF
+    softens it: the RGB head can no longer see the ring and takes both for "handle hidden"; the
+    relief head reads the handle's depth, and with the two views' reliefs swapped, swaps its verdict."""
+    from threestudio_like.priors.train_view_head import _blur
+
+    rgb_head, relief_head = load_view_head(PRIOR), load_view_head(PRIOR, kinds=(RELIEF_FOLDER,))
+    for colour in ("blue", "orange"):
+        views = janus.render_janus_views(ProceduralSystem("mug", colour), [90.0, 270.0])
+        blurred = torch.cat([_blur(views[:, :3], torch.full((2,), 1.5)), views[:, 3:]], dim=1)
+        assert rgb_head.classify(blurred, "mug").sides == ["left", "left"]
+        assert relief_head.classify(blurred, "mug").sides == ["left", "right"]
+        swapped = torch.cat([views[:, :3], views.flip(0)[:, 3:]], dim=1)
+        assert relief_head.classify(swapped, "mug").sides == ["right", "left"]
 
 
 def test_view_head_names_the_side_of_clean_renders_at_the_class_centres(view_head):
@@ -202,7 +240,7 @@ def test_classifier_without_a_view_head_still_loads(tmp_path):
         shutil.copy(os.path.join(shipped, name), old / name)
     images = janus.render_janus_views(ProceduralSystem("mug", "blue"), [0.0, 180.0])
     for folder in (str(old), str(tmp_path), PRIOR):
-        assert load_classifier(folder).classify(images).shapes == ["mug", "mug"]
+        assert load_classifier(folder).classify(images[:, :3]).shapes == ["mug", "mug"]
     with pytest.raises(FileNotFoundError, match="train_view_head"):
         load_view_head(str(tmp_path))
     for folder in (PRIOR, shipped, os.path.join(shipped, VIEW_FOLDER)):  # prior, classifier or view folder
@@ -219,6 +257,15 @@ def test_view_head_trains_saves_and_loads(tmp_path):
     assert len(head.classify(torch.rand(3, 3, 32, 32), ["house", "mug", "house"]).sides) == 3
     with pytest.raises(ValueError):
         head.classify(torch.rand(2, 3, 32, 32), "cube")
+    # a relief head: saved beside it, preferred by the Janus measure, reads four channels
+    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, with_relief=True)
+    assert info["inputs"] == "rgb+relief" and "--relief" in info["command"]
+    assert view_head_folder(str(tmp_path), kinds=(RELIEF_FOLDER, VIEW_FOLDER)).endswith(RELIEF_FOLDER)
+    assert load_view_head(str(tmp_path)).channels == 3  # the RGB head is still the default
+    relief_head = load_view_head(str(tmp_path), kinds=(RELIEF_FOLDER,))
+    assert relief_head.channels == 4 and len(relief_head.classify(torch.rand(2, 4, 32, 32), "mug").sides) == 2
+    with pytest.raises(ValueError, match="RGB \\+ relief"):
+        relief_head.classify(torch.rand(2, 3, 32, 32), "mug")
 
 
 def test_a_view_head_ensemble_averages_its_members_and_round_trips(tmp_path):
@@ -265,6 +312,9 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     assert kept.stat().st_mtime_ns == before  # the kept fit was used, not refitted
     assert set(info["clean_janus_rate"]) == {"house", "mug"}
     assert info["nerf_views"] == {"per_fit": 4, "batch_share": 0.25, "fit_prompts": ["a green mug"], "fit_steps": 30}
+    # the fitted mug's relief: the surface in front of the look-at point, nothing off the object
+    relief = data["relief"][:, 0].float() / 255.0
+    assert relief[covered].mean() > 0.55 and relief[data["masks"][:, 0] < 10].max() < 0.1
 
 
 def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):

@@ -109,19 +109,36 @@ def orbit_cameras(n_views: int = N_VIEWS, batch_size: int = 1) -> OrbitCameraDat
 
 
 @torch.no_grad()
-def render_views_with_opacity(system: Any, n_views: int = N_VIEWS, views: Optional[Sequence[Any]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """([V, 3, 32, 32] renders in [0, 1], [V, 1, 32, 32] opacity) around the object,
-    supersampled like the training data; ``views`` (camera batches at the supersampled size)
-    replace the ``n_views`` orbit."""
+def render_views_with_depth(system: Any, n_views: int = N_VIEWS, views: Optional[Sequence[Any]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """([V, 3, 32, 32] renders in [0, 1], [V, 1, 32, 32] opacity, [V, 1, 32, 32] depth blended
+    onto 0) around the object, supersampled like the training data; ``views`` (camera batches at
+    the supersampled size) replace the ``n_views`` orbit."""
     views = orbit_cameras(n_views) if views is None else views
     system.eval()
-    images, opacity = [], []
+    images, opacity, depth = [], [], []
     for i in range(len(views)):
         batch = {k: (v.to(system.device) if torch.is_tensor(v) else v) for k, v in views[i].items()}
         out = system.renderer(**batch)
         images.append(out["comp_rgb"].float().cpu())
         opacity.append(out["opacity"].float().cpu())
-    return procedural.downsample(torch.cat(images).clamp(0, 1)), procedural.downsample(torch.cat(opacity).clamp(0, 1))
+        depth.append(out["depth"].float().cpu())
+    return (procedural.downsample(torch.cat(images).clamp(0, 1)), procedural.downsample(torch.cat(opacity).clamp(0, 1)),
+            procedural.downsample(torch.cat(depth)))
+
+
+def render_views_with_opacity(system: Any, n_views: int = N_VIEWS, views: Optional[Sequence[Any]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``render_views_with_depth`` without the depth."""
+    return render_views_with_depth(system, n_views, views)[:2]
+
+
+def render_views_with_relief(system: Any, views: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([V, 4, 32, 32] each view's render and its relief (view_head.relief), what a relief view
+    head reads; [V, 1, 32, 32] opacity)."""
+    from threestudio_like.priors.view_head import relief
+
+    images, opacity, depth = render_views_with_depth(system, views=views)
+    distance = torch.cat([torch.as_tensor(v["camera_distances"]).reshape(-1).float() for v in views])
+    return torch.cat([images, relief(depth, opacity, distance)], dim=1), opacity
 
 
 def render_views(system: Any, n_views: int = N_VIEWS) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Single-view SDS can make an object that shows its front from every side. Two procedural shapes
 have a front: the house (door on its +x face) and the mug (handle on its -y side). For a finished
 trial whose prompt names one of them, the result is rendered from ``JANUS_AZIMUTHS_DEG`` at the
-evaluator's elevation, distance and fovy, and the view head (priors/view_head.py, shipped beside
-the shape / colour classifier) says which side each render shows. A view is wrong when that side
+evaluator's elevation, distance and fovy, with its depth, and the view head (priors/view_head.py,
+shipped beside the shape / colour classifier; the one that also sees the relief where there is
+one) says which side each render shows. A view is wrong when that side
 is not the camera's side; the house's left and right count as one side (``SIDE_GROUPS``: with its
 door edge-on, a house seen from +90 and from -90 is the same image).
 
@@ -50,7 +51,9 @@ from threestudio_like import evaluation
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.priors import procedural
-from threestudio_like.priors.view_head import SIDE_GROUPS, SIDE_NAMES, VIEW_SHAPES, SideClassifier, side_of_azimuth
+from threestudio_like.priors.view_head import (
+    RELIEF_FOLDER, SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, side_of_azimuth,
+)
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 JANUS_AZIMUTHS_DEG: tuple[float, ...] = tuple(sorted(c + d for c in (0.0, 90.0, 180.0, 270.0) for d in (-22.5, 0.0, 22.5) if c + d >= 0) + [337.5])
@@ -82,9 +85,10 @@ def janus_cameras(azimuths_deg: Sequence[float] = JANUS_AZIMUTHS_DEG) -> list[Ca
     ]
 
 
-def render_janus_views(system: Any, azimuths_deg: Sequence[float] = JANUS_AZIMUTHS_DEG) -> Float[Tensor, "V 3 32 32"]:
-    """A trained system's renders from ``janus_cameras`` (in [0, 1])."""
-    return evaluation.render_views_with_opacity(system, views=janus_cameras(azimuths_deg))[0]
+def render_janus_views(system: Any, azimuths_deg: Sequence[float] = JANUS_AZIMUTHS_DEG) -> Float[Tensor, "V 4 32 32"]:
+    """A trained system's renders from ``janus_cameras`` (in [0, 1]) and their relief
+    (view_head.relief): RGB + relief channels, of which a view head reads what it was trained on."""
+    return evaluation.render_views_with_relief(system, janus_cameras(azimuths_deg))[0]
 
 
 @dataclass
@@ -112,7 +116,7 @@ class JanusScore:
         return sum(s == "front" for s in self.seen) / len(self.seen)
 
 
-def judge_views(view_head: SideClassifier, images: Float[Tensor, "V 3 32 32"], azimuths_deg: Sequence[float], shape: str) -> JanusScore:
+def judge_views(view_head: SideClassifier, images: Float[Tensor, "V C 32 32"], azimuths_deg: Sequence[float], shape: str) -> JanusScore:
     """The Janus verdict on renders of a ``shape`` (house or mug) from ``azimuths_deg``."""
     if shape not in VIEW_SHAPES:
         raise ValueError(f"the Janus measure needs a shape with a front ({', '.join(VIEW_SHAPES)}), not {shape!r}")
@@ -217,7 +221,7 @@ class JanusResult:
     seed: int
     score: evaluation.Score  # the evaluator's shape / colour / geometry judges
     janus: JanusScore
-    images: Tensor = field(repr=False)  # [V, 3, 32, 32] the judged renders
+    images: Tensor = field(repr=False)  # [V, 4, 32, 32] the judged renders: RGB + relief
     handles: Optional[list[str]] = None  # a mug's: the sides its geometry reaches out on (handle_sides)
 
 
@@ -295,7 +299,7 @@ def save_janus_renders(results: Sequence[JanusResult], path: str) -> list[str]:
     """One row of the judged views per trial; returns the rows' labels (with the seen sides)."""
     from PIL import Image
 
-    sheet = procedural.contact_sheet(torch.cat([r.images for r in results]), columns=len(JANUS_AZIMUTHS_DEG), scale=3)
+    sheet = procedural.contact_sheet(torch.cat([r.images[:, :3] for r in results]), columns=len(JANUS_AZIMUTHS_DEG), scale=3)
     Image.fromarray((sheet.numpy() * 255).round().astype(np.uint8)).save(path)
     return [f"{r.variant} '{r.prompt}' seed {r.seed}: Janus {r.janus.rate:.2f}, seen "
             + " ".join(f"{a:g}:{s}{'*' if w else ''}" for a, s, w in zip(r.janus.azimuths, r.janus.seen, r.janus.wrong))
@@ -326,7 +330,7 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
 
     prior = resolve_model_path(evaluation.DEFAULT_PRIOR)
     classifier = load_classifier(classifier_folder or prior)
-    view_head = load_view_head(view_head_folder or classifier_folder or prior)
+    view_head = load_view_head(view_head_folder or classifier_folder or prior, kinds=(RELIEF_FOLDER, VIEW_FOLDER))
     results: list[JanusResult] = []
     failures: dict[str, str] = {}
     # seeds outermost: an interrupted run already has every variant for the first seeds
@@ -373,7 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"rows: RECIPE, RECIPE,key=value,... or {', '.join(VARIANT_ALIASES)}")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--classifier", default=None, help="classifier folder (default: the built-in prior's)")
-    parser.add_argument("--view-head", default=None, help="view head folder (default: the classifier's view/)")
+    parser.add_argument("--view-head", default=None, help="view head folder (default: the classifier's view_relief/, else its view/)")
     parser.add_argument("--floor", action="store_true",
                         help="add a 'reference NeRF' row: NeRFs fitted to the correct objects, the evaluator's own error")
     args, extra = parser.parse_known_args(argv)

@@ -43,14 +43,14 @@ def _fit_views(prompt: str, fit_seed: int, views: int, seed: int, work_dir: str,
     """One prompt's labelled renders (kept in its folder as ``views{n}_seed{s}.pt``)."""
     from threestudio_like import evaluation
     from threestudio_like.janus_floor import fit_reference_nerf, reference_folder
-    from threestudio_like.priors.train_view_head import orbit_like_cameras
+    from threestudio_like.priors.train_view_head import as_bytes, orbit_like_cameras
     from threestudio_like.utils.io import atomic_path
 
     shape, colour = evaluation.parse_prompt(prompt)
     if shape not in VIEW_SHAPES or colour is None:
         raise ValueError(f"NeRF views need a prompt naming a colour and one of {', '.join(VIEW_SHAPES)}, not {prompt!r}")
     folder = reference_folder(work_dir, prompt)
-    settings = {"prompt": prompt, "fit_seed": fit_seed, "fit_steps": fit_steps, "views": views, "seed": seed}
+    settings = {"prompt": prompt, "fit_seed": fit_seed, "fit_steps": fit_steps, "views": views, "seed": seed, "relief": True}
     kept = os.path.join(folder, f"views{views}_seed{seed}.pt")
     if os.path.isfile(kept):
         saved = torch.load(kept, weights_only=True)
@@ -63,9 +63,9 @@ def _fit_views(prompt: str, fit_seed: int, views: int, seed: int, work_dir: str,
         n = min(RENDER_BATCH, views - start)
         cameras = orbit_like_cameras(n, g)
         with torch.no_grad():
-            images, opacity = evaluation.render_views_with_opacity(system, views=[cameras])
+            views_with_relief, opacity = evaluation.render_views_with_relief(system, [cameras])
         parts.append({
-            "images": (images * 255).round().to(torch.uint8), "masks": (opacity * 255).round().to(torch.uint8),
+            **as_bytes(views_with_relief, opacity),
             "sides": side_of_azimuth(cameras["azimuth"]), "view_shapes": torch.full((n,), VIEW_SHAPES.index(shape)),
             "colour_ids": torch.full((n,), procedural.COLOUR_NAMES.index(colour)),
             "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(),

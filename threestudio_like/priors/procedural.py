@@ -311,15 +311,19 @@ def render_rays(
     light_positions: Float[Tensor, "B 3"],
     flat: Bool[Tensor, "B"],
     features: Optional[Float[Tensor, "B H W 1"]] = None,
+    depth: Optional[Float[Tensor, "B H W 1"]] = None,
 ) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 1"]]:
     """Render one object per view at the rays' resolution: (rgb on white, coverage mask).
-    ``features``, when given, is filled with 1 where a ray hits a ``side_features`` point."""
+    ``features``, when given, is filled with 1 where a ray hits a ``side_features`` point;
+    ``depth`` with the distance from the ray's origin to its hit (0 where it misses, as the
+    renderers blend depth onto 0)."""
     B, H, W, _ = rays_o.shape
     n = H * W
     rgb = rays_o.new_tensor(BACKGROUND_RGB).repeat(B * n, 1)
     mask = torch.zeros(B * n, dtype=torch.bool, device=rays_o.device)
-    if features is not None:
-        features.zero_()
+    for output in (features, depth):
+        if output is not None:
+            output.zero_()
     origins, dirs = rays_o.reshape(-1, 3), F.normalize(rays_d.reshape(-1, 3), dim=-1)
     view_of_ray = torch.arange(B, device=rays_o.device).repeat_interleave(n)
     for shape_index, name in enumerate(SHAPE_NAMES):
@@ -336,6 +340,8 @@ def render_rays(
         mask[rays] = True
         if features is not None:
             features.view(-1)[rays] = side_features(name, points).to(features.dtype)
+        if depth is not None:
+            depth.view(-1)[rays] = (points - origins[rays]).norm(dim=-1).to(depth.dtype)
     return rgb.view(B, H, W, 3), mask.view(B, H, W, 1).float()
 
 
@@ -347,14 +353,20 @@ def downsample(image: Float[Tensor, "B H W C"], factor: int = SUPERSAMPLE) -> Fl
 def render_cameras(
     shape_ids: Int[Tensor, "B"], colour_ids: Int[Tensor, "B"], cameras: CameraBatch, flat: Bool[Tensor, "B"],
     features: Optional[Float[Tensor, "B 1 h w"]] = None,
+    depth: Optional[Float[Tensor, "B 1 h w"]] = None,
 ) -> tuple[Float[Tensor, "B 3 h w"], Float[Tensor, "B 1 h w"]]:
     """Render objects seen by ``cameras`` (given at ``SUPERSAMPLE`` x the output size): images in [0, 1],
-    masks; ``features``, when given, receives the coverage of their ``side_features``."""
+    masks; ``features``, when given, receives the coverage of their ``side_features``, ``depth``
+    the hit distance blended onto 0 (divide by the mask for the depth of covered pixels)."""
     albedo = torch.tensor([COLOURS[COLOUR_NAMES[int(i)]] for i in colour_ids], dtype=torch.float32)
-    hit_features = torch.zeros_like(cameras["rays_o"][..., :1]) if features is not None else None
-    rgb, mask = render_rays(shape_ids, albedo, cameras["rays_o"], cameras["rays_d"], cameras["light_positions"], flat, hit_features)
-    if features is not None:
-        features.copy_(downsample(hit_features))
+    pixels = cameras["rays_o"][..., :1]
+    hit_features = torch.zeros_like(pixels) if features is not None else None
+    hit_depth = torch.zeros_like(pixels) if depth is not None else None
+    rgb, mask = render_rays(shape_ids, albedo, cameras["rays_o"], cameras["rays_d"], cameras["light_positions"], flat,
+                            hit_features, hit_depth)
+    for output, full in ((features, hit_features), (depth, hit_depth)):
+        if output is not None:
+            output.copy_(downsample(full))
     return downsample(rgb), downsample(mask)
 
 

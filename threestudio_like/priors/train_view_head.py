@@ -1,7 +1,7 @@
 """Train the view head (which side of a house / mug a render shows) for the Janus measure.
 
     python -m threestudio_like.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
-        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K]
+        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K] [--relief]
 
 Fresh procedural renders of the house and the mug in every colour, flat and lit, from two camera
 kinds: orbit-like cameras (the evaluator's: unperturbed, lit from the camera; elevation -10..80
@@ -16,12 +16,15 @@ implies: the house is symmetric about y = 0 (a flip swaps left and right), the m
 comes from N renders of each of the NeRFs fitted to procedural houses and mugs (nerf_views.py):
 the domain the head is used on, with the side known by construction. With ``--members K``, K
 heads are trained alike from seeds SEED..SEED+K-1 and saved as one ensemble (view_head.py's
-``ViewHeadEnsemble``: the verdict is their mean probability).
+``ViewHeadEnsemble``: the verdict is their mean probability). With ``--relief`` the head also
+sees each view's relief (view_head.relief, from the renders' depth; augmented as a NeRF's depth
+differs: nearer or farther, deeper or shallower, grainy, with faint floaters) and is saved to
+``classifier/view_relief``.
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
 at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras)
 and the Janus rate of clean correct objects at the measure's cameras (0 for a head fit for it),
-and writes PRIOR_DIR/classifier/view/model.safetensors + view_head.json.
+and writes PRIOR_DIR/classifier/view (or view_relief)/model.safetensors + view_head.json.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from threestudio_like.data.random_camera import step_seed
 from threestudio_like.priors import procedural
 from threestudio_like.priors import nerf_views as nerf_view_data
 from threestudio_like.priors.view_head import (
-    SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, ViewHead, ViewHeadEnsemble, boundary_distance,
-    save_view_head, side_of_azimuth,
+    RELIEF_FOLDER, SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, ViewHead, ViewHeadEnsemble,
+    boundary_distance, relief, save_view_head, side_of_azimuth,
 )
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
@@ -84,28 +87,47 @@ def orbit_like_cameras(batch: int, g: torch.Generator) -> CameraBatch:
     )
 
 
+def render_with_relief(shape_ids: Tensor, colour_ids: Tensor, cameras: CameraBatch, flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Procedural renders with their relief channel: (views [B, 4, 32, 32], masks [B, 1, 32, 32])."""
+    depth = torch.zeros(len(shape_ids), 1, procedural.IMAGE_SIZE, procedural.IMAGE_SIZE)
+    images, masks = procedural.render_cameras(shape_ids, colour_ids, cameras, flat, depth=depth)
+    return torch.cat([images, relief(depth, masks, cameras["camera_distances"])], dim=1), masks
+
+
 def render_view_batch(seed: int, index: int, batch_size: int) -> dict[str, Tensor]:
     """Batch ``index`` of the view dataset with ``seed`` (a pure function of both): uint8 images
-    [B, 3, 32, 32] and masks [B, 1, 32, 32], sides / view_shapes (index into VIEW_SHAPES) /
+    [B, 3, 32, 32], relief and masks [B, 1, 32, 32], sides / view_shapes (index into VIEW_SHAPES) /
     colour_ids [B], azimuth / elevation [B], flat and orbit [B] flags."""
     g = torch.Generator().manual_seed(step_seed(seed + 104729, index))
     n_orbit = int(round(batch_size * ORBIT_SHARE))
     parts = [procedural.camera_sampler(batch_size - n_orbit, seed).sample(index)] if batch_size > n_orbit else []
     if n_orbit:
         parts.append(orbit_like_cameras(n_orbit, g))
-    keys = ("rays_o", "rays_d", "light_positions", "azimuth", "elevation")
+    keys = ("rays_o", "rays_d", "light_positions", "azimuth", "elevation", "camera_distances")
     cameras = {k: torch.cat([p[k] for p in parts]) for k in keys}
     view_shapes = torch.randint(len(VIEW_SHAPES), (batch_size,), generator=g)
     shape_ids = torch.tensor([procedural.SHAPE_NAMES.index(s) for s in VIEW_SHAPES])[view_shapes]
     colour_ids = torch.randint(len(procedural.COLOUR_NAMES), (batch_size,), generator=g)
     flat = torch.rand(batch_size, generator=g) < procedural.FLAT_SHADING_PROBABILITY
-    images, masks = procedural.render_cameras(shape_ids, colour_ids, cameras, flat)
+    views, masks = render_with_relief(shape_ids, colour_ids, cameras, flat)
     return {
-        "images": (images * 255).round().to(torch.uint8), "masks": (masks * 255).round().to(torch.uint8),
+        **as_bytes(views, masks),
         "sides": side_of_azimuth(cameras["azimuth"]), "view_shapes": view_shapes, "colour_ids": colour_ids,
         "azimuth": cameras["azimuth"].float(), "elevation": cameras["elevation"].float(), "flat": flat,
         "orbit": torch.arange(batch_size) >= batch_size - n_orbit,
     }
+
+
+def as_bytes(views: Float[Tensor, "B 4 32 32"], masks: Float[Tensor, "B 1 32 32"]) -> dict[str, Tensor]:
+    """A dataset's stored image fields: uint8 "images" (RGB), "relief" and "masks"."""
+    quantise = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
+    return {"images": quantise(views[:, :3]), "relief": quantise(views[:, 3:]), "masks": quantise(masks)}
+
+
+def views_of(data: dict[str, Tensor], index: Tensor | slice, channels: int) -> Float[Tensor, "B C 32 32"]:
+    """Float views of ``data[index]``: RGB, and the relief too for a 4-channel head."""
+    images = data["images"][index].float() / 255.0
+    return torch.cat([images, data["relief"][index].float() / 255.0], 1) if channels == 4 else images
 
 
 def render_view_dataset(n: int, seed: int, batch_size: int = 256, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Tensor]:
@@ -131,16 +153,18 @@ def _blur(images: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"]) -> Float[
     return flat.reshape(b, c, h, w)
 
 
-def mirror(images: Float[Tensor, "B 3 H W"], sides: Tensor, view_shapes: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+def mirror(images: Float[Tensor, "B C H W"], sides: Tensor, view_shapes: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Flip half the images horizontally, with the side the mirrored object shows (``MIRROR_SIDES``)."""
     flip = torch.rand(len(images), generator=g) < 0.5
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images, torch.where(flip, MIRROR_SIDES[view_shapes, sides], sides)
 
 
-def augment(images: Float[Tensor, "B 3 H W"], masks: Float[Tensor, "B 1 H W"], g: torch.Generator) -> Float[Tensor, "B 3 H W"]:
+def augment(images: Float[Tensor, "B C H W"], masks: Float[Tensor, "B 1 H W"], g: torch.Generator) -> Float[Tensor, "B C H W"]:
     """What an SDS-trained NeRF's render looks like next to a clean procedural one: a tinted or
-    hazy background, shifted and darkened colour, speckle, features grown or blurred, noise."""
+    hazy background, shifted and darkened colour, speckle, features grown or blurred, noise.
+    A fourth (relief) channel gets ``augment_relief`` and the same shifts and blur."""
+    extra, images = images[:, 3:], images[:, :3]
     b, _, h, w = images.shape
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
     chance = lambda p: (u(b, 1, 1, 1) < p).float()  # noqa: E731  (per image)
@@ -160,6 +184,8 @@ def augment(images: Float[Tensor, "B 3 H W"], masks: Float[Tensor, "B 1 H W"], g
     images = images * (1.0 - masks + masks * speckle)
     # (30%) dark features grown by a pixel (a 3 x 3 minimum): SDS draws doors and handles coarse
     images = torch.lerp(images, -F.max_pool2d(-images, 3, stride=1, padding=1), chance(0.3))
+    if extra.shape[1]:
+        images = torch.cat([images, augment_relief(extra, masks, blotches, g)], dim=1)
     # shifts of up to 2 pixels (border replicated: the background continues)
     padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
     dx, dy = torch.randint(0, 5, (2, b), generator=g).tolist()
@@ -171,16 +197,30 @@ def augment(images: Float[Tensor, "B 3 H W"], masks: Float[Tensor, "B 1 H W"], g
     return (images + noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
 
 
-def draw(data: dict[str, Tensor], n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """``n`` random views of ``data``, augmented: (images [n, 3, 32, 32], sides [n], view_shapes [n])."""
+def augment_relief(relief: Float[Tensor, "B 1 H W"], masks: Float[Tensor, "B 1 H W"], blotches: Float[Tensor, "B 1 H W"],
+                   g: torch.Generator) -> Float[Tensor, "B 1 H W"]:
+    """How a NeRF's relief differs from an exact one: the object nearer or farther (off the
+    origin), deeper or shallower (bigger or smaller), depth noise on its surface, and (50%)
+    faint floaters where the RGB has its grey blotches."""
+    b = len(relief)
+    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    nearness = relief / masks.clamp_min(1e-3)
+    nearness = 0.5 + (0.8 + 0.5 * u(b, 1, 1, 1)) * (nearness - 0.5) + 0.05 * (2 * u(b, 1, 1, 1) - 1)
+    nearness = nearness + 0.03 * u(b, 1, 1, 1) * torch.randn(relief.shape, generator=g)
+    floaters = (u(b, 1, 1, 1) < 0.5).float() * 0.2 * u(b, 1, 1, 1) * (1.0 - masks) * blotches
+    return (masks * nearness.clamp(0, 1) + floaters).clamp(0, 1)
+
+
+def draw(data: dict[str, Tensor], n: int, g: torch.Generator, channels: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` random views of ``data``, augmented: (images [n, C, 32, 32], sides [n], view_shapes [n])."""
     index = torch.randint(len(data["sides"]), (n,), generator=g)
-    images = augment(data["images"][index].float() / 255.0, data["masks"][index].float() / 255.0, g)
+    images = augment(views_of(data, index, channels), data["masks"][index].float() / 255.0, g)
     return images, data["sides"][index], data["view_shapes"][index]
 
 
 # --------------------------------------------------------------------------- accuracy
 @torch.no_grad()
-def predict(model: SideClassifier, images: Float[Tensor, "N 3 32 32"], view_shapes: Tensor) -> Tensor:
+def predict(model: SideClassifier, images: Float[Tensor, "N C 32 32"], view_shapes: Tensor) -> Tensor:
     """Predicted side indices [N] (eval mode, in chunks)."""
     model.eval()
     return torch.cat([model(images[s : s + 512], view_shapes[s : s + 512]).argmax(-1) for s in range(0, len(images), 512)])
@@ -190,7 +230,7 @@ def held_out_accuracy(model: SideClassifier, data: dict[str, Tensor], augmented:
     """Accuracy on ``data`` (clean, or augmented with a fixed generator), broken down by side,
     shape, shading, camera kind, elevation and distance from a side boundary; ``*_house_sides_merged``
     counts the house's left / right as one side (``SIDE_GROUPS``), as the Janus measure does."""
-    images = data["images"].float() / 255.0
+    images = views_of(data, slice(None), model.channels)
     if augmented:
         images = augment(images, data["masks"].float() / 255.0, torch.Generator().manual_seed(0))
     predicted = predict(model, images, data["view_shapes"])
@@ -240,7 +280,7 @@ def clean_janus_rates(model: SideClassifier) -> dict[str, float]:
         views = []
         for colour in procedural.COLOUR_NAMES:
             ids = torch.tensor([procedural.SHAPE_NAMES.index(shape)]), torch.tensor([procedural.COLOUR_NAMES.index(colour)])
-            views += [procedural.render_cameras(*ids, camera, torch.zeros(1, dtype=torch.bool))[0] for camera in cameras]
+            views += [render_with_relief(*ids, camera, torch.zeros(1, dtype=torch.bool))[0] for camera in cameras]
         scores = [janus.judge_views(model, torch.cat(views[i : i + len(cameras)]), janus.JANUS_AZIMUTHS_DEG, shape)
                   for i in range(0, len(views), len(cameras))]
         rates[shape] = round(sum(score.rate for score in scores) / len(scores), 4)
@@ -249,10 +289,10 @@ def clean_janus_rates(model: SideClassifier) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- training
 def train_one_head(data: dict[str, Tensor], nerf: Optional[dict[str, Tensor]], n_nerf: int, steps: int, batch_size: int,
-                   seed: int, lr: float, width: int, log: Callable[[str], None]) -> ViewHead:
+                   seed: int, lr: float, width: int, log: Callable[[str], None], channels: int = 3) -> ViewHead:
     """One view head trained from ``seed`` on batches of ``data`` (``n_nerf`` of each from ``nerf``)."""
     torch.manual_seed(seed)
-    model = ViewHead(width)
+    model = ViewHead(width, channels=channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = warmup_steps(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -260,7 +300,7 @@ def train_one_head(data: dict[str, Tensor], nerf: Optional[dict[str, Tensor]], n
     for step in range(steps):
         model.train()
         g = torch.Generator().manual_seed(step_seed(seed, step))
-        parts = [draw(data, batch_size - n_nerf, g)] + ([draw(nerf, n_nerf, g)] if n_nerf else [])
+        parts = [draw(data, batch_size - n_nerf, g, channels)] + ([draw(nerf, n_nerf, g, channels)] if n_nerf else [])
         images, sides, view_shapes = (torch.cat(p) for p in zip(*parts))
         images, sides = mirror(images, sides, view_shapes, g)
         loss = F.cross_entropy(model(images, view_shapes), sides, label_smoothing=0.05)
@@ -281,10 +321,12 @@ def train_view_head(
     out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
     width: int = 16, threads: int = 1, command: Optional[str] = None, held_out_size: int = HELD_OUT_SIZE,
     nerf_views: int = 0, nerf_share: float = NERF_SHARE, nerf_work_dir: str = NERF_WORK_DIR, members: int = 1,
-    nerf_prompts: Sequence[str] = nerf_view_data.FIT_PROMPTS,
+    nerf_prompts: Sequence[str] = nerf_view_data.FIT_PROMPTS, with_relief: bool = False,
 ) -> dict:
     """Train ``members`` heads (seeds ``seed``, ``seed + 1``, ...; more than one are saved as a
-    ``ViewHeadEnsemble``) and save to ``out/classifier/view``; returns the saved training info."""
+    ``ViewHeadEnsemble``), seeing RGB or (``with_relief``) RGB + relief, and save to
+    ``out/classifier/view`` (``view_relief``); returns the saved training info."""
+    channels = 4 if with_relief else 3
     torch.set_num_threads(threads)
     start = time.time()
 
@@ -302,7 +344,7 @@ def train_view_head(
     n_nerf = int(round(batch_size * nerf_share)) if nerf is not None else 0
     heads = []
     for member in range(members):
-        heads.append(train_one_head(data, nerf, n_nerf, steps, batch_size, seed + member, lr, width, log))
+        heads.append(train_one_head(data, nerf, n_nerf, steps, batch_size, seed + member, lr, width, log, channels))
     model: SideClassifier = heads[0] if members == 1 else ViewHeadEnsemble(heads)
     clean, augmented = held_out_accuracy(model, held_out), held_out_accuracy(model, held_out, augmented=True)
     log(f"held-out accuracy, clean: {clean['all']:.3f} (per side {clean['per_side']}, per shape {clean['per_shape']}), "
@@ -312,12 +354,13 @@ def train_view_head(
     log(f"Janus rate of clean correct objects at the measure's cameras (all colours): {janus_rates}")
     info = {
         "command": command or f"python -m threestudio_like.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
-                              f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads} --members {members}",
+                              f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads} --members {members}"
+                              + (" --relief" if with_relief else ""),
         "held_out_accuracy_clean": clean,
         "held_out_accuracy_augmented": augmented,
         "clean_janus_rate": janus_rates,
         "steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "threads": threads,
-        "label_smoothing": 0.05, "warmup_steps": warmup_steps(steps), "members": members, "orbit_camera_share": ORBIT_SHARE,
+        "label_smoothing": 0.05, "warmup_steps": warmup_steps(steps), "members": members, "inputs": "rgb+relief" if with_relief else "rgb", "orbit_camera_share": ORBIT_SHARE,
         "orbit_center_jitter": ORBIT_CENTER_JITTER, "flips": "mirror with MIRROR_SIDES labels",
         "train_dataset": {"size": dataset_size, "seed": TRAIN_DATASET_SEED, "shapes": list(VIEW_SHAPES)},
         "nerf_views": {"per_fit": nerf_views, "batch_share": nerf_share if nerf_views else 0.0,
@@ -328,7 +371,7 @@ def train_view_head(
         "wall_seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }
-    folder = os.path.join(out, "classifier", VIEW_FOLDER)
+    folder = os.path.join(out, "classifier", RELIEF_FOLDER if with_relief else VIEW_FOLDER)
     save_view_head(folder, model.eval(), info)
     log(f"saved {folder}")
     return info
@@ -352,11 +395,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--nerf-prompts", nargs="+", default=list(nerf_view_data.FIT_PROMPTS),
                    help="the reference NeRFs' prompts (a colour and a house or mug; keep the Janus table's own apart)")
     p.add_argument("--members", type=int, default=1, help="heads trained from seeds SEED, SEED+1, ...; more than one: their mean verdict")
+    p.add_argument("--relief", action="store_true", help="the head also sees each view's relief (depth); saved to classifier/view_relief")
     args = p.parse_args(argv)
     command = "python -m threestudio_like.priors.train_view_head " + " ".join(argv)
     train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command,
                     nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir, members=args.members,
-                    nerf_prompts=args.nerf_prompts)
+                    nerf_prompts=args.nerf_prompts, with_relief=args.relief)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ shape / colour classifier's weights stay as they are. It is saved beside it in
 ``python -m threestudio_like.priors.train_view_head``; a folder may hold an ensemble of heads
 trained alike from several seeds (``ViewHeadEnsemble``, ``"members"`` in the json), judged by
 their mean probability.
+
+A head may also see the relief (``relief``): per pixel, how far in front of the look-at point
+the surface is. Colour alone cannot always tell a mug's handle pointing at the camera from one
+hidden behind it at 32 px once a NeRF has softened the ring; depth can. The relief head is
+saved in ``classifier/view_relief/`` (``"channels": 4`` in its json) and the Janus measure,
+which renders depth, prefers it; the RGB head judges images that have no depth (the prior's
+samples, sample_eval.py).
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ SIDE_CENTRES_DEG: tuple[float, ...] = (0.0, 90.0, 180.0, -90.0)
 VIEW_SHAPES: tuple[str, ...] = ("house", "mug")  # the procedural shapes whose front shows
 # Per shape, the sides a render can tell apart: the house's left and right are one group.
 SIDE_GROUPS: dict[str, tuple[int, ...]] = {"house": (0, 1, 2, 1), "mug": (0, 1, 2, 3)}
-VIEW_FOLDER = "view"  # inside the classifier folder
+VIEW_FOLDER = "view"  # inside the classifier folder: the RGB head
+RELIEF_FOLDER = "view_relief"  # the RGB + relief head
+RELIEF_RANGE = 1.0  # world units either side of the look-at point that the relief spans (objects reach ~0.7)
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "view_head.json"
 
@@ -55,6 +64,15 @@ def boundary_distance(azimuth_deg: Union[float, Sequence[float], Tensor]) -> Flo
     """Degrees from ``azimuth_deg`` to the nearest side boundary (45 + 90 k): 45 at a class centre."""
     d = torch.remainder(torch.as_tensor(azimuth_deg, dtype=torch.float64) - 45.0, 90.0)
     return torch.minimum(d, 90.0 - d)
+
+
+def relief(depth: Float[Tensor, "B 1 H W"], opacity: Float[Tensor, "B 1 H W"], camera_distance: Float[Tensor, "B"]) -> Float[Tensor, "B 1 H W"]:
+    """How near each pixel's surface is: 0.5 at the look-at point's depth, 1 at ``RELIEF_RANGE``
+    nearer, 0 as far behind it; times the pixel's opacity, so the background is 0. ``depth`` is
+    blended onto 0 by opacity, as the renderers give it."""
+    surface = depth / opacity.clamp_min(1e-3)
+    nearness = (camera_distance.view(-1, 1, 1, 1) - surface) / (2.0 * RELIEF_RANGE) + 0.5
+    return opacity * nearness.clamp(0.0, 1.0)
 
 
 class ViewClassification(NamedTuple):
@@ -75,10 +93,12 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 class SideClassifier(nn.Module):
     """What the Janus measure calls: ``forward(images, shape_ids)`` gives side log-probabilities
-    (or logits) [B, 4] of each image's shape, ``classify`` the verdict."""
+    (or logits) [B, 4] of each image's shape, ``classify`` the verdict. ``images`` have
+    ``channels`` channels: RGB (3), or RGB and relief (4)."""
 
     side_names: list[str]
     shapes: list[str]
+    channels: int
 
     def shape_ids(self, shapes: Union[str, Sequence[str]], n: int) -> Int[Tensor, "B"]:
         """Indices into ``self.shapes`` of one name (for all ``n`` images) or one name per image."""
@@ -89,8 +109,14 @@ class SideClassifier(nn.Module):
         return torch.tensor([self.shapes.index(name) for name in names], dtype=torch.long)
 
     @torch.no_grad()
-    def classify(self, images: Float[Tensor, "B 3 32 32"], shapes: Union[str, Sequence[str]]) -> ViewClassification:
-        """The side each image shows (``images`` in [0, 1]), as a render of ``shapes`` (one name, or one per image)."""
+    def classify(self, images: Float[Tensor, "B C 32 32"], shapes: Union[str, Sequence[str]]) -> ViewClassification:
+        """The side each image shows (``images`` in [0, 1]), as a render of ``shapes`` (one name, or
+        one per image). Views may carry more channels than the head reads (RGB + relief for an RGB
+        head): it takes the first ``channels``."""
+        if images.ndim != 4 or images.shape[1] < self.channels:
+            raise ValueError(f"view head: expected images [B, {self.channels}, H, W] in [0, 1] "
+                             f"({'RGB' if self.channels == 3 else 'RGB + relief'}), got shape {tuple(images.shape)}")
+        images = images[:, : self.channels]
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -107,20 +133,22 @@ class ViewHead(SideClassifier):
     No global pooling: where the door / handle sits in the frame is the answer, so the
     linear layer sees the spatial map."""
 
-    def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES) -> None:
+    def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES,
+                 channels: int = 3) -> None:
         super().__init__()
         self.side_names = list(side_names)
         self.shapes = list(shapes)
         self.width = width
-        self.trunk = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
+        self.channels = channels
+        self.trunk = nn.Sequential(_block(channels, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(4 * width * 4 * 4, len(self.shapes) * len(self.side_names))
 
-    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
+    def forward(self, images: Float[Tensor, "B C 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
         """Side logits of each image's shape (``shape_ids`` index ``self.shapes``); ``images`` in
-        [0, 1] (other sizes are area-resized to 32 x 32)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"view head: expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+        [0, 1] with ``self.channels`` channels (other sizes are area-resized to 32 x 32)."""
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"view head: expected images [B, {self.channels}, H, W] in [0, 1], got shape {tuple(images.shape)}")
         if images.shape[-2:] != (32, 32):
             images = F.interpolate(images, (32, 32), mode="area")
         logits = self.head(self.dropout(self.trunk(images * 2.0 - 1.0))).view(len(images), len(self.shapes), -1)
@@ -138,45 +166,50 @@ class ViewHeadEnsemble(SideClassifier):
             raise ValueError("a view head ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.side_names, self.shapes, self.width = members[0].side_names, members[0].shapes, members[0].width
+        self.channels = members[0].channels
 
-    def forward(self, images: Float[Tensor, "B 3 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
+    def forward(self, images: Float[Tensor, "B C 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
         """Log of the members' mean side probability (so its softmax is that mean)."""
         probs = torch.stack([m(images, shape_ids).softmax(-1) for m in self.members]).mean(0)
         return probs.clamp_min(1e-12).log()
 
 
-def view_head_folder(folder: str) -> str:
-    """The view head's folder, given it, a classifier folder or a prior folder."""
-    for candidate in (folder, os.path.join(folder, VIEW_FOLDER), os.path.join(folder, "classifier", VIEW_FOLDER)):
+def view_head_folder(folder: str, kinds: Sequence[str] = (VIEW_FOLDER,)) -> str:
+    """The view head's folder, given it, a classifier folder or a prior folder; ``kinds`` are the
+    head folders to look for (``VIEW_FOLDER``, ``RELIEF_FOLDER``), the first found wins."""
+    candidates = [folder] + [os.path.join(folder, *parent, kind) for kind in kinds for parent in ((), ("classifier",))]
+    for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, INFO_FILE)):
             return candidate
     raise FileNotFoundError(
-        f"No view head in {folder} (looked for {INFO_FILE} there, in {VIEW_FOLDER}/ and in classifier/{VIEW_FOLDER}/). "
+        f"No view head in {folder} (looked for {INFO_FILE} there, in {'/, '.join(kinds)}/ and in classifier/<the same>/). "
         f"Train one with `python -m threestudio_like.priors.train_view_head --out <prior folder>`."
     )
 
 
 def save_view_head(folder: str, model: Union[ViewHead, ViewHeadEnsemble], info: dict | None = None) -> None:
-    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width,
-    number of ensemble members, training info)."""
+    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width, input
+    channels, number of ensemble members, training info)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
     members = len(model.members) if isinstance(model, ViewHeadEnsemble) else 1
-    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "members": members, "info": info or {}}
+    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "channels": model.channels,
+            "members": members, "info": info or {}}
     with open(os.path.join(folder, INFO_FILE), "w") as f:
         json.dump(meta, f, indent=2)
 
 
-def load_view_head(folder: str) -> Union[ViewHead, ViewHeadEnsemble]:
+def load_view_head(folder: str, kinds: Sequence[str] = (VIEW_FOLDER,)) -> Union[ViewHead, ViewHeadEnsemble]:
     """The view head (or ensemble of them) in ``folder`` (see ``view_head_folder``), in eval mode."""
     from safetensors.torch import load_file
 
-    folder = view_head_folder(folder)
+    folder = view_head_folder(folder, kinds)
     with open(os.path.join(folder, INFO_FILE)) as f:
         meta = json.load(f)
-    heads = [ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES)) for _ in range(meta.get("members", 1))]
+    heads = [ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES), meta.get("channels", 3))
+             for _ in range(meta.get("members", 1))]
     model = heads[0] if len(heads) == 1 else ViewHeadEnsemble(heads)
     model.load_state_dict(load_file(os.path.join(folder, WEIGHTS_FILE)))
     return model.eval()
