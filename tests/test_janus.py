@@ -258,14 +258,29 @@ def test_view_head_trains_saves_and_loads(tmp_path):
     with pytest.raises(ValueError):
         head.classify(torch.rand(2, 3, 32, 32), "cube")
     # a relief head: saved beside it, preferred by the Janus measure, reads four channels
-    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, with_relief=True)
-    assert info["inputs"] == "rgb+relief" and "--relief" in info["command"]
+    info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, relief_shapes=["mug"])
+    assert info["relief_shapes"] == ["mug"] and "--relief mug" in info["command"]
     assert view_head_folder(str(tmp_path), kinds=(RELIEF_FOLDER, VIEW_FOLDER)).endswith(RELIEF_FOLDER)
     assert load_view_head(str(tmp_path)).channels == 3  # the RGB head is still the default
     relief_head = load_view_head(str(tmp_path), kinds=(RELIEF_FOLDER,))
-    assert relief_head.channels == 4 and len(relief_head.classify(torch.rand(2, 4, 32, 32), "mug").sides) == 2
+    assert relief_head.relief_shapes == ["mug"] and relief_head.channels == 4
+    assert len(relief_head.classify(torch.rand(2, 4, 32, 32), "mug").sides) == 2
     with pytest.raises(ValueError, match="RGB \\+ relief"):
         relief_head.classify(torch.rand(2, 3, 32, 32), "mug")
+
+
+def test_a_relief_head_sees_the_relief_of_its_relief_shapes_only():
+    """Changing a house view's relief changes nothing for a head that sees mugs' relief only; a mug's, it does."""
+    from threestudio_like.priors.view_head import ViewHead
+
+    torch.manual_seed(0)
+    head = ViewHead(width=4, relief_shapes=["mug"]).eval()
+    views = torch.rand(2, 4, 32, 32)
+    other = torch.cat([views[:, :3], torch.rand(2, 1, 32, 32)], dim=1)
+    assert torch.equal(head.classify(views, "house").probs, head.classify(other, "house").probs)
+    assert not torch.allclose(head.classify(views, "mug").probs, head.classify(other, "mug").probs)
+    with pytest.raises(ValueError, match="relief_shapes"):
+        ViewHead(relief_shapes=["cube"])
 
 
 def test_a_view_head_ensemble_averages_its_members_and_round_trips(tmp_path):

@@ -1,7 +1,7 @@
 """Train the view head (which side of a house / mug a render shows) for the Janus measure.
 
     python -m threestudio_like.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
-        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K] [--relief]
+        [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K] [--relief SHAPE ...]
 
 Fresh procedural renders of the house and the mug in every colour, flat and lit, from two camera
 kinds: orbit-like cameras (the evaluator's: unperturbed, lit from the camera; elevation -10..80
@@ -16,10 +16,10 @@ implies: the house is symmetric about y = 0 (a flip swaps left and right), the m
 comes from N renders of each of the NeRFs fitted to procedural houses and mugs (nerf_views.py):
 the domain the head is used on, with the side known by construction. With ``--members K``, K
 heads are trained alike from seeds SEED..SEED+K-1 and saved as one ensemble (view_head.py's
-``ViewHeadEnsemble``: the verdict is their mean probability). With ``--relief`` the head also
-sees each view's relief (view_head.relief, from the renders' depth; augmented as a NeRF's depth
-differs: nearer or farther, deeper or shallower, grainy, with faint floaters) and is saved to
-``classifier/view_relief``.
+``ViewHeadEnsemble``: the verdict is their mean probability). With ``--relief mug`` the head
+also sees the relief of mugs' views (view_head.relief, from the renders' depth; augmented as a
+NeRF's depth differs: nearer or farther, deeper or shallower, grainy, with near parts grown and
+faint floaters) and is saved to ``classifier/view_relief``.
 
 Reports held-out accuracy on clean renders of a further seed (per class, per shape, on views
 at least ``FAR_FROM_BOUNDARY_DEG`` from a side boundary, and on the evaluator's orbit cameras)
@@ -200,15 +200,18 @@ def augment(images: Float[Tensor, "B C H W"], masks: Float[Tensor, "B 1 H W"], g
 def augment_relief(relief: Float[Tensor, "B 1 H W"], masks: Float[Tensor, "B 1 H W"], blotches: Float[Tensor, "B 1 H W"],
                    g: torch.Generator) -> Float[Tensor, "B 1 H W"]:
     """How a NeRF's relief differs from an exact one: the object nearer or farther (off the
-    origin), deeper or shallower (bigger or smaller), depth noise on its surface, and (50%)
-    faint floaters where the RGB has its grey blotches."""
+    origin), deeper or shallower (bigger or smaller), depth noise on its surface, (30%) near
+    parts grown by a pixel (SDS draws a handle chunky), and (50%) faint floaters where the RGB
+    has its grey blotches."""
     b = len(relief)
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
     nearness = relief / masks.clamp_min(1e-3)
     nearness = 0.5 + (0.8 + 0.5 * u(b, 1, 1, 1)) * (nearness - 0.5) + 0.05 * (2 * u(b, 1, 1, 1) - 1)
     nearness = nearness + 0.03 * u(b, 1, 1, 1) * torch.randn(relief.shape, generator=g)
+    relief = masks * nearness.clamp(0, 1)
+    relief = torch.lerp(relief, F.max_pool2d(relief, 3, stride=1, padding=1) * masks, (u(b, 1, 1, 1) < 0.3).float())
     floaters = (u(b, 1, 1, 1) < 0.5).float() * 0.2 * u(b, 1, 1, 1) * (1.0 - masks) * blotches
-    return (masks * nearness.clamp(0, 1) + floaters).clamp(0, 1)
+    return (relief + floaters).clamp(0, 1)
 
 
 def draw(data: dict[str, Tensor], n: int, g: torch.Generator, channels: int = 3) -> tuple[Tensor, Tensor, Tensor]:
@@ -289,10 +292,11 @@ def clean_janus_rates(model: SideClassifier) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- training
 def train_one_head(data: dict[str, Tensor], nerf: Optional[dict[str, Tensor]], n_nerf: int, steps: int, batch_size: int,
-                   seed: int, lr: float, width: int, log: Callable[[str], None], channels: int = 3) -> ViewHead:
+                   seed: int, lr: float, width: int, log: Callable[[str], None], relief_shapes: Sequence[str] = ()) -> ViewHead:
     """One view head trained from ``seed`` on batches of ``data`` (``n_nerf`` of each from ``nerf``)."""
     torch.manual_seed(seed)
-    model = ViewHead(width, channels=channels)
+    model = ViewHead(width, relief_shapes=relief_shapes)
+    channels = model.channels
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = warmup_steps(steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -321,12 +325,11 @@ def train_view_head(
     out: str, steps: int = 1500, batch_size: int = 64, seed: int = 0, dataset_size: int = 10000, lr: float = 2e-3,
     width: int = 16, threads: int = 1, command: Optional[str] = None, held_out_size: int = HELD_OUT_SIZE,
     nerf_views: int = 0, nerf_share: float = NERF_SHARE, nerf_work_dir: str = NERF_WORK_DIR, members: int = 1,
-    nerf_prompts: Sequence[str] = nerf_view_data.FIT_PROMPTS, with_relief: bool = False,
+    nerf_prompts: Sequence[str] = nerf_view_data.FIT_PROMPTS, relief_shapes: Sequence[str] = (),
 ) -> dict:
     """Train ``members`` heads (seeds ``seed``, ``seed + 1``, ...; more than one are saved as a
-    ``ViewHeadEnsemble``), seeing RGB or (``with_relief``) RGB + relief, and save to
-    ``out/classifier/view`` (``view_relief``); returns the saved training info."""
-    channels = 4 if with_relief else 3
+    ``ViewHeadEnsemble``), seeing RGB, and the relief of ``relief_shapes``, and save to
+    ``out/classifier/view`` (``view_relief`` with a relief); returns the saved training info."""
     torch.set_num_threads(threads)
     start = time.time()
 
@@ -344,7 +347,7 @@ def train_view_head(
     n_nerf = int(round(batch_size * nerf_share)) if nerf is not None else 0
     heads = []
     for member in range(members):
-        heads.append(train_one_head(data, nerf, n_nerf, steps, batch_size, seed + member, lr, width, log, channels))
+        heads.append(train_one_head(data, nerf, n_nerf, steps, batch_size, seed + member, lr, width, log, relief_shapes))
     model: SideClassifier = heads[0] if members == 1 else ViewHeadEnsemble(heads)
     clean, augmented = held_out_accuracy(model, held_out), held_out_accuracy(model, held_out, augmented=True)
     log(f"held-out accuracy, clean: {clean['all']:.3f} (per side {clean['per_side']}, per shape {clean['per_shape']}), "
@@ -355,12 +358,12 @@ def train_view_head(
     info = {
         "command": command or f"python -m threestudio_like.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
                               f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads} --members {members}"
-                              + (" --relief" if with_relief else ""),
+                              + (f" --relief {' '.join(relief_shapes)}" if relief_shapes else ""),
         "held_out_accuracy_clean": clean,
         "held_out_accuracy_augmented": augmented,
         "clean_janus_rate": janus_rates,
         "steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed, "threads": threads,
-        "label_smoothing": 0.05, "warmup_steps": warmup_steps(steps), "members": members, "inputs": "rgb+relief" if with_relief else "rgb", "orbit_camera_share": ORBIT_SHARE,
+        "label_smoothing": 0.05, "warmup_steps": warmup_steps(steps), "members": members, "relief_shapes": list(relief_shapes), "orbit_camera_share": ORBIT_SHARE,
         "orbit_center_jitter": ORBIT_CENTER_JITTER, "flips": "mirror with MIRROR_SIDES labels",
         "train_dataset": {"size": dataset_size, "seed": TRAIN_DATASET_SEED, "shapes": list(VIEW_SHAPES)},
         "nerf_views": {"per_fit": nerf_views, "batch_share": nerf_share if nerf_views else 0.0,
@@ -371,7 +374,7 @@ def train_view_head(
         "wall_seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }
-    folder = os.path.join(out, "classifier", RELIEF_FOLDER if with_relief else VIEW_FOLDER)
+    folder = os.path.join(out, "classifier", RELIEF_FOLDER if relief_shapes else VIEW_FOLDER)
     save_view_head(folder, model.eval(), info)
     log(f"saved {folder}")
     return info
@@ -395,12 +398,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--nerf-prompts", nargs="+", default=list(nerf_view_data.FIT_PROMPTS),
                    help="the reference NeRFs' prompts (a colour and a house or mug; keep the Janus table's own apart)")
     p.add_argument("--members", type=int, default=1, help="heads trained from seeds SEED, SEED+1, ...; more than one: their mean verdict")
-    p.add_argument("--relief", action="store_true", help="the head also sees each view's relief (depth); saved to classifier/view_relief")
+    p.add_argument("--relief", nargs="+", default=[], choices=VIEW_SHAPES, metavar="SHAPE",
+                   help="the head also sees the relief (depth) of these shapes' views (mug: its handle); saved to classifier/view_relief")
     args = p.parse_args(argv)
     command = "python -m threestudio_like.priors.train_view_head " + " ".join(argv)
     train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command,
                     nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir, members=args.members,
-                    nerf_prompts=args.nerf_prompts, with_relief=args.relief)
+                    nerf_prompts=args.nerf_prompts, relief_shapes=args.relief)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ trained alike from several seeds (``ViewHeadEnsemble``, ``"members"`` in the jso
 their mean probability.
 
 A head may also see the relief (``relief``): per pixel, how far in front of the look-at point
-the surface is. Colour alone cannot always tell a mug's handle pointing at the camera from one
-hidden behind it at 32 px once a NeRF has softened the ring; depth can. The relief head is
-saved in ``classifier/view_relief/`` (``"channels": 4`` in its json) and the Janus measure,
-which renders depth, prefers it; the RGB head judges images that have no depth (the prior's
-samples, sample_eval.py).
+the surface is, for the shapes it names (``relief_shapes``; the others' relief is zeroed).
+Colour alone cannot always tell a mug's handle pointing at the camera from one hidden behind it
+at 32 px once a NeRF has softened the ring; depth can. (The house's front is its door, a colour;
+its relief is the same from the front and, mirrored, from behind.) Such a head is saved in
+``classifier/view_relief/`` and the Janus measure, which renders depth, prefers it; the RGB
+head judges images that have no depth (the prior's samples, sample_eval.py).
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 class SideClassifier(nn.Module):
     """What the Janus measure calls: ``forward(images, shape_ids)`` gives side log-probabilities
     (or logits) [B, 4] of each image's shape, ``classify`` the verdict. ``images`` have
-    ``channels`` channels: RGB (3), or RGB and relief (4)."""
+    ``channels`` channels: RGB (3), or RGB and relief (4) for a head that sees the relief of
+    ``relief_shapes``."""
 
     side_names: list[str]
     shapes: list[str]
-    channels: int
+    relief_shapes: list[str]
+
+    @property
+    def channels(self) -> int:
+        return 4 if self.relief_shapes else 3
 
     def shape_ids(self, shapes: Union[str, Sequence[str]], n: int) -> Int[Tensor, "B"]:
         """Indices into ``self.shapes`` of one name (for all ``n`` images) or one name per image."""
@@ -134,13 +140,17 @@ class ViewHead(SideClassifier):
     linear layer sees the spatial map."""
 
     def __init__(self, width: int = 16, side_names: Sequence[str] = SIDE_NAMES, shapes: Sequence[str] = VIEW_SHAPES,
-                 channels: int = 3) -> None:
+                 relief_shapes: Sequence[str] = ()) -> None:
         super().__init__()
+        if set(relief_shapes) - set(shapes):
+            raise ValueError(f"view head: relief_shapes {list(relief_shapes)} must be among its shapes {list(shapes)}")
         self.side_names = list(side_names)
         self.shapes = list(shapes)
+        self.relief_shapes = list(relief_shapes)
         self.width = width
-        self.channels = channels
-        self.trunk = nn.Sequential(_block(channels, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
+        # per shape: 1 where the head sees the relief, 0 where it is zeroed
+        self.register_buffer("sees_relief", torch.tensor([float(s in relief_shapes) for s in self.shapes]), persistent=False)
+        self.trunk = nn.Sequential(_block(self.channels, width), _block(width, 2 * width), _block(2 * width, 4 * width), nn.Flatten())
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(4 * width * 4 * 4, len(self.shapes) * len(self.side_names))
 
@@ -149,6 +159,9 @@ class ViewHead(SideClassifier):
         [0, 1] with ``self.channels`` channels (other sizes are area-resized to 32 x 32)."""
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(f"view head: expected images [B, {self.channels}, H, W] in [0, 1], got shape {tuple(images.shape)}")
+        if self.relief_shapes:
+            seen = self.sees_relief[shape_ids.to(images.device)].view(-1, 1, 1, 1)
+            images = torch.cat([images[:, :3], images[:, 3:] * seen], dim=1)
         if images.shape[-2:] != (32, 32):
             images = F.interpolate(images, (32, 32), mode="area")
         logits = self.head(self.dropout(self.trunk(images * 2.0 - 1.0))).view(len(images), len(self.shapes), -1)
@@ -166,7 +179,7 @@ class ViewHeadEnsemble(SideClassifier):
             raise ValueError("a view head ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.side_names, self.shapes, self.width = members[0].side_names, members[0].shapes, members[0].width
-        self.channels = members[0].channels
+        self.relief_shapes = members[0].relief_shapes
 
     def forward(self, images: Float[Tensor, "B C 32 32"], shape_ids: Int[Tensor, "B"]) -> Float[Tensor, "B 4"]:
         """Log of the members' mean side probability (so its softmax is that mean)."""
@@ -188,14 +201,14 @@ def view_head_folder(folder: str, kinds: Sequence[str] = (VIEW_FOLDER,)) -> str:
 
 
 def save_view_head(folder: str, model: Union[ViewHead, ViewHeadEnsemble], info: dict | None = None) -> None:
-    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width, input
-    channels, number of ensemble members, training info)."""
+    """``folder/model.safetensors`` and ``folder/view_head.json`` (side names, shapes, width, the
+    shapes whose relief it sees, number of ensemble members, training info)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
     members = len(model.members) if isinstance(model, ViewHeadEnsemble) else 1
-    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "channels": model.channels,
+    meta = {"sides": model.side_names, "shapes": model.shapes, "width": model.width, "relief_shapes": model.relief_shapes,
             "members": members, "info": info or {}}
     with open(os.path.join(folder, INFO_FILE), "w") as f:
         json.dump(meta, f, indent=2)
@@ -208,7 +221,7 @@ def load_view_head(folder: str, kinds: Sequence[str] = (VIEW_FOLDER,)) -> Union[
     folder = view_head_folder(folder, kinds)
     with open(os.path.join(folder, INFO_FILE)) as f:
         meta = json.load(f)
-    heads = [ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES), meta.get("channels", 3))
+    heads = [ViewHead(meta.get("width", 16), meta["sides"], meta.get("shapes", VIEW_SHAPES), meta.get("relief_shapes", ()))
              for _ in range(meta.get("members", 1))]
     model = heads[0] if len(heads) == 1 else ViewHeadEnsemble(heads)
     model.load_state_dict(load_file(os.path.join(folder, WEIGHTS_FILE)))
