@@ -327,9 +327,9 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
     assert kept.stat().st_mtime_ns == before  # the kept fit was used, not refitted
     assert set(info["clean_janus_rate"]) == {"house", "mug"}
     assert info["nerf_views"] == {"per_fit": 4, "batch_share": 0.25, "fit_prompts": ["a green mug"], "fit_steps": 30}
-    # the fitted mug's relief: the surface in front of the look-at point, nothing off the object
-    relief = data["relief"][:, 0].float() / 255.0
-    assert relief[covered].mean() > 0.55 and relief[data["masks"][:, 0] < 10].max() < 0.1
+    # the fitted mug's relief: its surface in front of the look-at point, nothing off the object
+    relief, opacity = data["relief"][:, 0].float(), data["masks"][:, 0].float()
+    assert (relief[covered] / opacity[covered]).mean() > 0.55 and relief[opacity < 10].max() < 0.1 * 255
 
 
 def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
