@@ -197,21 +197,21 @@ def augment(images: Float[Tensor, "B C H W"], masks: Float[Tensor, "B 1 H W"], g
     return (images + noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
 
 
-def augment_relief(relief: Float[Tensor, "B 1 H W"], masks: Float[Tensor, "B 1 H W"], blotches: Float[Tensor, "B 1 H W"],
+def augment_relief(near: Float[Tensor, "B 1 H W"], masks: Float[Tensor, "B 1 H W"], blotches: Float[Tensor, "B 1 H W"],
                    g: torch.Generator) -> Float[Tensor, "B 1 H W"]:
     """How a NeRF's relief differs from an exact one: the object nearer or farther (off the
     origin), deeper or shallower (bigger or smaller), depth noise on its surface, (30%) near
     parts grown by a pixel (SDS draws a handle chunky), and (50%) faint floaters where the RGB
     has its grey blotches."""
-    b = len(relief)
+    b = len(near)
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-    nearness = relief / masks.clamp_min(1e-3)
+    nearness = near / masks.clamp_min(1e-3)
     nearness = 0.5 + (0.8 + 0.5 * u(b, 1, 1, 1)) * (nearness - 0.5) + 0.05 * (2 * u(b, 1, 1, 1) - 1)
-    nearness = nearness + 0.03 * u(b, 1, 1, 1) * torch.randn(relief.shape, generator=g)
-    relief = masks * nearness.clamp(0, 1)
-    relief = torch.lerp(relief, F.max_pool2d(relief, 3, stride=1, padding=1) * masks, (u(b, 1, 1, 1) < 0.3).float())
+    nearness = nearness + 0.03 * u(b, 1, 1, 1) * torch.randn(near.shape, generator=g)
+    near = masks * nearness.clamp(0, 1)
+    near = torch.lerp(near, F.max_pool2d(near, 3, stride=1, padding=1) * masks, (u(b, 1, 1, 1) < 0.3).float())
     floaters = (u(b, 1, 1, 1) < 0.5).float() * 0.2 * u(b, 1, 1, 1) * (1.0 - masks) * blotches
-    return (relief + floaters).clamp(0, 1)
+    return (near + floaters).clamp(0, 1)
 
 
 def draw(data: dict[str, Tensor], n: int, g: torch.Generator, channels: int = 3) -> tuple[Tensor, Tensor, Tensor]:
