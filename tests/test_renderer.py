@@ -184,6 +184,17 @@ def test_occupancy_update_marks_only_dense_cells_and_is_saved():
     assert grid.occupied[4, 3, 1]
 
 
+def test_a_fresh_grid_first_updated_after_warmup_measures_every_cell():
+    # a fit that starts at a late step (janus_floor's reference NeRFs): a partial first update
+    # would leave the unmeasured three quarters of a solid object empty, holes all through it
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
+    grid.update(10**6, lambda p: torch.full((p.shape[0], 1), 10.0), step_size=0.01)
+    assert grid.occupied.all()
+    measured = []
+    grid.update(10**6 + 16, lambda p: (measured.append(p.shape[0]), torch.full((p.shape[0], 1), 10.0))[1], step_size=0.01)
+    assert sum(measured) == 512 // 4 + 512 // 4  # measured once: later updates are partial again
+
+
 def cell_constant_density(resolution: int, alphas: dict[int, float], step_size: float):
     """A field constant in each cell of the [-1, 1]^3 grid whose step opacity is ``alphas[flat cell]`` (else 0)."""
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution)

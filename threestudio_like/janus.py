@@ -346,11 +346,11 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
             continue
         results.append(evaluate_janus_trial(trial, variant.name, seed, classifier, view_head))
     if floor:  # the evaluator's own error on correct objects (janus_floor.py)
-        from threestudio_like.janus_floor import FLOOR_STEPS, FLOOR_VARIANT, fit_reference_nerf, reference_folder
+        from threestudio_like.janus_floor import FLOOR_VARIANT, fit_reference_nerf, reference_folder
 
         for seed, prompt in itertools.product(range(seeds), prompts):
             folder = os.path.join(reference_folder(os.path.join(out, "reference"), prompt), f"seed{seed}")
-            system, _ = fit_reference_nerf(prompt, steps or FLOOR_STEPS, seed, save_dir=folder)
+            system, _ = fit_reference_nerf(prompt, steps, seed, save_dir=folder)  # as long as the trials
             results.append(evaluate_janus_system(system, prompt, FLOOR_VARIANT, seed, classifier, view_head))
     names = [v.name for v in variants] + ([FLOOR_VARIANT] if floor else [])
     table = format_janus_table(results, names, prompts, failures)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,11 @@ from threestudio_like.priors import procedural
 from threestudio_like.utils.typing import Float, Tensor
 
 FLOOR_RECIPE = "mvdream-cpu"  # its representation and camera groups; the fit ignores its guidance
-FLOOR_STEPS = 200
 FLOOR_LR = 0.01
 FLOOR_VARIANT = "reference NeRF"  # the table row's name
 REFERENCE_FILE = "reference.ckpt"  # the fitted system in its save_dir
+FIT_VERSION = 2  # kept fits of another version are fitted again
+LIT = 2**20  # a step past every shading phase
 
 
 def reference_folder(root: str, prompt: str) -> str:
@@ -51,10 +52,16 @@ def reference_views(shape: str, colour: str, cameras: dict[str, Tensor]) -> Floa
     return rgb
 
 
-def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, recipe: str = FLOOR_RECIPE,
+def fit_reference_nerf(prompt: str, steps: Optional[int] = None, seed: int = 0, recipe: str = FLOOR_RECIPE,
                        overrides: Sequence[str] = (), save_dir: str = ".") -> tuple[Any, list[float]]:
     """The recipe's system, fitted to renders of the object ``prompt`` names; returns it (eval
-    mode) and the MSE of each step. A fit with the same settings in ``save_dir`` is loaded instead."""
+    mode) and the MSE of each step, ``steps`` of them (default: as many as the recipe trains). A
+    fit with the same settings in ``save_dir`` is loaded instead.
+
+    The material is held past its shading phases (lit, as the targets are) while the renderer
+    keeps its occupancy grid from step 0 as in training. (Fits before ``FIT_VERSION`` 2 did not
+    update the grid: one stale update left random cells empty, holes all over the object, in
+    any fit whose length is a multiple of the grid's update interval, 400 steps among them.)"""
     from threestudio_like.config import finalize_config, load_config
     from threestudio_like.registry import find
     from threestudio_like.trials import check_state_matches, load_checkpoint, save_checkpoint
@@ -65,11 +72,12 @@ def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, rec
     cli = [f"system.prompt_processor.prompt={prompt}", "system.guidance_type=null", "system.prompt_processor_type=null",
            f"seed={seed}", *overrides]
     exp = finalize_config(load_config(recipe, cli_args=cli))
+    steps = int(exp.trainer["max_steps"]) if steps is None else steps
     torch.manual_seed(seed)
     system = find(exp.system_type)(exp.system, save_dir=save_dir)
-    system.update_step(steps + 10**6)  # past every shading phase: lit, as judged
     path = os.path.join(save_dir, REFERENCE_FILE)
-    settings = {"prompt": prompt, "steps": steps, "seed": seed, "recipe": recipe, "overrides": list(overrides)}
+    settings = {"prompt": prompt, "steps": steps, "seed": seed, "recipe": recipe, "overrides": list(overrides),
+                "version": FIT_VERSION}
     if os.path.isfile(path):
         saved = load_checkpoint(path)
         if saved.get("settings") == settings:
@@ -82,6 +90,7 @@ def fit_reference_nerf(prompt: str, steps: int = FLOOR_STEPS, seed: int = 0, rec
     losses = []
     system.train()
     for step in range(steps):
+        system.update_step(LIT + step)  # LIT is a multiple of the grid's interval: it updates as at `step`
         cameras = groups.sample(step)
         with torch.no_grad():
             target = reference_views(shape, colour, cameras)

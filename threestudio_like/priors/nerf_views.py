@@ -23,7 +23,7 @@ from threestudio_like.priors.view_head import VIEW_SHAPES, side_of_azimuth
 from threestudio_like.utils.typing import Tensor
 
 FIT_PROMPTS: tuple[str, ...] = ("a green house", "a purple mug", "a yellow house", "a green mug")
-FIT_STEPS = 200  # as the Janus table's reference NeRFs (janus_floor.FLOOR_STEPS)
+FIT_STEPS = 200
 FIT_SEED_OFFSET = 100  # fit k uses seed 100 + k: apart from the Janus table's seeds
 RENDER_BATCH = 16
 

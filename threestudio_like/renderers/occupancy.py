@@ -192,14 +192,17 @@ class OccupancyGrid(nn.Module):
     ) -> None:
         """Re-measure densities at one jittered point per chosen cell and re-threshold.
 
-        Before ``warmup_steps`` every cell is measured; afterwards a random quarter of all
-        cells plus up to as many currently occupied ones. Cells not measured keep their EMA.
+        Before ``warmup_steps``, and on a grid no update has measured (its EMA all 0), every cell
+        is measured; afterwards a random quarter of all cells plus up to as many currently
+        occupied ones. Cells not measured keep their EMA. (A fresh grid first updated past the
+        warmup, as a fit that starts at a late step does, would otherwise empty the three
+        quarters of its cells it did not look at: holes all over the object.)
         A cell is occupied when its step opacity exceeds ``min(occ_thre, mean opacity of all
         cells)`` (nerfacc's rule: the mean guard keeps a faint early-training field visible).
         A NaN density counts as opaque (see ``nan_as_opaque``).
         """
         device = self.density_ema.device
-        if step < warmup_steps:
+        if step < warmup_steps or not bool(self.density_ema.any()):
             cells = torch.arange(self.n_cells, device=device)
         else:
             n = self.n_cells // 4
