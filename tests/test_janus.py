@@ -337,13 +337,33 @@ def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
 
     small = ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
              "system.renderer.num_samples_per_ray=24"]
-    system, losses = fit_reference_nerf("a red house", steps=40, overrides=small, save_dir=str(tmp_path))
+    system, losses = fit_reference_nerf("a red house", steps=64, overrides=small, save_dir=str(tmp_path))
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
     images, opacity = evaluation.render_views_with_opacity(system, views=janus.janus_cameras((0.0, 180.0)))
     covered = opacity[:, 0] > 0.5
     assert covered.float().mean() > 0.05, "the fitted NeRF is empty"
     r, g, b = (images[:, c][covered].mean() for c in range(3))
     assert r > g + 0.2 and r > b + 0.2, (r, g, b)  # red, as the procedural house it was fitted to
-    again, losses_again = fit_reference_nerf("a red house", steps=40, overrides=small, save_dir=str(tmp_path))
+    again, losses_again = fit_reference_nerf("a red house", steps=64, overrides=small, save_dir=str(tmp_path))
     assert losses_again == losses  # the kept fit, not a new one
     assert torch.equal(evaluation.render_views_with_opacity(again, views=janus.janus_cameras((0.0, 180.0)))[0], images)
+    # painted grainy (the grainy floor), the same settings otherwise: fitted again, to a darker house
+    grainy, _ = fit_reference_nerf("a red house", steps=64, overrides=small, save_dir=str(tmp_path), grain=0.25)
+    grainy_images = evaluation.render_views_with_opacity(grainy, views=janus.janus_cameras((0.0, 180.0)))[0]
+    assert grainy_images[:, 0][covered].mean() < r - 0.05
+
+
+def test_the_grain_texture_darkens_in_clumps_of_its_cell_size():
+    from threestudio_like.janus_floor import GRAIN_CELL, GRAIN_DARKENING, grain_texture
+
+    texture = grain_texture(0.25, seed=3)
+    points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) - 0.5
+    factor = texture(points)
+    assert torch.equal(factor, grain_texture(0.25, seed=3)(points))  # one texture per seed
+    assert abs(factor.mean() - GRAIN_DARKENING) < 0.02 and 0.15 < factor.std() / GRAIN_DARKENING < 0.35
+
+    def correlation(offset: float) -> float:
+        return torch.corrcoef(torch.stack([factor, texture(points + offset)]))[0, 1].item()
+
+    assert correlation(GRAIN_CELL / 6) > 0.8  # smooth within a clump
+    assert abs(correlation(3 * GRAIN_CELL)) < 0.1  # independent a few clumps away

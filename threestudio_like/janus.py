@@ -345,14 +345,14 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
                   + "".join(traceback.format_exception_only(type(error), error)), file=sys.stderr)
             continue
         results.append(evaluate_janus_trial(trial, variant.name, seed, classifier, view_head))
-    if floor:  # the evaluator's own error on correct objects (janus_floor.py)
-        from threestudio_like.janus_floor import FLOOR_VARIANT, fit_reference_nerf, reference_folder
+    if floor:  # the evaluator's own error on correct objects, plain and painted grainy as SDS paints (janus_floor.py)
+        from threestudio_like.janus_floor import FLOOR_KINDS, fit_reference_nerf, reference_folder
 
-        for seed, prompt in itertools.product(range(seeds), prompts):
-            folder = os.path.join(reference_folder(os.path.join(out, "reference"), prompt), f"seed{seed}")
-            system, _ = fit_reference_nerf(prompt, steps, seed, save_dir=folder)  # as long as the trials
-            results.append(evaluate_janus_system(system, prompt, FLOOR_VARIANT, seed, classifier, view_head))
-    names = [v.name for v in variants] + ([FLOOR_VARIANT] if floor else [])
+        for (name, grain), seed, prompt in itertools.product(FLOOR_KINDS, range(seeds), prompts):
+            folder = os.path.join(reference_folder(os.path.join(out, "reference" + ("_grainy" if grain else "")), prompt), f"seed{seed}")
+            system, _ = fit_reference_nerf(prompt, steps, seed, save_dir=folder, grain=grain)  # as long as the trials
+            results.append(evaluate_janus_system(system, prompt, name, seed, classifier, view_head))
+    names = [v.name for v in variants] + ([name for name, _ in FLOOR_KINDS] if floor else [])
     table = format_janus_table(results, names, prompts, failures)
     title = (f"Janus rate on {evaluation.DEFAULT_PRIOR}: {len(prompts)} prompt(s), {seeds} seed(s), "
              f"{steps if steps is not None else 'the recipes own'} steps; {len(JANUS_AZIMUTHS_DEG)} views per trial at azimuths "

@@ -312,11 +312,13 @@ def render_rays(
     flat: Bool[Tensor, "B"],
     features: Optional[Float[Tensor, "B H W 1"]] = None,
     depth: Optional[Float[Tensor, "B H W 1"]] = None,
+    texture: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 1"]]:
     """Render one object per view at the rays' resolution: (rgb on white, coverage mask).
     ``features``, when given, is filled with 1 where a ray hits a ``side_features`` point;
     ``depth`` with the distance from the ray's origin to its hit (0 where it misses, as the
-    renderers blend depth onto 0)."""
+    renderers blend depth onto 0). ``texture`` maps surface points [N, 3] to a further albedo
+    factor [N]."""
     B, H, W, _ = rays_o.shape
     n = H * W
     rgb = rays_o.new_tensor(BACKGROUND_RGB).repeat(B * n, 1)
@@ -336,6 +338,8 @@ def render_rays(
         rays, points = rays[hit], points[hit]
         view = view_of_ray[rays]
         surface_albedo = albedo[view] * albedo_factor(name, points)[:, None]
+        if texture is not None:
+            surface_albedo = (surface_albedo * texture(points)[:, None]).clamp(0, 1)
         rgb[rays] = shade(surface_albedo, _sdf_normals(sdf, points), points, light_positions[view], flat[view])
         mask[rays] = True
         if features is not None:
