@@ -185,7 +185,7 @@ def test_occupancy_update_marks_only_dense_cells_and_is_saved():
 
 
 def test_a_fresh_grid_first_updated_after_warmup_measures_every_cell():
-    # a fit that starts at a late step (janus_floor's reference NeRFs): a partial first update
+    # a grid first updated past the warmup (as janus_floor's fits once were): a partial first update
     # would leave the unmeasured three quarters of a solid object empty, holes all through it
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
     grid.update(10**6, lambda p: torch.full((p.shape[0], 1), 10.0), step_size=0.01)

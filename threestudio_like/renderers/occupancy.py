@@ -194,9 +194,9 @@ class OccupancyGrid(nn.Module):
 
         Before ``warmup_steps``, and on a grid no update has measured (its EMA all 0), every cell
         is measured; afterwards a random quarter of all cells plus up to as many currently
-        occupied ones. Cells not measured keep their EMA. (A fresh grid first updated past the
-        warmup, as a fit that starts at a late step does, would otherwise empty the three
-        quarters of its cells it did not look at: holes all over the object.)
+        occupied ones. Cells not measured keep their EMA. (A fresh grid whose first update comes
+        past the warmup would otherwise empty the three quarters of its cells it did not look
+        at: holes all over the object.)
         A cell is occupied when its step opacity exceeds ``min(occ_thre, mean opacity of all
         cells)`` (nerfacc's rule: the mean guard keeps a faint early-training field visible).
         A NaN density counts as opaque (see ``nan_as_opaque``).
