@@ -66,6 +66,7 @@ def test_mvdream_cpu_keeps_the_front_on_one_side(tmp_path, prompt: str, steps: O
           + " ".join(f"{a:g}:{s}" for a, s in zip(janus.azimuths, janus.seen)))
     assert result.score.shape == janus.shape, result.score
     # a Janus object shows its front from every side (rate 0.75, front 1.0); single-view SDS scores
-    # 0.75 on the mug (README); this one keeps the front on one side, give or take a view or three
-    assert janus.rate <= 0.25, janus
-    assert 0 < janus.front_share <= 5 / 12, janus
+    # 0.42 on the house and 0.58 on the mug (README); this one keeps the front on one side: no
+    # wrong view was measured on seed 0 (README), one is allowed for a machine whose floats differ
+    assert janus.rate <= 1 / 12, janus
+    assert 0 < janus.front_share <= 4 / 12, janus
