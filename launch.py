@@ -2,7 +2,7 @@
 
 import sys
 
-from threestudio_like.cli import main
+from threestudio_like.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

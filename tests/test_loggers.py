@@ -13,7 +13,7 @@ from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like import loggers as loggers_module
 from threestudio_like.cli import main
 from threestudio_like.config import ConfigError, ExperimentConfig
-from threestudio_like.loggers import build_loggers, check_loggers
+from threestudio_like.loggers import KeptCSVLogger, build_loggers, check_loggers
 from threestudio_like.trainer import build_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def test_csv_only_by_default(tmp_path) -> None:
 def test_disabled_wandb_section_is_accepted(tmp_path, monkeypatch) -> None:
     # the section threestudio's configs carry must load even where wandb is not installed
     _hide_modules(monkeypatch, "wandb")
-    assert [type(l) for l in build_loggers(str(tmp_path), THREESTUDIO_WANDB)] == [CSVLogger]
+    assert [type(l) for l in build_loggers(str(tmp_path), THREESTUDIO_WANDB)] == [KeptCSVLogger]
 
 
 def test_tensorboard_writes_event_files(tmp_path) -> None:
@@ -62,7 +62,7 @@ def test_trainer_uses_configured_loggers(tmp_path) -> None:
     import tensorboard  # noqa: F401  (declared in the test extra: missing is a failure, not a skip)
     exp = ExperimentConfig(trial_dir=str(tmp_path), system={"loggers": {"tensorboard": {"enable": True}}})
     trainer, _ = build_trainer(exp, "cpu", 1)
-    assert [type(l) for l in trainer.loggers] == [CSVLogger, TensorBoardLogger]
+    assert [type(l) for l in trainer.loggers] == [KeptCSVLogger, TensorBoardLogger]
     assert os.path.normpath(trainer.loggers[1].log_dir) == os.path.join(str(tmp_path), "tb_logs")
 
 

@@ -5,18 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any, Optional
 
+import lightning.pytorch as pl
 import torch
 
 from threestudio_like.config import ConfigError, ExperimentConfig, finalize_config, load_config
+from threestudio_like.export.isosurface import EmptyIsosurfaceError
+from threestudio_like.interrupts import EXIT_INTERRUPTED, InterruptHandler, RunInterrupted
 from threestudio_like.loggers import check_loggers
 from threestudio_like.registry import UnknownTypeError, find
+from threestudio_like.systems.divergence import TrainingDivergedError
+from threestudio_like.trainer import GracefulInterrupt, build_trainer
 from threestudio_like.trials import (
     CheckpointError,
     check_state_matches,
+    check_writable,
     create_trial_dir,
     load_checkpoint,
     load_system_weights,
@@ -25,6 +34,7 @@ from threestudio_like.trials import (
     trial_dir_of_checkpoint,
     write_trial_config,
 )
+from threestudio_like.utils.io import disk_full_message, is_disk_full
 from threestudio_like.utils.ranks import global_rank, rank_seed
 
 # Mistakes in what the user asked for (bad config, missing file or model, unusable checkpoint):
@@ -32,7 +42,6 @@ from threestudio_like.utils.ranks import global_rank, rank_seed
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownTypeError, FileNotFoundError, CheckpointError)
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
-EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C: scripts can tell an interrupted run from a finished one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,28 +68,73 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)} (config overrides are written key=value)")
-    if not args.verbose:
-        _quiet_libraries()
-    from threestudio_like.export.isosurface import EmptyIsosurfaceError
-    from threestudio_like.systems.divergence import TrainingDivergedError
-
     previous_showwarning = warnings.showwarning
-    if not args.verbose:
-        warnings.showwarning = _show_warning
+    state = RunState()
     try:
-        return run(args, extras)
+        if not args.verbose:
+            _quiet_libraries()
+            warnings.showwarning = _show_warning
+        with InterruptHandler() as handler:
+            return run(args, extras, handler, state)
+    except (RunInterrupted, KeyboardInterrupt):
+        print(f"\n{state.interrupted()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (*USER_ERRORS, EmptyIsosurfaceError, TrainingDivergedError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED if isinstance(e, TrainingDivergedError) else EXIT_USER_ERROR
+    except (OSError, RuntimeError) as e:
+        if args.verbose or not is_disk_full(e):
+            raise
+        where = getattr(e, "filename", None) or state.trial_dir or "the output folder"
+        print(f"error: {disk_full_message(str(where))}. Free disk space and run again"
+              f"{state.resume_hint()}.", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         warnings.showwarning = previous_showwarning
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    """One CLI invocation; returns the exit code. Everything that can be checked (config, model
-    files, the checkpoint to resume) is checked before the trial folder is created or written."""
+@dataclass
+class RunState:
+    """Where a run has got to, so an interruption can say what was saved and what was not."""
+
+    phase: str = "start-up"  # start-up | training | the turntable | the export
+    trial_dir: Optional[str] = None  # set once this run writes to a trial folder
+    checkpoint_io: Any = None  # the trainer's AtomicCheckpointIO (knows the newest checkpoint written)
+    resumed_from: Optional[str] = None
+
+    def newest_checkpoint(self) -> Optional[tuple[str, int]]:
+        saved = getattr(self.checkpoint_io, "last_saved", None)
+        return saved
+
+    def resume_hint(self) -> str:
+        saved = self.newest_checkpoint()
+        path = saved[0] if saved else self.resumed_from
+        return f" (resume with resume={path})" if path else ""
+
+    def interrupted(self) -> str:
+        if self.trial_dir is None:
+            return "Interrupted during start-up: nothing was written."
+        saved = self.newest_checkpoint()
+        if self.phase == "training":
+            if saved is None:
+                kept = f"{self.resumed_from} is unchanged" if self.resumed_from else "no checkpoint was written"
+                return f"Stopped by Ctrl-C before the first checkpoint of this run: {kept}."
+            return (f"Stopped by a second Ctrl-C: the newest checkpoint is {saved[0]} (step {saved[1]}); later steps "
+                    f"were not saved. Resume with resume={saved[0]}.")
+        ckpt = saved[0] if saved else self.resumed_from
+        if self.phase == "the turntable":
+            return (f"Interrupted while rendering the turntable: {ckpt} is saved; the turntable video and the mesh "
+                    f"were not written. Make them with --test and --export resume={ckpt}.")
+        return (f"Interrupted during the export: {ckpt} and the turntable are saved; the mesh was not written. "
+                f"Export it with --export resume={ckpt}.")
+
+
+def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandler, state: RunState) -> int:
+    """One CLI invocation; returns the exit code. Everything that can be checked (devices, config,
+    output folder, data, model files, the checkpoint to resume or to start from) is checked before
+    the trial folder is created or anything in it is written."""
     accelerator, devices = select_devices(args.gpu)
     if args.typecheck:
         print("--typecheck is accepted for threestudio compatibility and has no effect (tensor shapes are documented, not checked at run time).")
@@ -91,16 +145,20 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if exp.resume is not None:
         exp.resume = resolve_checkpoint(exp.resume)
         exp.trial_dir = trial_dir_of_checkpoint(exp.resume) or exp.trial_dir
+        check_writable(exp.trial_dir, "trial folder", "copy the trial somewhere writable and resume from the copy")
         checkpoint = load_checkpoint(exp.resume)
+        state.resumed_from = exp.resume
     elif not args.train:
         raise ConfigError("--validate, --test and --export need a checkpoint: add resume=<trial dir>/ckpts/last.ckpt")
-
-    import lightning.pytorch as pl
+    else:
+        check_writable(exp.exp_root_dir)
 
     # each GPU rank draws its own noise (seed + rank, as threestudio); the camera data module
     # folds the rank into its own stream, so it gets the unranked seed
     pl.seed_everything(rank_seed(exp.seed, global_rank()), workers=True, verbose=False)
     datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
+    if not args.export:
+        datamodule.check()  # the data on disk (e.g. a capture's transforms and images), before anything is written
     system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
     if args.train:  # the guidance (a trainable one holds checkpoint state) is part of what a resume must match
         system.check_models_available()
@@ -112,17 +170,21 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         load_system_weights(system, exp.resume, checkpoint)
         if accelerator == "gpu":
             system.to(f"cuda:{devices[0]}")
+        state.trial_dir, state.phase = exp.trial_dir, "the export"
         for path in system.export():
             print(f"Exported {path}")
         return 0
 
+    mode = "train" if args.train else "validate" if args.validate else "test"
     if args.train:
         exp.trial_dir = prepare_trial_dir(exp.trial_dir, exp, resumed=checkpoint is not None)
         system.save_dir = os.path.join(exp.trial_dir, "save")
+    state.trial_dir = exp.trial_dir
+    state.phase = "training" if args.train else "the turntable"
 
-    from threestudio_like.trainer import build_trainer
-
-    trainer, interrupt = build_trainer(exp, accelerator, devices)
+    resumed_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
+    trainer, interrupt = build_trainer(exp, accelerator, devices, handler, mode, resumed_step)
+    state.checkpoint_io = trainer.strategy.checkpoint_io
     del checkpoint  # Lightning reads the file again to restore the full training state
     if args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
@@ -130,7 +192,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.test:
         trainer.test(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
         return 0
-    return train(trainer, interrupt, system, datamodule, exp)
+    return train(trainer, interrupt, system, datamodule, exp, state)
 
 
 TRIAL_DIR_VARIABLE = "THREESTUDIO_LIKE_TRIAL_DIR"  # rank 0's trial, for the ranks a multi-GPU launcher starts
@@ -138,15 +200,21 @@ TRIAL_DIR_VARIABLE = "THREESTUDIO_LIKE_TRIAL_DIR"  # rank 0's trial, for the ran
 
 def prepare_trial_dir(trial_dir: str, exp: ExperimentConfig, resumed: bool) -> str:
     """The folder this run writes to, made ready: a new one created exclusively (or the resumed
-    one cleaned of partial files) and its config written. Ranks above 0, which the multi-GPU
-    launcher starts with rank 0's environment, use rank 0's folder and write nothing here."""
+    one cleaned of partial files) and its config written. A new folder that cannot be made ready
+    (a full disk) is removed again. Ranks above 0, which the multi-GPU launcher starts with rank
+    0's environment, use rank 0's folder and write nothing here."""
     if global_rank() > 0:
         return os.environ.get(TRIAL_DIR_VARIABLE, trial_dir)
     if not resumed:
         trial_dir = create_trial_dir(trial_dir)  # never shared with another run
-    for path in remove_stale_temporaries(trial_dir):
-        print(f"Removed a partial file left by an interrupted write: {path}")
-    kept = write_trial_config(trial_dir, exp)
+    try:
+        for path in remove_stale_temporaries(trial_dir):
+            print(f"Removed a partial file left by an interrupted write: {path}")
+        kept = write_trial_config(trial_dir, exp)
+    except BaseException:
+        if not resumed:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+        raise
     if kept:
         print(f"The config differs from the one this run started with; that one is kept as {kept}")
     os.environ[TRIAL_DIR_VARIABLE] = trial_dir
@@ -154,17 +222,17 @@ def prepare_trial_dir(trial_dir: str, exp: ExperimentConfig, resumed: bool) -> s
     return trial_dir
 
 
-def train(trainer: Any, interrupt: Any, system: Any, datamodule: Any, exp: ExperimentConfig) -> int:
+def train(trainer: Any, interrupt: GracefulInterrupt, system: Any, datamodule: Any, exp: ExperimentConfig, state: RunState) -> int:
     """Optimise, keep the final state, render the turntable and export the mesh."""
-    from threestudio_like.export.isosurface import EmptyIsosurfaceError
-
     trainer.fit(system, datamodule=datamodule, ckpt_path=exp.resume)
     # the final state is always kept, whether or not max_steps is a multiple of the checkpoint interval
     path = os.path.join(exp.trial_dir, "ckpts", "last.ckpt")
     trainer.save_checkpoint(path, weights_only=False)  # the full state (optimiser, RNG, step): resume continues exactly
     if interrupt.interrupted:
         print(f"Interrupted at step {trainer.global_step}: saved {path}; resume with resume={path}")
+    state.phase = "the turntable"
     trainer.test(system, datamodule=datamodule, verbose=False)
+    state.phase = "the export"
     try:
         paths = system.export()  # a run ends with a mesh, as well as a checkpoint and a video
     except EmptyIsosurfaceError as error:
@@ -189,7 +257,9 @@ def training_device(accelerator: str, devices: Any) -> torch.device:
 
 
 def select_devices(gpu: str) -> tuple[str, Any]:
-    """CUDA devices when present; otherwise the CPU, announced once."""
+    """CUDA devices when present; otherwise the CPU, announced once. ``gpu`` is checked either way."""
+    if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*,?", gpu):
+        raise ConfigError(f"--gpu {gpu!r} is not a device list: give GPU indices, e.g. --gpu 0 or --gpu 0,1.")
     if torch.cuda.is_available():
         return "gpu", [int(i) for i in gpu.split(",") if i.strip()]
     print("No CUDA GPU found: running on the CPU with the built-in PyTorch backends.")

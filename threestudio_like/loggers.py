@@ -13,14 +13,20 @@ TensorBoard and Weights & Biases are optional extras (``pip install "threestudio
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import importlib.util
+import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from threestudio_like.config import ConfigError
 from threestudio_like.registry import did_you_mean
+from threestudio_like.utils.io import atomic_path
 
 # Per logger, the keys its section may have: a typo is an error, not a silently ignored setting.
 LOGGER_KEYS: dict[str, tuple[str, ...]] = {
@@ -87,19 +93,69 @@ def check_loggers(loggers_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return enabled
 
 
-def build_loggers(trial_dir: str, loggers_cfg: Mapping[str, Any]) -> list[Logger]:
-    """Lightning loggers for a trial: CSV always, then TensorBoard / wandb as configured."""
+class KeptMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; this one keeps
+    it and appends. Rows at or after ``replace_from_step`` (left by an attempt that went on past
+    the checkpoint a run resumes from) are the only ones dropped: the resumed run writes them anew."""
+
+    def __init__(self, log_dir: str, replace_from_step: Optional[int] = None) -> None:
+        self._replace_from_step = replace_from_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows, keys = list(reader), list(reader.fieldnames or [])
+        kept = [row for row in rows if self._keep(row)]
+        if len(kept) < len(rows):
+            with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(kept)
+        self.metrics_keys = keys
+
+    def _keep(self, row: dict[str, str]) -> bool:
+        step = row.get("step")
+        return self._replace_from_step is None or not step or int(float(step)) < self._replace_from_step
+
+
+class KeptCSVLogger(CSVLogger):
+    """``CSVLogger`` whose file survives a resume, ``--test`` and ``--validate`` (see ``KeptMetricsWriter``)."""
+
+    def __init__(self, save_dir: str, name: str, version: str, replace_from_step: Optional[int] = None) -> None:
+        super().__init__(save_dir, name=name, version=version)
+        self._replace_from_step = replace_from_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = KeptMetricsWriter(self.log_dir, self._replace_from_step)
+        return self._experiment
+
+
+def build_loggers(
+    trial_dir: str, loggers_cfg: Mapping[str, Any], mode: str = "train", resumed_step: Optional[int] = None
+) -> list[Logger]:
+    """Lightning loggers for a trial: CSV always, then TensorBoard / wandb as configured.
+
+    Training logs go to ``csv_logs/metrics.csv`` (and ``tb_logs/``): a resumed run appends,
+    replacing only rows after ``resumed_step``. ``--validate`` / ``--test`` (``mode``) never touch
+    them: their metrics go beside, to ``csv_logs/<mode>/`` (and ``tb_logs/<mode>/``); wandb
+    records training runs only.
+    """
     enabled = check_loggers(loggers_cfg)
-    loggers: list[Logger] = [CSVLogger(trial_dir, name="csv_logs", version="")]
+    version = "" if mode == "train" else mode
+    replace_from = resumed_step if mode == "train" else None
+    loggers: list[Logger] = [KeptCSVLogger(trial_dir, name="csv_logs", version=version, replace_from_step=replace_from)]
     if "tensorboard" in enabled:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         name = _optional_str(enabled["tensorboard"].get("name")) or "tb_logs"
-        # version "" keeps one folder per trial, like csv_logs (a resumed run appends to it)
-        loggers.append(TensorBoardLogger(trial_dir, name=name, version="", default_hp_metric=False))
-    if "wandb" in enabled:
-        from lightning.pytorch.loggers import WandbLogger
-
+        # purge_step: TensorBoard hides the earlier attempt's events from the resumed step on
+        loggers.append(TensorBoardLogger(trial_dir, name=name, version=version, default_hp_metric=False, purge_step=replace_from))
+    if "wandb" in enabled and mode == "train":
         settings = enabled["wandb"]
         loggers.append(
             WandbLogger(
@@ -108,6 +164,14 @@ def build_loggers(trial_dir: str, loggers_cfg: Mapping[str, Any]) -> list[Logger
                 name=_optional_str(settings.get("name")),
                 entity=_optional_str(settings.get("entity")),
                 offline=bool(settings.get("offline", False)),
+                # one wandb run per trial: a resumed run continues it
+                id=wandb_run_id(trial_dir),
+                resume="allow",
             )
         )
     return loggers
+
+
+def wandb_run_id(trial_dir: str) -> str:
+    """A stable wandb run id for a trial folder (wandb ids allow letters, digits, - and _)."""
+    return hashlib.sha1(os.path.abspath(trial_dir).encode()).hexdigest()[:16]

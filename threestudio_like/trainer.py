@@ -4,7 +4,6 @@ Ctrl-C that saves, CSV metrics, CPU fallback."""
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tqdm import tqdm
 
 from threestudio_like.config import ExperimentConfig
+from threestudio_like.interrupts import InterruptHandler
 from threestudio_like.loggers import build_loggers
 from threestudio_like.trials import load_checkpoint, save_checkpoint
 
@@ -21,8 +21,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints through ``trials``: written atomically (a crash never leaves a torn file, a
     full disk keeps the previous one), read with ``weights_only=True`` (a checkpoint cannot run code)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_saved: Optional[tuple[str, int]] = None  # (path, step) of the newest checkpoint written
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         save_checkpoint(checkpoint, str(path))
+        self.last_saved = (str(path), int(checkpoint.get("global_step", 0)))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
         if not os.path.isfile(str(path)):
@@ -52,35 +57,45 @@ class StepProgressBar(Callback):
             self.bar.close()
             self.bar = None
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)  # the error message starts on a line of its own
+
 
 class GracefulInterrupt(Callback):
-    """First Ctrl-C: finish the current step, then stop (the CLI saves and runs the test stage).
-    A second Ctrl-C aborts at once."""
+    """Makes the training loop the graceful part of the run's ``InterruptHandler``: there the
+    first Ctrl-C lets the current step finish, then stops the loop."""
 
-    def __init__(self) -> None:
-        self.interrupted = False
-        self._previous: Any = None
+    def __init__(self, handler: InterruptHandler) -> None:
+        self.handler = handler
+
+    @property
+    def interrupted(self) -> bool:
+        return self.handler.requested
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nCtrl-C: finishing this step, saving a checkpoint, then rendering the test views "
-              "(press Ctrl-C again to abort now).", flush=True)
+        self.handler.graceful = True
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self.interrupted:
+        if self.handler.requested:
             trainer.should_stop = True
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self.handler.graceful = False
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.handler.graceful = False
 
 
-def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tuple[Trainer, GracefulInterrupt]:
+def build_trainer(
+    exp: ExperimentConfig,
+    accelerator: str,
+    devices: Any,
+    handler: Optional[InterruptHandler] = None,
+    mode: str = "train",
+    resumed_step: Optional[int] = None,
+) -> tuple[Trainer, GracefulInterrupt]:
+    """The trainer of a run in ``mode`` (train | validate | test): its logs, checkpoints and Ctrl-C.
+    ``resumed_step``: the step of the checkpoint a training run continues from."""
     kwargs = dict(exp.trainer)
     show_progress = kwargs.pop("enable_progress_bar", True)
     if accelerator == "cpu" and str(kwargs.get("precision", "32")) in ("16", "16-mixed", "bf16-mixed", "bf16"):
@@ -90,7 +105,7 @@ def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tupl
     kwargs.setdefault("inference_mode", False)
     if "val_check_interval" in kwargs:
         kwargs.setdefault("check_val_every_n_epoch", None)
-    interrupt = GracefulInterrupt()
+    interrupt = GracefulInterrupt(handler or InterruptHandler())
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=os.path.join(exp.trial_dir, "ckpts"), **exp.checkpoint),
         interrupt,
@@ -101,7 +116,7 @@ def build_trainer(exp: ExperimentConfig, accelerator: str, devices: Any) -> tupl
         accelerator=accelerator,
         devices=devices,
         default_root_dir=exp.trial_dir,
-        logger=build_loggers(exp.trial_dir, exp.system.get("loggers") or {}),
+        logger=build_loggers(exp.trial_dir, exp.system.get("loggers") or {}, mode, resumed_step),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=False,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +22,15 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_like.config import config_yaml, finalize_config, load_config
-from threestudio_like.utils.io import TEMPORARY_PREFIX, atomic_path, atomic_write_text
+from threestudio_like.config import ConfigError, config_yaml, finalize_config, load_config
+from threestudio_like.utils.io import (
+    TEMPORARY_PREFIX,
+    atomic_path,
+    atomic_write_text,
+    disk_full_message,
+    is_disk_full,
+    tensor_bytes,
+)
 
 LAST = "LAST"
 CKPT_DIR = "ckpts"
@@ -34,6 +43,23 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- trial folders
+def check_writable(folder: str, what: str = "output folder", fix: str = "choose another with exp_root_dir=<folder>") -> None:
+    """Fail with one line unless files can be created in ``folder`` (or, when it does not exist
+    yet, in its nearest existing parent, where it would be made). Leaves nothing behind."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"cannot write to the {what} {folder}: {existing} is a file, not a folder; {fix}.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=TEMPORARY_PREFIX)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        reason = "read-only" if error.errno == errno.EROFS else (error.strerror or type(error).__name__).lower()
+        raise ConfigError(f"cannot write to the {what} {folder} ({existing}: {reason}); {fix}.") from None
+
+
 def create_trial_dir(path: str) -> str:
     """Create ``path`` exclusively and return it; when it is taken (another run with the same
     name and tag, started in the same second), ``path-1``, ``path-2``, ... instead."""
@@ -67,19 +93,28 @@ def remove_stale_temporaries(trial_dir: str) -> list[str]:
     return removed
 
 
+# What says how a run is launched, not what it computes: a resume that changes only these has
+# the config it started with.
+RUN_CONTROL_KEYS = ("resume", "timestamp", "exp_root_dir", "exp_dir", "trial_name", "trial_dir", "n_gpus")
+
+
 def write_trial_config(trial_dir: str, exp: Any) -> Optional[str]:
-    """Write ``configs/parsed.yaml``. A different config already there (a resume with other
-    settings) is kept as ``parsed-<time>.yaml``; returns that path, or None."""
+    """Write ``configs/parsed.yaml``. A config already there that differs in more than the
+    run-control keys (a resume with other settings) is kept as ``parsed-<time>.yaml``; returns
+    that path, or None (an equal one is left as it is)."""
     path = os.path.join(trial_dir, PARSED_CONFIG)
     text, kept = config_yaml(exp), None
     if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() == text:
-                return None
+        if _settings(OmegaConf.load(path)) == _settings(OmegaConf.create(text)):
+            return None
         kept = os.path.join(os.path.dirname(path), f"parsed-{datetime.now():%Y%m%d-%H%M%S}.yaml")
         os.replace(path, kept)
     atomic_write_text(path, text)
     return kept
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(config).items() if k not in RUN_CONTROL_KEYS}
 
 
 def load_trial_config(trial_dir: str) -> Any:
@@ -169,9 +204,17 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def check_state_matches(module: torch.nn.Module, state_dict: dict[str, Any], path: str) -> None:
-    """Fail, naming the first differences, unless ``state_dict`` fits ``module`` exactly."""
-    expected = module.state_dict()
+def check_state_matches(
+    module: torch.nn.Module, state_dict: dict[str, Any], path: str, ignore: tuple[str, ...] = ()
+) -> None:
+    """Fail, naming the first differences, unless ``state_dict`` fits ``module`` exactly (entries
+    under the module prefixes ``ignore`` left out on both sides)."""
+
+    def kept(key: str) -> bool:
+        return not any(key.startswith(prefix + ".") for prefix in ignore)
+
+    expected = {k: v for k, v in module.state_dict().items() if kept(k)}
+    state_dict = {k: v for k, v in state_dict.items() if kept(k)}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [
@@ -267,10 +310,10 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error):
             raise CheckpointError(
-                f"no space left writing {path}; the previous checkpoint is kept. Free disk space and "
-                f"resume from the last checkpoint in {os.path.dirname(path)}."
+                f"{disk_full_message(path, tensor_bytes(checkpoint))}; the previous checkpoint is kept. "
+                f"Free disk space and resume from the last checkpoint in {os.path.dirname(path)}."
             ) from None
         raise

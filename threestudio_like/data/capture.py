@@ -174,13 +174,19 @@ def _frame_key(frames: CaptureFrames, i: int, undistort: bool) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def check_image_size(frames: CaptureFrames, i: int, width: int, height: int) -> None:
+    """Frame ``i``'s image is ``width`` x ``height``, as its transforms file says."""
+    W, H = int(frames.width[i]), int(frames.height[i])
+    if (width, height) != (W, H):
+        raise ConfigError(f"{frames.image_paths[i]}: image is {width}x{height} but its transforms file says {W}x{H}; fix w / h or the image.")
+
+
 def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -> Int[Tensor, "h w C"]:
     """Decode, premultiply alpha, undistort, box-downsample: uint8 ``[h,w,C]`` (C = 3 or 4)."""
     path = frames.image_paths[i]
     image = capture_format.read_image(path)
     H, W = int(frames.height[i]), int(frames.width[i])
-    if image.shape[:2] != (H, W):
-        raise ConfigError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but its transforms file says {W}x{H}; fix w / h or the image.")
+    check_image_size(frames, i, image.shape[1], image.shape[0])
     if image.shape[-1] == 4:
         # premultiplied: resampling must not blend in the colour of transparent pixels
         image = torch.cat([image[..., :3] * image[..., 3:], image[..., 3:]], dim=-1)
@@ -545,6 +551,15 @@ class CaptureDataModule(CameraDataModule):
     def to_capture_world(self, points: Float[Tensor, "... 3"]) -> Float[Tensor, "... 3"]:
         """Normalised (renderer) coordinates back to the capture's world coordinates."""
         return self.normalisation.to_capture_world(points)
+
+    def check(self) -> None:
+        """The transforms parse, the cameras normalise, the split is possible, and every image's
+        header reads with the size its transforms give (without decoding the pixels)."""
+        frames = self.frames
+        _ = self.normalisation  # cameras that cannot be normalised fail here
+        split_frames(frames, self.cfg)
+        for i, path in enumerate(frames.image_paths):
+            check_image_size(frames, i, *capture_format.image_size(path))
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: Optional[str] = None) -> None:

@@ -300,6 +300,10 @@ class CameraDataModule(LightningDataModule):
         if not hasattr(self, "train_dataset"):
             self.setup()
 
+    def check(self) -> None:
+        """Fail with one line if the data on disk cannot be used; runs before a trial folder exists.
+        Random cameras read nothing."""
+
     def train_dataloader(self) -> DataLoader:
         self._ensure_setup()
         return self._loader(self.train_dataset)

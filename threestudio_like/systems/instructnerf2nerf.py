@@ -132,7 +132,7 @@ class InstructNeRF2NeRF(NeRFReconstruction):
         for k in (data.edit_step >= 0).nonzero().flatten().tolist():
             frame = data.training_frame(k)
             grid = torch.cat([frame["original_rgb"][0], frame["rgb"][0]], dim=1).clamp(0, 1).numpy()
-            path = self._save_path(f"it{self.global_step}-edits", f"{int(frame['index'][0])}.png")
+            path = self._save_path(f"it{self.current_step}-edits", f"{int(frame['index'][0])}.png")
             save_image(path, grid)
             paths.append(path)
         if paths:

@@ -84,7 +84,7 @@ class NeRFReconstruction(BaseLift3DSystem):
             self._val_metrics[index] = (float(psnr[i]), float(ssim[i]))
             self.log(f"val/psnr/{index}", psnr[i], batch_size=1)
             self.log(f"val/ssim/{index}", ssim[i], batch_size=1)
-            path = self._save_path(f"it{self.global_step}-val", f"{index}.png")
+            path = self._save_path(f"it{self.current_step}-val", f"{index}.png")
             save_image(path, comparison_grid(render[i], batch["rgb"][i]))
 
     def on_validation_epoch_end(self) -> None:
@@ -94,14 +94,14 @@ class NeRFReconstruction(BaseLift3DSystem):
         self.log("val/psnr", psnr)
         self.log("val/ssim", ssim)
         summary = {
-            "step": self.global_step,
+            "step": self.current_step,
             "psnr": psnr,
             "ssim": ssim,
             "views": {str(k): {"psnr": p, "ssim": s} for k, (p, s) in sorted(self._val_metrics.items())},
         }
-        with open(self._save_path(f"it{self.global_step}-val-metrics.json"), "w") as f:
+        with open(self._save_path(f"it{self.current_step}-val-metrics.json"), "w") as f:
             json.dump(summary, f, indent=1)
-        print(f"Held-out views at step {self.global_step}: PSNR {psnr:.2f} dB, SSIM {ssim:.4f} ({len(self._val_metrics)} views)")
+        print(f"Held-out views at step {self.current_step}: PSNR {psnr:.2f} dB, SSIM {ssim:.4f} ({len(self._val_metrics)} views)")
 
 
 def box_filter_to(image: Float[Tensor, "B sH sW C"], height: int) -> Float[Tensor, "B H W C"]:

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 TEMPORARY_PREFIX = ".tmp-"  # partial files of atomic writes; stale ones are removed by trials.remove_stale_temporaries
+
+
+# torch's zip writer reports a short write (a full disk) as a RuntimeError with one of these
+_TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed writing")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A full disk or quota, as the OS (ENOSPC, EDQUOT) or torch's checkpoint writer reports it."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and any(mark in str(error) for mark in _TORCH_SHORT_WRITE)
+
+
+def disk_full_message(path: str, needed_bytes: Optional[int] = None) -> str:
+    """``no space left writing <path> (needs about N MB, M MB free)``: the start of every full-disk error."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    needs = f"needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
+    return f"no space left writing {path} ({needs}{_megabytes(free)} free)"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def tensor_bytes(tree: Any) -> int:
+    """Bytes of the tensors in a nested dict / list (what a checkpoint of it needs on disk, roughly)."""
+    if hasattr(tree, "element_size") and hasattr(tree, "nelement"):
+        return int(tree.element_size() * tree.nelement())
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
 
 
 @contextmanager
@@ -24,10 +62,18 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets the mode open() would give it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str, text: str) -> None:
