@@ -6,12 +6,22 @@ kill -9, a full disk, a corrupt file, a typo) and checks what the user is left w
 
 from __future__ import annotations
 
+import csv
 import errno
+import json
 import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from PIL import Image
 
+from capture_fixtures import write_blender_capture
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
 from threestudio_like.config import ConfigError, finalize_config, load_config
@@ -24,6 +34,7 @@ from threestudio_like.trials import (
     save_checkpoint,
     write_trial_config,
 )
+from threestudio_like.utils.io import current_umask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFINE = os.path.join(ROOT, "configs", "magic3d-refine-sd.yaml")
@@ -318,3 +329,288 @@ def test_ranks_started_by_a_multi_gpu_launcher_share_rank_0s_trial(tmp_path, mon
     monkeypatch.setenv("LOCAL_RANK", "1")  # the launcher passes the environment on, with the rank
     assert prepare_trial_dir(str(tmp_path / "a_cube@103001"), exp, resumed=False) == first
     assert os.listdir(tmp_path) == ["a_cube@103000"]
+
+
+# --------------------------------------------------------------------------- round two: nothing lost
+def metric_steps(trial: str, log: str = "metrics.csv") -> list[int]:
+    with open(os.path.join(trial, "csv_logs", log), newline="") as f:
+        return [int(float(row["step"])) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def logged(tiny_model_dir, tmp_path_factory) -> str:
+    """A finished 4-step run that logged every step, with checkpoints at steps 2 and 4."""
+    out = str(tmp_path_factory.mktemp("logged"))
+    assert cli(RECIPE, "train", tiny_model_dir, out, **{"trainer.log_every_n_steps": 1, "system.loggers.tensorboard": "true"}) == 0
+    return trial_of(out)
+
+
+def tensorboard_steps(trial: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(trial, "tb_logs"))
+    events.Reload()
+    return [e.step for e in events.Scalars("train/loss")]
+
+
+def copy_trial(trial: str, tmp_path) -> str:
+    copy = os.path.join(str(tmp_path), "outputs", "dreamfusion-sd", "a_red_cube")
+    shutil.copytree(trial, copy)
+    return copy
+
+
+def test_kept_metrics_writer_keeps_rows_before_the_resumed_step_and_appends(tmp_path) -> None:
+    from threestudio_like.loggers import KeptMetricsWriter
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss\n" + "".join(f"0,{s},{s}.5\n" for s in range(6)))
+    writer = KeptMetricsWriter(str(tmp_path), replace_from_step=3)  # an attempt went on to step 5
+    writer.log_metrics({"train/loss": 30.0, "val/psnr": 20.0}, step=3)  # a new column as well
+    writer.save()
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["train/loss"] == "1.5" and rows[3]["val/psnr"] == "20.0"
+
+
+@pytest.mark.slow
+def test_test_and_validate_keep_the_training_log_and_label_outputs_with_the_checkpoint_step(
+    tiny_model_dir, logged, tmp_path
+) -> None:
+    trial = copy_trial(logged, tmp_path)
+    with open(os.path.join(trial, "csv_logs", "metrics.csv"), "rb") as f:
+        training_log = f.read()
+    assert metric_steps(trial) == [0, 1, 2, 3]
+    ckpts = os.path.join(trial, "ckpts")
+    step_2 = os.path.join(ckpts, next(f for f in os.listdir(ckpts) if "step=2" in f))
+    for mode, ckpt in (("test", step_2), ("test", os.path.join(ckpts, "last.ckpt")), ("validate", step_2)):
+        assert cli(RECIPE, mode, tiny_model_dir, str(tmp_path), resume=ckpt) == 0
+    with open(os.path.join(trial, "csv_logs", "metrics.csv"), "rb") as f:
+        assert f.read() == training_log
+    save = os.listdir(os.path.join(trial, "save"))
+    assert "it2-test.mp4" in save and "it4-test.mp4" in save  # two checkpoints, two videos
+    assert any(f.startswith("it2-") and f.endswith(".png") for f in save)  # --validate of step 2
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_earlier_rows_and_replaces_only_those_after_its_step(tiny_model_dir, logged, tmp_path) -> None:
+    trial = copy_trial(logged, tmp_path)
+    ckpts = os.path.join(trial, "ckpts")
+    step_2 = os.path.join(ckpts, next(f for f in os.listdir(ckpts) if "step=2" in f))
+    # from step 2 of a run that went on to 4: steps 2 and 3 are written again, once
+    args = {"trainer.log_every_n_steps": 1, "system.loggers.tensorboard": "true"}
+    assert cli(RECIPE, "train", tiny_model_dir, str(tmp_path), resume=step_2, **args) == 0
+    assert metric_steps(trial) == [0, 1, 2, 3]
+    assert tensorboard_steps(trial) == [0, 1, 2, 3]
+    # a finished run resumed to 6 keeps all four rows and adds two
+    last = os.path.join(ckpts, "last.ckpt")
+    assert cli(RECIPE, "train", tiny_model_dir, str(tmp_path), resume=last, **args, **{"trainer.max_steps": 6}) == 0
+    steps = metric_steps(trial)
+    # (Lightning numbers the rows of a run resumed from an end-of-fit checkpoint from step + 1)
+    assert steps[:4] == [0, 1, 2, 3] and len(steps) == 6 and steps == sorted(set(steps)), steps
+
+
+@pytest.mark.slow
+def test_resuming_with_only_run_control_keys_changed_keeps_the_config_and_says_nothing(
+    tiny_model_dir, logged, tmp_path, capsys
+) -> None:
+    trial = copy_trial(logged, tmp_path)
+    parsed = os.path.join(trial, "configs", "parsed.yaml")
+    with open(parsed, "rb") as f:
+        before = f.read()
+    resume = os.path.join(trial, "ckpts", "last.ckpt")
+    same = {"trainer.log_every_n_steps": 1, "system.loggers.tensorboard": "true",
+            "system.prompt_processor.cache_dir": f"{logged.split(os.sep + 'outputs')[0]}/cache"}
+    assert cli(RECIPE, "train", tiny_model_dir, str(tmp_path), resume=resume, **same) == 0
+    assert "config differs" not in capsys.readouterr().out
+    assert os.listdir(os.path.dirname(parsed)) == ["parsed.yaml"]
+    with open(parsed, "rb") as f:
+        assert f.read() == before
+
+
+@pytest.mark.slow
+def test_outputs_get_the_users_umask(logged) -> None:
+    expected = 0o666 & ~current_umask()
+    for path in (os.path.join(logged, "ckpts", "last.ckpt"), os.path.join(logged, "configs", "parsed.yaml"),
+                 os.path.join(logged, "save", "it4-test.mp4")):
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected, path
+
+
+def capture_recipe(dataroot: object, out: object, *extra: str) -> list[str]:
+    return ["--config", "nerf-capture", "--train", f"data.dataroot={dataroot}", f"exp_root_dir={out}",
+            "use_timestamp=false", "trainer.max_steps=2", "data.n_test_views=2", "system.geometry.isosurface_resolution=32",
+            "system.exporter.save_texture=false", "system.renderer.num_samples_per_ray=32", *extra]
+
+
+BAD_CAPTURES = {
+    "missing folder": lambda root: shutil.rmtree(root),
+    "bad JSON": lambda root: (root / "transforms_train.json").write_text("{ not json"),
+    "missing images": lambda root: [p.unlink() for p in root.glob("*/*.png")],
+    "malformed matrix": lambda root: _edit_frame(root, lambda f: f.update(transform_matrix=[[1, 0], [0, 1]])),
+    "unreadable image": lambda root: (root / "train" / "r_1.png").write_bytes(b"not a png"),
+    "wrong-sized image": lambda root: Image.new("RGBA", (9, 7)).save(root / "train" / "r_1.png"),
+    "one view": lambda root: _keep_one_frame(root),
+}
+
+
+def _edit_frame(root, edit) -> None:
+    path = root / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    edit(meta["frames"][0])
+    path.write_text(json.dumps(meta))
+
+
+def _keep_one_frame(root) -> None:
+    (root / "transforms_val.json").unlink()
+    path = root / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    meta["frames"] = meta["frames"][:1]
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CAPTURES))
+def test_bad_capture_data_fails_before_a_trial_folder_exists(tmp_path, capsys, case) -> None:
+    root = tmp_path / "capture"
+    write_blender_capture(root, shape="cube", colour="red", n_views=6, size=16, holdout=1)
+    BAD_CAPTURES[case](root)
+    out = tmp_path / "out"
+    err = one_line_error(capsys, main(capture_recipe(root, out)))
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))  # no trial folder, nothing else
+    if case == "one view":
+        assert "at least two" in err
+
+
+@pytest.mark.slow
+def test_a_failed_resume_changes_nothing_in_the_trial(tmp_path, capsys) -> None:
+    root = tmp_path / "capture"
+    write_blender_capture(root, shape="cube", colour="red", n_views=6, size=16, holdout=1)
+    out = tmp_path / "out"
+    assert main(capture_recipe(root, out, "trainer.log_every_n_steps=1")) == 0
+    capsys.readouterr()
+    trial = str(out / "nerf-capture" / "capture")
+    before = snapshot(trial)
+    (root / "transforms_train.json").write_text("{ broken")
+    resume = os.path.join(trial, "ckpts", "last.ckpt")
+    one_line_error(capsys, main(capture_recipe(root, out, f"resume={resume}", "trainer.max_steps=4")))
+    assert snapshot(trial) == before  # config, metrics, checkpoints: byte for byte
+
+
+@pytest.mark.slow
+def test_system_weights_of_another_recipe_fail_in_one_line_before_a_trial_folder(tiny_model_dir, trained, tmp_path, capsys) -> None:
+    weights = os.path.join(trained, "ckpts", "last.ckpt")
+    code = cli(RECIPE, "train", tiny_model_dir, str(tmp_path), **{"system.weights": weights,
+                                                                   "system.geometry.pos_encoding_config.n_levels": 5})
+    err = one_line_error(capsys, code)
+    assert "system.weights" in err and "shape of" in err
+    assert not os.path.exists(os.path.join(str(tmp_path), "outputs"))
+
+
+@pytest.mark.parametrize("gpu", ["abc", "0,x", "-1", ""])
+def test_gpu_must_be_a_device_list(tmp_path, capsys, gpu) -> None:
+    err = one_line_error(capsys, main(["--config", RECIPE, "--train", "--gpu", gpu, *tiny_recipe("unused", str(tmp_path))]))
+    assert "--gpu" in err and "0,1" in err
+
+
+@pytest.mark.parametrize("root", ["/proc/outputs", "FILE/outputs"])
+def test_an_unwritable_output_folder_is_named_before_anything_is_written(tmp_path, capsys, root) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    root = root.replace("FILE", str(blocker))
+    args = tiny_recipe("unused", str(tmp_path), exp_root_dir=root)
+    err = one_line_error(capsys, main(["--config", RECIPE, "--train", *args]))
+    assert f"cannot write to the output folder {root}" in err and "exp_root_dir" in err
+
+
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_trial_folder(tiny_model_dir, tmp_path, capsys, monkeypatch) -> None:
+    import threestudio_like.trials as trials
+
+    def no_space(path: str, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(trials, "atomic_write_text", no_space)
+    err = one_line_error(capsys, cli(RECIPE, "train", tiny_model_dir, str(tmp_path)))
+    assert "no space left writing" in err and "parsed.yaml" in err
+    assert os.listdir(os.path.join(str(tmp_path), "outputs", "dreamfusion-sd")) == []  # the new trial folder removed again
+
+
+def test_torchs_short_write_is_a_full_disk(tmp_path, monkeypatch) -> None:
+    path = str(tmp_path / "last.ckpt")
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def short_write(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(CheckpointError, match=r"no space left writing .*needs about .* MB, .* MB free"):
+        save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+
+
+INTERRUPT = """
+import os, signal, sys
+from threestudio_like.systems.base import BaseLift3DSystem
+from threestudio_like.export.exporter import MeshExporter
+from threestudio_like.entry import main
+
+def sigint(): os.kill(os.getpid(), signal.SIGINT)
+
+def patch(cls, name, before):
+    original = getattr(cls, name)
+    def wrapped(self, *args, **kwargs):
+        before(self)
+        return original(self, *args, **kwargs)
+    setattr(cls, name, wrapped)
+
+where = sys.argv[1]
+if where == "turntable":
+    patch(BaseLift3DSystem, "test_step", lambda self: sigint())
+elif where == "export":
+    patch(MeshExporter, "__call__", lambda self: sigint())
+elif where == "training":  # Ctrl-C twice at step 3
+    patch(BaseLift3DSystem, "on_train_batch_start", lambda self: (sigint(), sigint()) if self.global_step == 3 else None)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where, said",
+    [
+        ("turntable", "Interrupted while rendering the turntable: "),
+        ("export", "Interrupted during the export: "),
+        ("training", "Stopped by a second Ctrl-C: the newest checkpoint is "),
+    ],
+)
+def test_ctrl_c_anywhere_says_what_was_saved_and_exits_130(tiny_model_dir, tmp_path, where, said) -> None:
+    args = ["--config", RECIPE, "--train", *tiny_recipe(tiny_model_dir, str(tmp_path), **{"trainer.max_steps": 6})]
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT, where, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    ckpt = os.path.join(trial_of(str(tmp_path)), "ckpts", "last.ckpt")
+    assert f"resume={ckpt}" in proc.stderr
+    assert load_checkpoint(ckpt)["global_step"] == (2 if where == "training" else 6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path) -> None:
+    args = ["--config", RECIPE, "--train", *tiny_recipe("unused", str(tmp_path))]
+    proc = subprocess.Popen([sys.executable, "-m", "threestudio_like", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing torch and Lightning
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Interrupted during start-up: nothing was written." in err, err
+    assert "Traceback" not in err and not os.path.exists(os.path.join(str(tmp_path), "outputs"))
+
+
+def test_an_error_starts_on_its_own_line_after_the_progress_bar(capsys) -> None:
+    from types import SimpleNamespace
+
+    from threestudio_like.trainer import StepProgressBar
+
+    progress, trainer = StepProgressBar(), SimpleNamespace(max_steps=10, global_step=3, callback_metrics={})
+    progress.on_train_start(trainer, None)
+    progress.on_exception(trainer, None, RuntimeError("diverged"))  # Lightning's hook when a step raises
+    print("error: Training diverged at step 3", file=sys.stderr)
+    assert "\nerror: Training diverged" in capsys.readouterr().err
