@@ -471,8 +471,9 @@ def test_bad_inputs_are_clear_errors(mvdream, tmp_path) -> None:
     torch.save({"state_dict": mvdream["state"]}, tmp_path / "wrapped.ckpt")
     assert load_mvdream_checkpoint(str(tmp_path / "wrapped.ckpt"), config=str(mvdream["yaml"]))[2] is None
     torch.save({"state_dict": mvdream["state"], "obj": Path("x")}, tmp_path / "pickled.ckpt")
-    with pytest.raises(ConversionError, match="weights_only"):
+    with pytest.raises(ConversionError, match="can run code when loaded, so it was not loaded") as refused:
         load_mvdream_checkpoint(str(tmp_path / "pickled.ckpt"), config=str(mvdream["yaml"]))
+    assert "weights_only" not in str(refused.value)
 
 
 @pytest.mark.parametrize("mvdream", ["v2"], indirect=True)

@@ -10,6 +10,7 @@ import csv
 import errno
 import json
 import os
+import pickle
 import shutil
 import signal
 import stat
@@ -19,13 +20,17 @@ import time
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from capture_fixtures import write_blender_capture
 from recipe_overrides import RECIPE, tiny_recipe
+from test_convert_mvdream import mvdream  # noqa: F401  (the tiny MVDream checkpoint fixture)
 from threestudio_like.cli import main
 from threestudio_like.config import ConfigError, finalize_config, load_config
+from threestudio_like.guidance.convert_mvdream import main as convert_main
 from threestudio_like.trials import (
+    PARSED_CONFIG,
     CheckpointError,
     create_trial_dir,
     find_last_path,
@@ -614,3 +619,138 @@ def test_an_error_starts_on_its_own_line_after_the_progress_bar(capsys) -> None:
     progress.on_exception(trainer, None, RuntimeError("diverged"))  # Lightning's hook when a step raises
     print("error: Training diverged at step 3", file=sys.stderr)
     assert "\nerror: Training diverged" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- round two: converter, prompts, interpolations, ranges
+@pytest.mark.parametrize("mvdream", ["v2"], indirect=True)
+def test_converter_never_deletes_its_input_and_overwrites_only_a_converted_folder(mvdream, tmp_path, capsys) -> None:
+    downloads = tmp_path / "d"
+    downloads.mkdir()
+    checkpoint, config = downloads / "mv.pt", downloads / "mv.yaml"
+    shutil.copy(mvdream["checkpoint"], checkpoint)
+    shutil.copy(mvdream["yaml"], config)
+    (downloads / "notes.txt").write_text("the user's own file")
+    before = snapshot(downloads)
+    args = ["--checkpoint", str(checkpoint), "--config", str(config)]
+    # the inputs' folder, a folder above it, the checkpoint itself
+    for out in (downloads, tmp_path, checkpoint):
+        err = one_line_error(capsys, convert_main([*args, "--out", str(out), "--overwrite"]))
+        assert "the input" in err and "would delete that input" in err and "--out" in err
+    assert snapshot(downloads) == before  # the same files with the same bytes
+
+    # a converted folder: --overwrite replaces its entries and keeps the rest
+    converted = tmp_path / "converted"
+    assert convert_main([*args, "--out", str(converted)]) == 0
+    (converted / "README.md").write_text("kept")
+    assert convert_main([*args, "--out", str(converted), "--overwrite"]) == 0
+    assert (converted / "README.md").read_text() == "kept"
+    assert sorted(os.listdir(converted)) == ["README.md", "model_index.json", "scheduler", "unet"]
+    assert not os.path.exists(str(converted) + ".converting")
+    capsys.readouterr()
+
+    # a folder the converter did not write (another model, a download folder) is never replaced
+    other = tmp_path / "sd21"
+    (other / "unet").mkdir(parents=True)
+    (other / "unet" / "weights.bin").write_bytes(b"5 GB of weights")
+    err = one_line_error(capsys, convert_main([*args, "--out", str(other), "--overwrite"]))
+    assert "--overwrite replaces only a folder this converter wrote" in err
+    assert snapshot(other) == {os.path.join("unet", "weights.bin"): b"5 GB of weights"}
+
+
+# --------------------------------------------------------------------------- 13: not a checkpoint
+class Payload:
+    """An object a pickle would rebuild (and so could run code)."""
+
+
+NOT_CHECKPOINTS = {
+    "text": (b"model.diffusion_model.weights = [1, 2, 3]\n" * 4, "not a PyTorch checkpoint"),
+    "random": (bytes(range(7, 256)) * 20, "not a PyTorch checkpoint"),
+    "pickle": (pickle.dumps({"model": Payload()}), "can run code when loaded, so it was not loaded"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_CHECKPOINTS))
+def test_converter_says_a_file_is_not_a_checkpoint_without_torchs_unsafe_advice(kind, tmp_path, capsys) -> None:
+    content, expected = NOT_CHECKPOINTS[kind]
+    path = tmp_path / f"{kind}.pt"
+    path.write_bytes(content)
+    err = one_line_error(capsys, convert_main(["--checkpoint", str(path), "--out", str(tmp_path / "out")]))
+    assert expected in err and str(path) in err
+    assert "weights_only" not in err and "trusted source" not in err
+    assert not (tmp_path / "out").exists() and path.read_bytes() == content
+
+
+# --------------------------------------------------------------------------- 8: long prompts
+LONG_PROMPT = (
+    "a red cube, highly detailed, studio lighting, 8k, octane render, trending on artstation, sharp focus, "
+    "intricate details, cinematic composition, volumetric lighting, ultra realistic, physically based "
+    "rendering, hdr, dslr photograph, award winning, masterpiece quality render"
+)
+
+
+def test_a_long_prompt_gets_a_short_unique_trial_folder_and_keeps_the_whole_prompt(tmp_path) -> None:
+    assert len(LONG_PROMPT) > 255
+    exps = []
+    for prompt in (LONG_PROMPT + ", blue", LONG_PROMPT + ", green"):  # differ only at the end
+        cfg = load_config("dreamfusion-cpu", cli_args=[f"system.prompt_processor.prompt={prompt}", f"exp_root_dir={tmp_path}"])
+        exp = finalize_config(cfg)
+        trial = create_trial_dir(exp.trial_dir)  # OSError: File name too long, before
+        write_trial_config(trial, exp)
+        with open(os.path.join(trial, PARSED_CONFIG)) as f:
+            assert yaml.safe_load(f)["system"]["prompt_processor"]["prompt"] == prompt
+        exps.append(exp)
+    names = [os.path.basename(e.trial_dir) for e in exps]
+    assert names[0] != names[1] and all(len(n.encode()) <= 128 for n in names), names
+    assert all(n.startswith("a_red_cube,_highly_detailed") for n in names)
+    # a later stage finds the long prompt's trial by <prompt>@LAST, as it does a short one's
+    os.makedirs(os.path.join(exps[1].trial_dir, "ckpts"))
+    open(os.path.join(exps[1].trial_dir, "ckpts", "last.ckpt"), "wb").close()
+    wanted = os.path.join(exps[1].exp_dir, (LONG_PROMPT + ", green").replace(" ", "_") + "@LAST", "ckpts", "last.ckpt")
+    assert find_last_path(wanted) == os.path.join(exps[1].trial_dir, "ckpts", "last.ckpt")
+
+
+# --------------------------------------------------------------------------- 10: interpolations
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("tag=${system.nope}", ["tag: ${system.nope}", "refers to 'system.nope'", "not in the config"]),
+        ("system.loss.lambda_sds=${system.loss.lambda_sdss}", ["system.loss.lambda_sds", "Did you mean 'system.loss.lambda_sds'"]),
+        ("tag=${foo:1}", ["tag: ${foo:1}", "unknown resolver 'foo'", "rmspace"]),
+    ],
+)
+def test_a_broken_interpolation_is_one_line_naming_the_key(tmp_path, capsys, override, expected) -> None:
+    args = tiny_recipe("unused", str(tmp_path))
+    err = one_line_error(capsys, main(["--config", RECIPE, "--train", *args, override]))
+    assert all(part in err for part in expected), err
+    assert "omegaconf" not in err and "full_key" not in err
+    assert not os.path.exists(tmp_path / "outputs")
+
+
+# --------------------------------------------------------------------------- 11: numbers out of range
+@pytest.mark.parametrize(
+    "recipe, override, expected",
+    [
+        ("prolificdreamer-cpu", "system.guidance.lora_rank=0", "system.guidance.lora_rank must be at least 1"),
+        ("prolificdreamer-cpu", "system.guidance.lora_n_timestamp_samples=0", "system.guidance.lora_n_timestamp_samples must be at least 1"),
+        ("dreamfusion-cpu", "system.guidance.min_step_percent=1.5", "system.guidance.min_step_percent must be between 0 and 1"),
+        ("dreamfusion-cpu", "system.guidance.max_step_percent=[[0,0.98],[100,0.01]]", "exceeds system.guidance.max_step_percent"),
+        ("dreamfusion-cpu", "system.renderer.num_samples_per_ray=0", "system.renderer.num_samples_per_ray must be at least 1"),
+        ("dreamfusion-cpu", "system.renderer.occupancy_grid_resolution=0", "system.renderer.occupancy_grid_resolution must be at least 1"),
+        ("dreamfusion-cpu", "system.geometry.isosurface_resolution=1", "system.geometry.isosurface_resolution must be at least 2"),
+        ("dreamfusion-cpu", "system.exporter.isosurface_resolution=1", "system.exporter.isosurface_resolution must be at least 2"),
+        ("dreamfusion-cpu", "system.exporter.texture_size=0", "system.exporter.texture_size must be at least 16"),
+        ("dreamfusion-cpu", "trainer.val_check_interval=0", "trainer.val_check_interval must be greater than 0"),
+        ("dreamfusion-cpu", "trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be at least 1"),
+        ("dreamfusion-cpu", "checkpoint.every_n_train_steps=-1", "checkpoint.every_n_train_steps must be at least 0"),
+    ],
+)
+def test_a_number_out_of_range_is_refused_naming_its_key(tmp_path, capsys, recipe, override, expected) -> None:
+    # a short run, so that a check that no longer fires fails the test in seconds, not after a training run
+    short = ["trainer.max_steps=1", "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16", "data.n_test_views=1"]
+    args = ["system.prompt_processor.prompt=a red cube", f"exp_root_dir={tmp_path / 'outputs'}", *short, override]
+    err = one_line_error(capsys, main(["--config", recipe, "--train", *args]))
+    assert expected in err, err
+    assert not os.path.exists(tmp_path / "outputs")
+
+
+# --------------------------------------------------------------------------- 14: one-frame captures

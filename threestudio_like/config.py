@@ -21,9 +21,10 @@ import re
 import types
 import typing
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Optional, TypeVar, Union
+from typing import Annotated, Any, Iterator, Optional, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -122,6 +123,52 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def schedule_points(spec: Any) -> list[tuple[float, float]]:
+    """A (checked) schedule's breakpoints as (step, value); a number is [(0, value)]."""
+    if spec is None:
+        return []
+    if _is_number(spec):
+        return [(0.0, float(spec))]
+    if all(isinstance(v, (list, tuple)) for v in spec):
+        return [(float(s), float(v)) for s, v in spec]
+    start_step, start_value, end_value, end_step = (float(v) for v in (spec if len(spec) == 4 else [0, *spec]))
+    return [(start_step, start_value), (end_step, end_value)]
+
+
+@dataclass(frozen=True)
+class Range:
+    """``Annotated[int, Range(1)]``: the interval a number (or every value of a schedule) must lie
+    in, checked where the config is parsed, so ``lora_rank=0`` fails naming
+    ``system.guidance.lora_rank`` instead of deep inside the library the value is handed to."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    above: bool = False  # min itself is not allowed (> min)
+    why: str = ""  # what the number is, for the message
+
+    def check(self, value: Any, path: str) -> None:
+        if value is None:
+            return
+        values = [v for _, v in schedule_points(value)] if isinstance(value, list) else [value]
+        for v in values:
+            if not _is_number(v):
+                continue
+            if self.min is not None and (v <= self.min if self.above else v < self.min):
+                bound = f"greater than {_plain(self.min)}" if self.above else f"at least {_plain(self.min)}"
+            elif self.max is not None and v > self.max:
+                bound = f"at most {_plain(self.max)}"
+            else:
+                continue
+            if self.min is not None and self.max is not None:
+                bound = f"between {_plain(self.min)} and {_plain(self.max)}"
+            why = f" ({self.why})" if self.why else ""
+            raise ConfigError(f"{path} must be {bound}{why}, got {_plain(v)}.")
+
+
+def _plain(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
 # --------------------------------------------------------------------------- typed parsing
 def to_container(data: Any) -> Any:
     if isinstance(data, (DictConfig, ListConfig)):
@@ -147,7 +194,11 @@ def parse_structured(cls: type[T], data: Any = None, path: str = "") -> T:
                 f"Unknown config key '{_join(path, key)}'.{hint} Valid keys here: {', '.join(names) or '(none)'}."
             )
     kwargs = {k: _coerce(v, hints[k], _join(path, k)) for k, v in data.items()}
-    return cls(**kwargs)
+    parsed = cls(**kwargs)
+    check = getattr(parsed, "check_config", None)
+    if callable(check):  # checks that involve several keys, e.g. min_step_percent <= max_step_percent
+        check(path)
+    return parsed
 
 
 def _join(path: str, key: Any) -> str:
@@ -158,9 +209,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *marks = typing.get_args(tp)
-        if SCHEDULE_MARK in marks:
-            return check_schedule(value, path)
-        return _coerce(value, base, path)
+        value = check_schedule(value, path) if SCHEDULE_MARK in marks else _coerce(value, base, path)
+        for mark in marks:
+            if isinstance(mark, Range):
+                mark.check(value, path)
+        return value
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -175,6 +228,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, option, path)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message (a range, an expected type) says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)}")
     if typing.get_origin(tp) is typing.Literal:
         allowed = typing.get_args(tp)
@@ -289,13 +344,15 @@ def _parse_yaml(parse: Any, where: str) -> DictConfig:
 
 def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
     """Resolve interpolations, fill run directories, validate every part; returns the typed config."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    with _interpolation_errors(cfg):
+        missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"Required config value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}. "
             f"Add it on the command line, e.g. {missing[0]}=\"...\"."
         )
-    OmegaConf.resolve(cfg)
+    with _interpolation_errors(cfg):
+        OmegaConf.resolve(cfg)
     _check_top_level_keys(cfg)
     if "n_gpus" in cfg and cfg.n_gpus != n_gpus:
         warnings.warn(
@@ -306,12 +363,100 @@ def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
     exp.n_gpus = n_gpus
     if exp.use_timestamp and exp.timestamp is None:
         exp.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
-    tag = re.sub(r"[^\w\-@.,+]", "_", exp.tag)
-    exp.trial_name = tag + (exp.timestamp or "")
+    exp.trial_name = trial_tag(exp.tag) + (exp.timestamp or "")
     exp.exp_dir = os.path.join(exp.exp_root_dir, exp.name)
     exp.trial_dir = os.path.join(exp.exp_dir, exp.trial_name)
     validate_experiment(exp)
     return exp
+
+
+# A trial folder is named <tag>@<timestamp>[-n]; file systems allow 255 bytes per name (eCryptfs
+# about 143), so a tag longer than this is cut and given a hash of the whole, to stay unique.
+MAX_TAG_BYTES = 100
+TAG_HASH_LENGTH = 8
+
+
+def trial_tag(tag: str) -> str:
+    """The trial folder's form of a tag: characters other than letters, digits and ``-@.,+``
+    become ``_``, and a tag over ``MAX_TAG_BYTES`` (a long prompt) is cut to fit, ending in
+    ``_<hash>`` of the whole tag so two prompts that differ only at the end get two folders.
+    The whole prompt stays in the trial's ``configs/parsed.yaml``."""
+    import hashlib
+
+    tag = re.sub(r"[^\w\-@.,+]", "_", tag)
+    raw = tag.encode("utf-8")
+    if len(raw) <= MAX_TAG_BYTES:
+        return tag
+    digest = hashlib.sha1(raw).hexdigest()[:TAG_HASH_LENGTH]
+    head = raw[: MAX_TAG_BYTES - TAG_HASH_LENGTH - 1].decode("utf-8", errors="ignore")  # never half a character
+    return f"{head}_{digest}"
+
+
+@contextmanager
+def _interpolation_errors(cfg: DictConfig) -> Iterator[None]:
+    """Turn omegaconf's interpolation errors (a missing key, an unknown resolver, a resolver that
+    fails) into one line naming the key that holds the interpolation and what it refers to."""
+    from omegaconf.errors import (
+        InterpolationKeyError,
+        InterpolationResolutionError,
+        InterpolationToMissingValueError,
+        UnsupportedInterpolationType,
+    )
+
+    try:
+        yield
+    except InterpolationResolutionError as error:
+        where = getattr(error, "full_key", None) or "the config"
+        raw = _raw_value(cfg, where)
+        used = f"{where}: {raw}" if raw is not None else where
+        if isinstance(error, InterpolationKeyError):
+            match = re.search(r"Interpolation key '([^']*)'", str(error))
+            target = match.group(1) if match else "?"
+            message = (
+                f"{used} refers to '{target}', which is not in the config.{_closest_key(cfg, target)} "
+                "Set it, or fix the interpolation."
+            )
+        elif isinstance(error, UnsupportedInterpolationType):
+            match = re.search(r"Unsupported interpolation type (\S+)", str(error))
+            name = match.group(1) if match else "?"
+            known = _known_resolvers()
+            message = f"{used} uses the unknown resolver '{name}'.{did_you_mean(name, known)} Known resolvers: {', '.join(known)}."
+        elif isinstance(error, InterpolationToMissingValueError):
+            message = f"{used} refers to a value that is not set (???). Set it on the command line."
+        else:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = f"{used} cannot be resolved: {first}."
+        raise ConfigError(message) from None
+
+
+def _known_resolvers() -> list[str]:
+    from omegaconf.basecontainer import BaseContainer
+
+    return sorted(getattr(BaseContainer, "_resolvers", {}))
+
+
+def _raw_value(cfg: DictConfig, key: str) -> Optional[str]:
+    """The text of ``key`` before interpolation (``${system.nope}``), or None if not found."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in re.findall(r"[^.\[\]]+", key):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node if isinstance(node, str) else None
+
+
+def _closest_key(cfg: DictConfig, target: str) -> str:
+    """`` Did you mean 'system.x'?`` for a dotted key that is not in the config, from its siblings."""
+    parent, _, last = target.rpartition(".")
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return ""
+    return did_you_mean(last, [str(k) for k in node], prefix=f"{parent}." if parent else "")
 
 
 def validate_experiment(exp: ExperimentConfig) -> None:
@@ -326,6 +471,34 @@ def validate_experiment(exp: ExperimentConfig) -> None:
     max_steps = exp.trainer.get("max_steps")
     if max_steps is not None and max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive number of optimisation steps, got {max_steps}.")
+    for section, values in (("trainer", exp.trainer), ("checkpoint", exp.checkpoint)):
+        for key, allowed in LIGHTNING_RANGES[section].items():
+            allowed.check(values.get(key), f"{section}.{key}")
+    interval = exp.trainer.get("val_check_interval")
+    if isinstance(interval, float) and not interval.is_integer() and interval > 1:
+        raise ConfigError(
+            f"trainer.val_check_interval must be a whole number of steps or a fraction of an epoch up to 1.0, got {interval}."
+        )
+
+
+# Numbers handed to Lightning that it does not check itself (0 ends in a ZeroDivisionError
+# mid-run) or checks only after the trial folder exists; None (Lightning's default) passes.
+LIGHTNING_RANGES: dict[str, dict[str, Range]] = {
+    "trainer": {
+        "val_check_interval": Range(0, above=True, why="steps between validations, or a fraction of an epoch"),
+        "check_val_every_n_epoch": Range(1),
+        "accumulate_grad_batches": Range(1),
+        "log_every_n_steps": Range(0),
+        "num_sanity_val_steps": Range(-1, why="-1: all"),
+        "max_epochs": Range(-1, why="-1: no limit"),
+        "gradient_clip_val": Range(0),
+    },
+    "checkpoint": {
+        "every_n_train_steps": Range(0, why="0: no step checkpoints"),
+        "every_n_epochs": Range(0),
+        "save_top_k": Range(-1, why="-1: keep all"),
+    },
+}
 
 
 def _check_top_level_keys(cfg: DictConfig) -> None:

@@ -14,15 +14,15 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_like.config import ConfigError, config_yaml, finalize_config, load_config
+from threestudio_like.config import ConfigError, config_yaml, finalize_config, load_config, trial_tag
 from threestudio_like.utils.io import (
     TEMPORARY_PREFIX,
     atomic_path,
@@ -141,6 +141,8 @@ def find_last_path(path: str) -> str:
     path = path.replace(" ", "_")  # trial names replace the prompt's spaces
     head, rest = path.split(LAST, 1)
     folder, name_prefix = os.path.split(head)
+    if name_prefix.endswith("@"):  # <tag>@LAST: the tag as trial folders spell it (a long prompt's is shortened)
+        name_prefix = trial_tag(name_prefix[:-1]) + "@"
     folder = folder or "."
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: there is no folder {folder!r} to look for the newest trial in.")
@@ -178,27 +180,63 @@ def resolve_checkpoint(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- loading
+def safe_torch_load(path: str, damaged: Callable[[str], str], unsafe: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
+    Whatever cannot be read is one :class:`CheckpointError` line, never torch's advice to retry
+    with ``weights_only=False``: a file holding other objects (a pickled object, a checkpoint
+    with custom classes) is refused as one that could run code, followed by ``unsafe`` (what to
+    use instead); other bytes (truncated, a text file, random data) give ``damaged(why)``. Shared
+    by the training paths and the MVDream converter, which phrase ``damaged`` / ``unsafe`` for their users."""
+    try:
+        with warnings.catch_warnings():  # torch's note on pickle protocols is noise before our own message
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as error:  # unpickling bytes that are not a checkpoint can raise almost anything
+        failure = error
+    head = _file_head(path)
+    refused = isinstance(failure, pickle.UnpicklingError) and "unsupported global" in str(failure).lower()
+    if refused or (head[:1] == b"\x80" and isinstance(failure, pickle.UnpicklingError)):
+        what = "holds objects other than tensors and plain values" if refused else "is a Python pickle, not a PyTorch checkpoint"
+        raise CheckpointError(f"{path} {what}; such a file can run code when loaded, so it was not loaded. {unsafe}") from None
+    if not head:
+        why = "the file is empty"
+    elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        why = f"{type(failure).__name__} while reading it"
+    elif _looks_like_text(head):
+        why = "it is a text file, not PyTorch's format"
+    else:
+        why = "unreadable data, not PyTorch's format"
+    raise CheckpointError(damaged(why)) from None
+
+
+def _file_head(path: str, size: int = 512) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\n\r\t" for c in text)
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a checkpoint safely (tensors and plain containers only: ``weights_only=True``)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "unsupported global" not in str(error).lower():  # no refused object: damaged bytes
-            raise CheckpointError(
-                f"{path}: checkpoint is truncated or corrupt (unreadable data). "
-                f"Resume from another checkpoint in {os.path.dirname(path) or '.'}."
-            ) from None
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values; such a file can run code when "
-            "loaded, so it was not loaded. Use a checkpoint written by this program."
-        ) from None
-    except (FileNotFoundError, PermissionError):
-        raise
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CheckpointError(
-            f"{path}: checkpoint is truncated or corrupt ({type(error).__name__} while reading it). "
+    checkpoint = safe_torch_load(
+        path,
+        damaged=lambda why: (
+            f"{path}: checkpoint is truncated or corrupt ({why}). "
             f"Resume from another checkpoint in {os.path.dirname(path) or '.'}."
-        ) from None
+        ),
+        unsafe="Use a checkpoint written by this program.",
+    )
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this program (it has no state_dict).")
     return checkpoint
@@ -310,10 +348,13 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+        return
     except (OSError, RuntimeError) as error:
-        if is_disk_full(error):
-            raise CheckpointError(
-                f"{disk_full_message(path, tensor_bytes(checkpoint))}; the previous checkpoint is kept. "
-                f"Free disk space and resume from the last checkpoint in {os.path.dirname(path)}."
-            ) from None
-        raise
+        if not is_disk_full(error):
+            raise
+    # out of the except block: its traceback, which holds torch's open writer, is gone, so the
+    # partial file's space is free again when the message measures what is left
+    raise CheckpointError(
+        f"{disk_full_message(path, tensor_bytes(checkpoint))}; the previous checkpoint is kept. "
+        f"Free disk space and resume from the last checkpoint in {os.path.dirname(path)}."
+    )

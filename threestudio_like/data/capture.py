@@ -145,6 +145,11 @@ def focus_point(c2w: Float[Tensor, "N 4 4"]) -> Float[Tensor, "3"]:
 
 def normalise_scene(frames: CaptureFrames, scene_radius: float = 1.0) -> SceneNormalisation:
     """The module docstring's rule (focus to the origin, median view sphere to ``scene_radius``)."""
+    if len(frames) < 2:  # one camera has no focus point to find: its axis is all there is
+        raise ConfigError(
+            f"{frames.sources[0]}: a capture needs at least two views (photos of the object from different "
+            f"places), this one has {len(frames)}; add frames to the transforms file."
+        )
     focus = focus_point(frames.c2w)
     distance = (frames.c2w[:, :3, 3] - focus).norm(dim=-1).median()
     tan_half = torch.minimum(0.5 * frames.width / frames.fx, 0.5 * frames.height / frames.fy).median()
@@ -174,11 +179,15 @@ def _frame_key(frames: CaptureFrames, i: int, undistort: bool) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def check_image_size(frames: CaptureFrames, i: int, width: int, height: int) -> None:
-    """Frame ``i``'s image is ``width`` x ``height``, as its transforms file says."""
-    W, H = int(frames.width[i]), int(frames.height[i])
+def check_image(frames: CaptureFrames, i: int, factor: int, size: Optional[tuple[int, int]] = None) -> None:
+    """Frame ``i``'s image is as large as its transforms file says (``size``, else read from the
+    header) and at least ``factor`` pixels each way."""
+    path, W, H = frames.image_paths[i], int(frames.width[i]), int(frames.height[i])
+    width, height = size if size is not None else capture_format.image_size(path)
     if (width, height) != (W, H):
-        raise ConfigError(f"{frames.image_paths[i]}: image is {width}x{height} but its transforms file says {W}x{H}; fix w / h or the image.")
+        raise ConfigError(f"{path}: image is {width}x{height} but its transforms file says {W}x{H}; fix w / h or the image.")
+    if H // factor == 0 or W // factor == 0:
+        raise ConfigError(f"{path}: {W}x{H} image is smaller than the downsample factor {factor}; lower data.*_downsample_resolution.")
 
 
 def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -> Int[Tensor, "h w C"]:
@@ -186,7 +195,7 @@ def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -
     path = frames.image_paths[i]
     image = capture_format.read_image(path)
     H, W = int(frames.height[i]), int(frames.width[i])
-    check_image_size(frames, i, image.shape[1], image.shape[0])
+    check_image(frames, i, factor, (image.shape[1], image.shape[0]))
     if image.shape[-1] == 4:
         # premultiplied: resampling must not blend in the colour of transparent pixels
         image = torch.cat([image[..., :3] * image[..., 3:], image[..., 3:]], dim=-1)
@@ -194,8 +203,6 @@ def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -
         image = undistort_image(image, float(frames.fx[i]), float(frames.fy[i]), float(frames.cx[i]), float(frames.cy[i]), frames.distortion[i], channels_last=True)
     if factor > 1:
         h, w = H // factor, W // factor
-        if h == 0 or w == 0:
-            raise ConfigError(f"{path}: {W}x{H} image is smaller than the downsample factor {factor}; lower data.*_downsample_resolution.")
         chw = image[: h * factor, : w * factor].permute(2, 0, 1)
         image = F.avg_pool2d(chw[None], factor)[0].permute(1, 2, 0)
     return (image * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -555,11 +562,12 @@ class CaptureDataModule(CameraDataModule):
     def check(self) -> None:
         """The transforms parse, the cameras normalise, the split is possible, and every image's
         header reads with the size its transforms give (without decoding the pixels)."""
-        frames = self.frames
+        frames, cfg = self.frames, self.cfg
         _ = self.normalisation  # cameras that cannot be normalised fail here
-        split_frames(frames, self.cfg)
-        for i, path in enumerate(frames.image_paths):
-            check_image_size(frames, i, *capture_format.image_size(path))
+        train, held_out = split_frames(frames, cfg)
+        for indices, factor in ((train, cfg.train_downsample_resolution), (held_out, cfg.eval_downsample_resolution)):
+            for i in indices:
+                check_image(frames, i, factor)
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: Optional[str] = None) -> None:

@@ -36,7 +36,6 @@ import argparse
 import copy
 import json
 import os
-import pickle
 import shutil
 import sys
 from collections import Counter
@@ -45,6 +44,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from threestudio_like.trials import CheckpointError, safe_torch_load
 from threestudio_like.utils.typing import Tensor
 
 UNET_PREFIX = "model.diffusion_model."
@@ -129,7 +129,7 @@ RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """The checkpoint or its config cannot be converted; the message says what and why."""
 
 
@@ -173,15 +173,14 @@ def load_checkpoint_state_dict(path: str) -> dict[str, Tensor]:
         except SafetensorError as error:
             raise ConversionError(f"{path}: not a readable safetensors file ({error}).") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConversionError(
-            f"{path}: holds objects other than tensors, which are not loaded (weights_only): {first}. "
-            f"Re-save just its state dict (torch.save(ckpt['state_dict'], ...)) or use a .safetensors file."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ConversionError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).") from None
+        loaded = safe_torch_load(
+            path,
+            damaged=lambda why: f"{path}: not a PyTorch checkpoint, or a truncated one ({why}); nothing was converted. "
+            "Download MVDream's checkpoint again (sd-v2.1-base-4view.pt from https://huggingface.co/MVDream/MVDream).",
+            unsafe="Re-save just its state dict (torch.save(ckpt['state_dict'], ...)) or use a .safetensors file.",
+        )
+    except CheckpointError as error:
+        raise ConversionError(str(error)) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
@@ -484,20 +483,29 @@ def load_mvdream_checkpoint(
     return build_models(converted, device, dtype)
 
 
+CONVERTED_ENTRIES = ("unet", "scheduler", "vae", "model_index.json")  # everything convert_checkpoint writes
+CONVERTED_CLASS = "MultiViewDiffusionModel"
+
+
 def convert_checkpoint(
     checkpoint: str, out: str, config: Optional[str | dict[str, Any]] = None, dtype: Optional[torch.dtype] = None, overwrite: bool = False
 ) -> ConvertedCheckpoint:
     """Write the diffusers folder ``out`` (unet/, scheduler/, vae/ when the checkpoint has one,
     model_index.json) converted from ``checkpoint``. Written beside ``out`` first, so a failure
-    leaves no half-written model."""
+    leaves no half-written model. ``out`` may not hold an input (the checkpoint, the yaml), and
+    ``overwrite`` replaces only a folder this converter wrote, and only the entries it writes."""
     out = os.path.abspath(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
-        raise ConversionError(f"output {out} exists and is not empty; choose another --out or pass --overwrite.")
+    staging = out + ".converting"
+    inputs = [checkpoint] + ([config] if isinstance(config, str) and os.path.exists(config) else [])
+    _check_output_spares_inputs(out, staging, inputs, checkpoint)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if not overwrite:
+            raise ConversionError(f"output {out} exists and is not empty; choose another --out or pass --overwrite.")
+        _check_is_converted_folder(out)
     state_dict = load_checkpoint_state_dict(checkpoint)
     converted = convert_state_dict(state_dict, config, where=checkpoint)
     del state_dict
     unet, scheduler, vae = build_models(converted, "cpu", dtype)
-    staging = out + ".converting"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     unet.save_pretrained(os.path.join(staging, "unet"), safe_serialization=True)
@@ -505,19 +513,63 @@ def convert_checkpoint(
     if vae is not None:
         vae.save_pretrained(os.path.join(staging, "vae"), safe_serialization=True)
     _write_model_index(staging, checkpoint, converted)
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    elif os.path.exists(out):
-        os.remove(out)
-    os.replace(staging, out)
+    if os.path.isdir(out) and os.listdir(out):  # a converted folder (checked above): replace its entries only
+        for name in CONVERTED_ENTRIES:
+            old = os.path.join(out, name)
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old)
+            elif os.path.lexists(old):
+                os.remove(old)
+            if os.path.lexists(os.path.join(staging, name)):
+                os.replace(os.path.join(staging, name), old)
+        os.rmdir(staging)
+    else:
+        os.replace(staging, out)  # onto nothing, or onto an empty folder
     return converted
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies under it (both resolved through symlinks)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_output_spares_inputs(out: str, staging: str, inputs: list[str], checkpoint: str) -> None:
+    """Refuse an output (or its staging folder) that is an input, holds one, or lies inside one."""
+    for path in inputs:
+        for target in (out, staging):
+            if _inside(path, target) or _inside(target, path):
+                suggestion = os.path.splitext(os.path.abspath(checkpoint))[0] + "-diffusers"
+                raise ConversionError(
+                    f"--out {out} {'is' if os.path.realpath(path) == os.path.realpath(target) else 'holds'} the input {path}; "
+                    f"writing it would delete that input. Choose an output folder apart from the inputs, e.g. --out {suggestion}."
+                )
+
+
+def _check_is_converted_folder(out: str) -> None:
+    """--overwrite replaces a folder this converter wrote; anything else (a model, a download folder,
+    a file) is refused, since replacing it would lose what it holds."""
+    index = os.path.join(out, "model_index.json")
+    written = False
+    if os.path.isdir(out) and os.path.isfile(index):
+        try:
+            with open(index) as f:
+                written = json.load(f).get("_class_name") == CONVERTED_CLASS
+        except (OSError, ValueError, AttributeError):
+            written = False
+    if not written:
+        what = "a file" if not os.path.isdir(out) else f"a folder with no model_index.json of a converted {CONVERTED_CLASS}"
+        raise ConversionError(
+            f"output {out} is {what}; --overwrite replaces only a folder this converter wrote. "
+            "Choose another --out (a new or empty folder)."
+        )
 
 
 def _write_model_index(folder: str, checkpoint: str, converted: ConvertedCheckpoint) -> None:
     import diffusers
 
     index = {
-        "_class_name": "MultiViewDiffusionModel",
+        "_class_name": CONVERTED_CLASS,
         "_diffusers_version": diffusers.__version__,
         "unet": ["threestudio_like.guidance.multiview_unet", "MultiViewUNet2DConditionModel"],
         "scheduler": ["diffusers", "DDPMScheduler"],
@@ -542,7 +594,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default=None, help=f"MVDream's ldm yaml or a released name ({', '.join(RELEASED_CONFIGS)}); default: the released one that fits")
     parser.add_argument("--out", required=True, help="output diffusers folder")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weight dtype to save (default: the checkpoint's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out folder written by an earlier conversion (its unet/, scheduler/, vae/, model_index.json)")
     args = parser.parse_args(argv)
     try:
         converted = convert_checkpoint(args.checkpoint, args.out, args.config, getattr(torch, args.dtype) if args.dtype else None, args.overwrite)

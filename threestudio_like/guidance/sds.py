@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from threestudio_like.config import ConfigError, Schedule, schedule_value
+from threestudio_like.config import ConfigError, Range, Schedule, schedule_points, schedule_value
 from threestudio_like.guidance.models import DiffusionComponents, load_diffusion_components
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 from threestudio_like.registry import register
@@ -151,13 +151,28 @@ class StableDiffusionGuidance(BaseModule):
         guidance_scale: float = 100.0
         grad_clip: Optional[Schedule] = None  # clamp each gradient entry to [-v, v]
         half_precision_weights: bool = True  # fp16 weights on CUDA; CPU always uses fp32
-        min_step_percent: Schedule = 0.02
-        max_step_percent: Schedule = 0.98
+        min_step_percent: Annotated[Schedule, Range(0, 1, why="a fraction of the diffusion timesteps")] = 0.02
+        max_step_percent: Annotated[Schedule, Range(0, 1, why="a fraction of the diffusion timesteps")] = 0.98
         sqrt_anneal: bool = False  # timestep decreases deterministically with sqrt(step / trainer_max_steps)
         trainer_max_steps: int = 25000
         use_img_loss: bool = False  # also return loss_sds_img against the denoised image
         weighting_strategy: WeightingStrategy = "sds"
         view_dependent_prompting: bool = True
+
+        def check_config(self, path: str) -> None:
+            """min_step_percent <= max_step_percent at every step (both schedules are piecewise
+            linear, so at every breakpoint of either)."""
+            if self.sqrt_anneal:  # one timestep per step, from the maximum down to the minimum
+                return
+            where = f"{path}." if path else ""
+            steps = {0.0} | {s for s, _ in schedule_points(self.min_step_percent) + schedule_points(self.max_step_percent)}
+            for step in sorted(steps):
+                low, high = schedule_value(self.min_step_percent, step), schedule_value(self.max_step_percent, step)
+                if low > high:
+                    raise ConfigError(
+                        f"{where}min_step_percent ({low:g}) exceeds {where}max_step_percent ({high:g}) at step {int(step)}; "
+                        "the timestep range would be empty."
+                    )
 
     cfg: Config
     components: DiffusionComponents

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Annotated, Any, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threestudio_like.config import ConfigError
+from threestudio_like.config import ConfigError, Range
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 from threestudio_like.guidance.sds import (
@@ -57,8 +57,8 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         guidance_scale_lora: float = 1.0
         lora_cfg_training: bool = True  # drop the camera while training the critic, so it knows the camera-free score
         camera_condition_dropout: float = 0.1  # the probability of that drop, per render
-        lora_n_timestamp_samples: int = 1  # timesteps drawn per render for the critic's loss
-        lora_rank: int = 4
+        lora_n_timestamp_samples: Annotated[int, Range(1, why="timesteps drawn per render for the critic's loss")] = 1  # timesteps drawn per render for the critic's loss
+        lora_rank: Annotated[int, Range(1, why="the rank of the critic's LoRA adapter")] = 4
         lora_alpha: Optional[float] = None  # None: equal to the rank (adapter scale 1)
         camera_condition_type: Literal["extrinsics", "mvp"] = "extrinsics"
 

@@ -10,11 +10,12 @@ evaluation render go straight to the base renderer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from threestudio_like.config import Range
 from threestudio_like.registry import find, register
 from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
@@ -28,11 +29,11 @@ def _resize(image: Float[Tensor, "B h w C"], size: tuple[int, int]) -> Float[Ten
 class PatchRenderer(BaseRenderer):
     @dataclass
     class Config(BaseRenderer.Config):
-        patch_size: int = 128
+        patch_size: Annotated[int, Range(1, why="pixels")] = 128
         base_renderer_type: str = "nerf-volume-renderer"
         base_renderer: dict = field(default_factory=dict)
         global_detach: bool = False  # no gradient through the coarse whole-image render
-        global_downsample: int = 4
+        global_downsample: Annotated[int, Range(1)] = 4
 
     cfg: Config
 

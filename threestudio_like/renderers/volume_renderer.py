@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from threestudio_like.config import ConfigError, Range
 from threestudio_like.registry import register
 from threestudio_like.renderers import packed
 from threestudio_like.renderers.base import BaseRenderer
@@ -44,7 +45,7 @@ NORMAL_PERTURB_STD = 1e-2
 class NeRFVolumeRenderer(BaseRenderer):
     @dataclass
     class Config(BaseRenderer.Config):
-        num_samples_per_ray: int = 512  # marching steps along the box diagonal
+        num_samples_per_ray: Annotated[int, Range(1)] = 512  # marching steps along the box diagonal
         randomized: bool = True  # jitter sample positions in training
         eval_chunk_size: int = 160000  # rays per chunk in eval mode (<= 0: no chunking)
         grid_prune: bool = True  # skip empty cells of the occupancy grid
@@ -52,13 +53,21 @@ class NeRFVolumeRenderer(BaseRenderer):
         return_comp_normal: bool = False  # composite normals in training too
         return_normal_perturb: bool = False  # normals at jittered points, for smoothness losses
         radius: float = 1.0  # scene box is [-radius, radius]^3
-        occupancy_grid_resolution: int = 32
-        occupancy_update_every: int = 16  # training steps between grid updates
+        occupancy_grid_resolution: Annotated[int, Range(1, why="cells per axis")] = 32
+        occupancy_update_every: Annotated[int, Range(1, why="training steps")] = 16  # training steps between grid updates
         occupancy_threshold: float = 0.01  # step opacity below which a cell is empty
         backend: str = "auto"  # auto | torch | nerfacc
         # unbounded geometries only: intervals per ray behind the box (uniform in 1/t) and where they end
-        num_samples_per_ray_outside: int = 32
+        num_samples_per_ray_outside: Annotated[int, Range(1)] = 32
         far_plane: float = 100.0
+
+        def check_config(self, path: str) -> None:
+            if self.far_plane <= math.sqrt(3.0) * self.radius:
+                where = f"{path}." if path else ""
+                raise ConfigError(
+                    f"{where}far_plane must lie beyond the scene box (> sqrt(3) * {where}radius = "
+                    f"{math.sqrt(3.0) * self.radius:.3g}), got {self.far_plane}."
+                )
 
     cfg: Config
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import torch
 
-from threestudio_like.config import ConfigError
+from threestudio_like.config import ConfigError, Range
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
@@ -71,7 +71,7 @@ class BaseImplicitGeometry(BaseGeometry):
         radius: float = 1.0
         isosurface: bool = True
         isosurface_method: str = "mc-cpu"  # what is done; "mt" is accepted (threestudio's default) and warns
-        isosurface_resolution: int = 128
+        isosurface_resolution: Annotated[int, Range(2, why="samples per axis of the marching-cubes grid")] = 128
         isosurface_threshold: Union[float, str] = 0.0
         isosurface_chunk: int = 0  # points per field evaluation; 0 = the extractor's default
         isosurface_coarse_to_fine: bool = False
