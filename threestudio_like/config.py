@@ -15,6 +15,7 @@ end_step]`` (``[start_value, end_value, end_step]`` starts at step 0), or a list
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import os
 import re
@@ -27,6 +28,13 @@ from datetime import datetime
 from typing import Annotated, Any, Iterator, Optional, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.basecontainer import BaseContainer
+from omegaconf.errors import (
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    InterpolationToMissingValueError,
+    UnsupportedInterpolationType,
+)
 
 from threestudio_like.registry import did_you_mean, find
 
@@ -381,8 +389,6 @@ def trial_tag(tag: str) -> str:
     become ``_``, and a tag over ``MAX_TAG_BYTES`` (a long prompt) is cut to fit, ending in
     ``_<hash>`` of the whole tag so two prompts that differ only at the end get two folders.
     The whole prompt stays in the trial's ``configs/parsed.yaml``."""
-    import hashlib
-
     tag = re.sub(r"[^\w\-@.,+]", "_", tag)
     raw = tag.encode("utf-8")
     if len(raw) <= MAX_TAG_BYTES:
@@ -396,13 +402,6 @@ def trial_tag(tag: str) -> str:
 def _interpolation_errors(cfg: DictConfig) -> Iterator[None]:
     """Turn omegaconf's interpolation errors (a missing key, an unknown resolver, a resolver that
     fails) into one line naming the key that holds the interpolation and what it refers to."""
-    from omegaconf.errors import (
-        InterpolationKeyError,
-        InterpolationResolutionError,
-        InterpolationToMissingValueError,
-        UnsupportedInterpolationType,
-    )
-
     try:
         yield
     except InterpolationResolutionError as error:
@@ -430,8 +429,6 @@ def _interpolation_errors(cfg: DictConfig) -> Iterator[None]:
 
 
 def _known_resolvers() -> list[str]:
-    from omegaconf.basecontainer import BaseContainer
-
     return sorted(getattr(BaseContainer, "_resolvers", {}))
 
 

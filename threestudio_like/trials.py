@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
