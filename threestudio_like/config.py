@@ -36,7 +36,7 @@ from omegaconf.errors import (
     UnsupportedInterpolationType,
 )
 
-from threestudio_like.registry import did_you_mean, find
+from threestudio_like.registry import did_you_mean, find, import_extension_modules
 
 T = TypeVar("T")
 
@@ -308,6 +308,9 @@ class ExperimentConfig:
     trial_dir: str = "outputs/default/exp"
     n_gpus: int = 1
     resume: Optional[str] = None
+    # modules to import before the parts are looked up, so the parts they register can be named
+    # (installed packages can instead list theirs in the "threestudio_like.parts" entry points)
+    extensions: list[str] = field(default_factory=list)
 
     data_type: str = "random-camera-datamodule"
     data: dict = field(default_factory=dict)
@@ -361,6 +364,10 @@ def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
         )
     with _interpolation_errors(cfg):
         OmegaConf.resolve(cfg)
+    extensions = cfg.get("extensions") or []
+    if not isinstance(extensions, (list, ListConfig)) or not all(isinstance(m, str) for m in extensions):
+        raise ConfigError(f"extensions: expected a list of module names, e.g. [my_pkg.parts]; got {extensions!r}.")
+    import_extension_modules(extensions)
     _check_top_level_keys(cfg)
     if "n_gpus" in cfg and cfg.n_gpus != n_gpus:
         warnings.warn(
