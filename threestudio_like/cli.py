@@ -52,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--gpu", default="0", help="GPU index or comma-separated indices (ignored without CUDA)")
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="optimise, then render the test turntable")
     mode.add_argument("--validate", action="store_true", help="render the validation views of resume=<ckpt>")
     mode.add_argument("--test", action="store_true", help="render the test turntable of resume=<ckpt>")
     mode.add_argument("--export", action="store_true", help="export a mesh from resume=<ckpt>")
+    parser.add_argument("--check", action="store_true",
+                        help="check everything the run would use (config, parts, data, model folders, checkpoints), "
+                             "say what it would run, and write nothing (alone: checks --train)")
     parser.add_argument("--verbose", action="store_true", help="show library logs and full tracebacks")
     parser.add_argument("--typecheck", action="store_true", help="accepted for threestudio compatibility")
     return parser
@@ -68,6 +71,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)} (config overrides are written key=value)")
+    if not (args.train or args.validate or args.test or args.export):
+        if not args.check:
+            parser.error("one of the arguments --train --validate --test --export is required")
+        args.train = True
     previous_showwarning = warnings.showwarning
     state = RunState()
     try:
@@ -160,11 +167,15 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
     if not args.export:
         datamodule.check()  # the data on disk (e.g. a capture's transforms and images), before anything is written
     system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
-    if args.train:  # the guidance (a trainable one holds checkpoint state) is part of what a resume must match
+    if args.train:
         system.check_models_available()
-        system.prepare_for_training(training_device(accelerator, devices))
+        if not args.check:  # the guidance (a trainable one holds checkpoint state) is part of what a resume must match
+            system.prepare_for_training(training_device(accelerator, devices))
     if checkpoint is not None:
         check_state_matches(system, system.loadable_state(checkpoint["state_dict"]), exp.resume)
+    if args.check:
+        print(would_run(args, exp))
+        return 0
 
     if args.export:
         load_system_weights(system, exp.resume, checkpoint)
@@ -193,6 +204,16 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
         trainer.test(system, datamodule=datamodule, ckpt_path=exp.resume, verbose=False)
         return 0
     return train(trainer, interrupt, system, datamodule, exp, state)
+
+
+def would_run(args: argparse.Namespace, exp: ExperimentConfig) -> str:
+    """What ``--check`` reports: the run the same command without it would start."""
+    mode = "train" if args.train else "validate" if args.validate else "test" if args.test else "export"
+    where = exp.trial_dir if exp.resume is not None else os.path.join(exp.exp_dir, exp.trial_name)
+    steps = f", {exp.trainer.get('max_steps')} steps" if args.train and exp.trainer.get("max_steps") else ""
+    source = f" from {exp.resume}" if exp.resume else ""
+    return (f"Checked: {mode} {exp.system_type} on {exp.data_type}{steps}{source}, writing to {where}. "
+            "Nothing was written.")
 
 
 TRIAL_DIR_VARIABLE = "THREESTUDIO_LIKE_TRIAL_DIR"  # rank 0's trial, for the ranks a multi-GPU launcher starts

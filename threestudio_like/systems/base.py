@@ -162,14 +162,15 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         return geometry
 
     def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
-        from threestudio_like.trials import load_checkpoint, resolve_checkpoint
+        from threestudio_like.trials import check_state_matches, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(path)
         state = load_checkpoint(path)["state_dict"]
-        state = {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in ignore_modules)}
-        _, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ConfigError(f"system.weights={path} holds parameters this system does not have: {unexpected[:5]}")
+        # checked as a resume is (missing, unexpected, wrongly shaped), before any trial folder
+        # exists; the guidance is built later and is not part of the starting weights
+        ignore = (*ignore_modules, "guidance")
+        check_state_matches(self, state, f"system.weights={path}", ignore=ignore)
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith(tuple(m + "." for m in ignore))}, strict=False)
 
     # ------------------------------------------------------------------ parts
     def prepare_for_training(self, device: Optional[torch.device] = None) -> None:
@@ -336,8 +337,9 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
 
     @property
     def current_step(self) -> int:
-        """The training step reached: the trainer's, or the loaded checkpoint's without a trainer."""
-        return self.global_step if self._trainer is not None else self._loaded_step
+        """The training step reached: the trainer's, or the loaded checkpoint's (``--test`` and
+        ``--validate`` restore weights, not the trainer's step)."""
+        return max(self.global_step if self._trainer is not None else 0, self._loaded_step)
 
     def on_validation_epoch_start(self) -> None:
         self.update_step(self.current_step)  # in eval mode: only step-determined state changes
@@ -388,24 +390,24 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
             with torch.random.fork_rng(devices=[]):  # keep the training RNG stream untouched
                 out = self(batch)
             for i, index in enumerate(batch["index"].tolist()):
-                save_image(self._save_path(folder, f"it{self.global_step}-{index}.png"), self._image_grid(out, i))
+                save_image(self._save_path(folder, f"it{self.current_step}-{index}.png"), self._image_grid(out, i))
 
     def test_step(self, batch: CameraBatch, batch_idx: int) -> None:
         for folder in self._each_particle():
             with torch.random.fork_rng(devices=[]):
                 out = self(batch)
             for i, index in enumerate(batch["index"].tolist()):
-                path = self._save_path(folder, f"it{self.global_step}-test", f"{index}.png")
+                path = self._save_path(folder, f"it{self.current_step}-test", f"{index}.png")
                 save_image(path, self._image_grid(out, i))
 
     def on_test_epoch_end(self) -> None:
         import imageio.v3 as iio
 
         for particle in self._each_particle():
-            folder = os.path.join(self.save_dir, particle, f"it{self.global_step}-test")
+            folder = os.path.join(self.save_dir, particle, f"it{self.current_step}-test")
             frames = sorted((f for f in os.listdir(folder) if f.endswith(".png")), key=lambda f: int(f[:-4]))
             images = [iio.imread(os.path.join(folder, f)) for f in frames]
-            path = save_video(self._save_path(particle, f"it{self.global_step}-test.mp4"), images, fps=30)
+            path = save_video(self._save_path(particle, f"it{self.current_step}-test.mp4"), images, fps=30)
             print(f"Turntable video: {path}")
 
     def export(self, **exporter_overrides: Any) -> list[str]:
