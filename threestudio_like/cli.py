@@ -182,8 +182,10 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
         if accelerator == "gpu":
             system.to(f"cuda:{devices[0]}")
         state.trial_dir, state.phase = exp.trial_dir, "the export"
-        for path in system.export():
+        paths = system.export()
+        for path in paths:
             print(f"Exported {path}")
+        check_export(system, paths, exp.data)
         return 0
 
     mode = "train" if args.train else "validate" if args.validate else "test"
@@ -267,7 +269,17 @@ def train(trainer: Any, interrupt: GracefulInterrupt, system: Any, datamodule: A
             paths = []
     for exported in paths:
         print(f"Exported {exported}")
+    check_export(system, paths, exp.data)  # the files against the model: a warning when they differ
     return EXIT_INTERRUPTED if interrupt.interrupted else 0
+
+
+def check_export(system: Any, paths: list[str], data: Any) -> None:
+    """The exported files rendered against the model: PSNR in the log and fidelity.json, a warning when low."""
+    if global_rank() > 0 or not paths:
+        return
+    from threestudio_like.export.fidelity import check_export as measure
+
+    measure(system, paths, data)
 
 
 def training_device(accelerator: str, devices: Any) -> torch.device:

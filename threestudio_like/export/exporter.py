@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import torch
 
-from threestudio_like.config import ConfigError
+from threestudio_like.config import ConfigError, Range
 from threestudio_like.export.decimate import decimate
 from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.mesh.types import Mesh
@@ -41,15 +41,16 @@ class MeshExporter(BaseObject):
         save_name: str = "model"
         save_texture: bool = True  # bake a UV texture (xatlas unwrap); false: per-vertex colours
         save_uv: bool = True  # threestudio's switch; a texture needs UVs
-        texture_size: int = 1024
+        texture_size: Annotated[int, Range(16, why="pixels per side of the baked texture")] = 1024
         texture_format: str = "png"  # png | jpg (the OBJ's map_Kd; the GLB always embeds PNG)
         xatlas_chart_options: dict = field(default_factory=dict)
         xatlas_pack_options: dict = field(default_factory=dict)
         context_type: str = "gl"  # nvdiffrast context for baking on CUDA
         backend: str = "auto"  # rasteriser for baking: auto | torch | nvdiffrast
-        # None: take the geometry's isosurface_threshold / isosurface_resolution (density fields)
+        # None: take the geometry's isosurface_threshold / isosurface_resolution (density fields);
+        # "opacity": the level whose solid looks most like the volume renders (isosurface.opacity_level)
         isosurface_threshold: Optional[Union[float, str]] = None
-        isosurface_resolution: Optional[int] = None
+        isosurface_resolution: Optional[Annotated[int, Range(2, why="samples per axis of the marching-cubes grid")]] = None
         # decimate larger surfaces to about this many faces before colouring / unwrapping
         # (quadric edge collapse); None keeps every face
         max_faces: Optional[int] = None
@@ -64,6 +65,9 @@ class MeshExporter(BaseObject):
             raise ConfigError("system.exporter: save_texture needs save_uv: true (a texture is addressed by UVs).")
         if self.cfg.texture_format not in _TEXTURE_FORMATS:
             raise ConfigError(f"system.exporter.texture_format: expected one of {_TEXTURE_FORMATS}, got {self.cfg.texture_format!r}")
+        if isinstance(self.cfg.isosurface_threshold, str) and self.cfg.isosurface_threshold not in ("auto", "opacity"):
+            raise ConfigError(f"system.exporter.isosurface_threshold: expected null, a number, 'auto' or 'opacity', "
+                              f"got {self.cfg.isosurface_threshold!r}")
         if self.cfg.max_faces is not None and self.cfg.max_faces < 1:
             raise ConfigError(f"system.exporter.max_faces: expected a positive face count or null, got {self.cfg.max_faces}")
 

@@ -19,12 +19,13 @@ from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Float, Tensor
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N ..."]]
-Threshold = Union[float, Literal["auto"]]
+Threshold = Union[float, Literal["auto", "opacity"]]
 
 # "auto" ignores samples at or below this density when taking its starting statistic,
 # so a mostly empty box does not drag the level to ~0 (which would wrap the noise floor)
 EMPTY_DENSITY = 1e-5
 AUTO_MAX_TRIES = 8
+OPACITY_CANDIDATES = 200  # levels "opacity" compares (quantiles of the occupied densities)
 
 
 class EmptyIsosurfaceError(ValueError):
@@ -113,14 +114,19 @@ def extract_isosurface(
 
     ``threshold="auto"`` starts from the mean density of the occupied samples (those above
     1e-5) and halves the distance to the lowest occupied value until the level yields a
-    non-empty, watertight surface. ``device``: where to evaluate, see ``sample_grid``.
+    non-empty, watertight surface. ``threshold="opacity"`` (for a volume density) first tries
+    ``opacity_level``, the level whose solid looks most like the volume renders, then "auto"'s.
+    ``device``: where to evaluate, see ``sample_grid``.
     """
     grid = sample_grid(density_fn, bbox, resolution, chunk, device)
     low, high = float(grid.min()), float(grid.max())
     if threshold == "auto":
         return _auto_isosurface(grid, bbox, low, high)
+    if threshold == "opacity":  # a volume density: the level that looks like its render, else "auto"'s
+        level = opacity_level(grid, bbox)
+        return _auto_isosurface(grid, bbox, low, high, ([level] if level is not None else []) + auto_levels(grid, low, high))
     if isinstance(threshold, str):
-        raise ValueError(f'isosurface threshold must be a number or "auto", got {threshold!r}')
+        raise ValueError(f'isosurface threshold must be a number, "auto" or "opacity", got {threshold!r}')
     try:
         return marching_cubes(grid, bbox, float(threshold))
     except EmptyIsosurfaceError:
@@ -130,10 +136,12 @@ def extract_isosurface(
         ) from None
 
 
-def _auto_isosurface(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], low: float, high: float) -> Mesh:
+def _auto_isosurface(
+    grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"], low: float, high: float, levels: Optional[list[float]] = None
+) -> Mesh:
     tried: list[float] = []
     fallback: Mesh | None = None
-    for level in auto_levels(grid, low, high):
+    for level in auto_levels(grid, low, high) if levels is None else levels:
         tried.append(level)
         mesh = marching_cubes(grid, bbox, level)
         if mesh.n_faces > 0 and mesh.is_watertight:
@@ -166,6 +174,32 @@ def auto_levels(grid: Float[Tensor, "R R R"], low: float, high: float) -> list[f
         if level < high and not any(math.isclose(level, seen) for seen in levels):
             levels.append(level)
     return levels
+
+
+def opacity_level(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"]) -> Optional[float]:
+    """The level at which a solid best matches the volume's own renders, for a NeRF density.
+
+    Looking along each axis, a ray through the volume is opaque by ``1 - exp(-sum(density * step))``
+    while the solid above a level covers it entirely or not at all; the level chosen minimises
+    the total difference over the three axes' rays. A thin haze, which renders nearly clear,
+    stays outside the surface, and a wall the renders show solid stays inside, whatever the
+    density's scale. None when nothing is occupied.
+    """
+    density = grid.detach().float().cpu().clamp_min(0)
+    occupied = density[density > EMPTY_DENSITY]
+    if occupied.numel() == 0:
+        return None
+    box = torch.as_tensor(bbox, dtype=torch.float32).cpu()
+    step = (box[1] - box[0]) / (grid.shape[0] - 1)
+    opacity = torch.cat([(1.0 - torch.exp(-density.sum(axis) * float(step[axis]))).flatten() for axis in range(3)])
+    peak = torch.cat([density.amax(axis).flatten() for axis in range(3)])  # a ray meets the solid above a level below its peak
+    values = np.quantile(occupied.numpy(), np.linspace(0.0, 1.0, OPACITY_CANDIDATES, endpoint=False))
+    best, best_error = None, math.inf
+    for level in np.unique(values).tolist():
+        error = float(((peak > level).float() - opacity).abs().sum())
+        if error < best_error:
+            best, best_error = level, error
+    return best
 
 
 def _fmt(levels: list[float]) -> str:
