@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from threestudio_like.config import ConfigError, ExperimentConfig, finalize_config, load_config
+from threestudio_like.export.fidelity import check_export as measure_export
 from threestudio_like.export.isosurface import EmptyIsosurfaceError
 from threestudio_like.interrupts import EXIT_INTERRUPTED, InterruptHandler, RunInterrupted
 from threestudio_like.loggers import check_loggers
@@ -277,9 +278,7 @@ def check_export(system: Any, paths: list[str], data: Any) -> None:
     """The exported files rendered against the model: PSNR in the log and fidelity.json, a warning when low."""
     if global_rank() > 0 or not paths:
         return
-    from threestudio_like.export.fidelity import check_export as measure
-
-    measure(system, paths, data)
+    measure_export(system, paths, data)
 
 
 def training_device(accelerator: str, devices: Any) -> torch.device:

@@ -24,6 +24,8 @@ from threestudio_like.export.texture import sample_texture
 from threestudio_like.export.writers import Z_UP_TO_Y_UP
 from threestudio_like.mesh.rasterize import make_rasterizer
 from threestudio_like.renderers.mesh_renderer import clip_positions
+from threestudio_like.systems.handover import orbit_views
+from threestudio_like.trials import load_trained_system, resolve_checkpoint
 from threestudio_like.utils.metrics import psnr
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
@@ -129,7 +131,6 @@ def check_export(system: Any, paths: list[str], data: dict, n_views: int = EXPOR
     """Render each exported mesh (the GLB, else the OBJ) against the trained model from ``n_views``
     eval cameras, write ``fidelity.json`` beside it, print its PSNR, and warn in one line when it
     is below ``threshold``. Never raises: a failure to measure is one line, and the export stands."""
-    from threestudio_like.systems.handover import orbit_views
 
     reports = []
     try:
@@ -168,8 +169,6 @@ def check_export(system: Any, paths: list[str], data: dict, n_views: int = EXPOR
 
 
 def main(argv: list[str] | None = None) -> None:
-    from threestudio_like.systems.handover import orbit_views
-    from threestudio_like.trials import load_trained_system, resolve_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="trial folder (LAST allowed) or checkpoint")
