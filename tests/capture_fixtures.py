@@ -13,7 +13,7 @@ from PIL import Image
 
 from threestudio_like.data.cameras import directions_from_pixels, get_rays, look_at_c2w, make_camera_batch, spherical_to_cartesian
 from threestudio_like.data.undistort import undistort_points
-from threestudio_like.priors import procedural
+from lab.priors import procedural
 
 
 FIXED_LIGHT = torch.tensor([2.0, 1.5, 3.0])

@@ -9,7 +9,7 @@ import torch
 
 from threestudio_like.cli import main
 from threestudio_like.config import finalize_config, load_config
-from threestudio_like.evaluation import evaluate_trials
+from lab.evaluation import evaluate_trials
 from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.guidance.models import resolve_model_path
 from threestudio_like.registry import find

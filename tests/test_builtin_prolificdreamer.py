@@ -9,7 +9,7 @@ import pytest
 import trimesh
 
 from threestudio_like.cli import main
-from threestudio_like.evaluation import evaluate_trials
+from lab.evaluation import evaluate_trials
 from threestudio_like.guidance.models import resolve_model_path
 
 

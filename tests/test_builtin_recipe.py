@@ -10,19 +10,20 @@ import os
 import pytest
 import torch
 
+from export_checks import assert_export_is_the_object
 from threestudio_like.cli import main
-from threestudio_like.evaluation import evaluate_trials, render_views
+from lab.evaluation import evaluate_trials, render_views
 from threestudio_like.guidance.models import resolve_model_path
-from threestudio_like.priors.procedural import COLOURS
+from lab.priors.procedural import COLOURS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "dreamfusion-cpu.yaml")
 
 
 @pytest.mark.slow
-# one prompt: each costs about 5 minutes of CI; `python -m threestudio_like.evaluation --train` scores them all
+# one prompt: each costs about 5 minutes of CI; `python -m lab.evaluation --train` scores them all
 @pytest.mark.parametrize("colour, shape", [("blue", "sphere")])
-def test_builtin_recipe_gives_the_prompted_colour(tmp_path, colour, shape):
+def test_builtin_recipe_gives_the_prompted_colour(tmp_path, capsys, colour, shape):
     prompt = f"a {colour} {shape}"
     args = [
         "--config", RECIPE, "--train", f"system.prompt_processor.prompt={prompt}",
@@ -31,12 +32,13 @@ def test_builtin_recipe_gives_the_prompted_colour(tmp_path, colour, shape):
     ]
     assert main(args) == 0
     trial = os.path.join(str(tmp_path), "dreamfusion-cpu", prompt.replace(" ", "_"))
+    assert_export_is_the_object(trial, capsys.readouterr().out)
     assert any(f.endswith("-test.mp4") for f in os.listdir(os.path.join(trial, "save")))
     [score] = evaluate_trials([trial], resolve_model_path("builtin:shapes32"))
     assert score.colour == colour, score.colour_votes
 
     # and independently of the classifier: the object's pixels are nearest the prompted albedo
-    from threestudio_like.evaluation import load_trial
+    from lab.evaluation import load_trial
 
     system, _ = load_trial(trial)
     images = render_views(system)  # [V, 3, 32, 32] on white

@@ -15,7 +15,7 @@ from threestudio_like.cli import main
 from threestudio_like.config import ConfigError
 from threestudio_like.data.capture import CaptureDataModule
 from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.priors import procedural
+from lab.priors import procedural
 from threestudio_like.registry import find
 
 ROOT = Path(__file__).resolve().parents[1]

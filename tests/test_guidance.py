@@ -453,7 +453,7 @@ def builtin_house(tmp_path_factory):
     """The built-in prior's guidance, "a red house" with Perp-Neg, and its front and back renders in model space."""
     from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
     from threestudio_like.guidance.prompt_processor import StableDiffusionPromptProcessor
-    from threestudio_like.priors import procedural as P
+    from lab.priors import procedural as P
 
     cache = str(tmp_path_factory.mktemp("perp-neg-cache"))
     prompt_utils = StableDiffusionPromptProcessor(

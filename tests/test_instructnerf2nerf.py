@@ -178,7 +178,7 @@ def held_out_renders(checkpoint: Path, capture: Path) -> tuple[torch.Tensor, tor
 
 @pytest.mark.slow  # reconstructs then edits a 24-view capture with builtin:edit32 (about 4 minutes)
 def test_make_it_blue_turns_a_red_capture_blue_in_every_view(tmp_path) -> None:
-    from threestudio_like.priors.edit_eval import nearest_colour_by_hue
+    from lab.priors.edit_eval import nearest_colour_by_hue
 
     capture = tmp_path / "cube"
     write_blender_capture(capture, shape="cube", colour="red", n_views=24, size=64, holdout=4)

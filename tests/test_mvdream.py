@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from export_checks import assert_export_is_the_object
 from recipe_overrides import run_length, stage
 
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
@@ -46,16 +47,17 @@ def test_extension_configs_run_with_only_models_and_sizes_changed(recipe, latent
 
 @pytest.mark.slow  # one mvdream-cpu run on builtin:shapes32-mv (about 3 minutes), judged from 12 azimuths by the view head
 @pytest.mark.parametrize("prompt", ["a blue mug", "a red house"])
-def test_mvdream_cpu_keeps_the_front_on_one_side(tmp_path, prompt: str) -> None:
-    from threestudio_like.comparison import ensure_trial
+def test_mvdream_cpu_keeps_the_front_on_one_side(tmp_path, capsys, prompt: str) -> None:
+    from lab.comparison import ensure_trial
+    from lab.janus import evaluate_janus_trial, parse_variant
+    from lab.priors.classifier import load_classifier
+    from lab.priors.view_head import load_view_head
     from threestudio_like.guidance.models import resolve_model_path
-    from threestudio_like.janus import evaluate_janus_trial, parse_variant
-    from threestudio_like.priors.classifier import load_classifier
-    from threestudio_like.priors.view_head import load_view_head
 
     variant = parse_variant("mvdream-cpu")
     # the recipe's 400 steps: the house's door comes with the low timesteps, after step 200
     trial = ensure_trial(variant, prompt, 0, None, str(tmp_path), extra=[])
+    assert_export_is_the_object(trial, capsys.readouterr().out)  # the object, not the haze around it
     prior = resolve_model_path("builtin:shapes32")  # the evaluator's classifier and view head
     result = evaluate_janus_trial(trial, variant.name, 0, load_classifier(prior), load_view_head(prior))
     janus = result.janus

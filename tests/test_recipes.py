@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import importlib.util
 import os
-import shutil
-import subprocess
-import sys
 import tomllib
-import zipfile
 
 import pytest
 
@@ -81,32 +76,4 @@ def test_a_missing_explicit_path_is_not_replaced_by_a_shipped_recipe(tmp_path) -
         find_config(str(tmp_path / "experiments" / "dreamfusion-cpu.yaml"))
 
 
-def test_evaluation_default_recipe_is_the_shipped_one() -> None:
-    from threestudio_like import evaluation
-
-    assert evaluation.DEFAULT_RECIPE == os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")
-
-
-def test_wheel_ships_recipes_and_prior_weights(tmp_path) -> None:
-    """Build the real wheel (what `pip install .` installs) and look inside."""
-    # Built from a clean copy: setuptools builds in the source tree, and a build/ folder left
-    # there by an earlier build keeps modules since deleted, which would then ship too.
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "outputs", "*.egg-info", "__pycache__", "node_modules", ".pytest_cache", ".threestudio_cache"))
-    # the installed setuptools when there is one (no download); else pip fetches it, as `pip install .` does
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True, cwd=tmp_path,
-    )
-    (wheel,) = glob.glob(str(tmp_path / "*.whl"))
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for recipe in RECIPES:
-        assert f"threestudio_like/configs/{recipe}.yaml" in names
-    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "tokenizer/vocab.json",
-                 "scheduler/scheduler_config.json", "classifier/model.safetensors", "model_index.json"):
-        assert f"threestudio_like/priors/weights/shapes32/{part}" in names
-    modules = {n for n in names if n.startswith("threestudio_like/") and n.endswith(".py")}
-    sources = {os.path.relpath(p, source) for p in glob.glob(str(source / "threestudio_like" / "**" / "*.py"), recursive=True)}
-    assert modules == sources
+# The wheel's contents (recipes, the built-in priors' run-time files, no lab file): test_packaging.py

@@ -1,6 +1,6 @@
 """Train the view head (which side of a house / mug a render shows) for the Janus measure.
 
-    python -m threestudio_like.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
+    python -m lab.priors.train_view_head --out PRIOR_DIR [--steps N] [--dataset-size N] [--seed S]
         [--nerf-views N [--nerf-share F] [--nerf-work-dir DIR] [--nerf-prompts P ...]] [--members K] [--relief SHAPE ...]
 
 Fresh procedural renders of the house and the mug in every colour, flat and lit, from two camera
@@ -41,9 +41,10 @@ import torch.nn.functional as F
 
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.data.random_camera import step_seed
-from threestudio_like.priors import procedural
-from threestudio_like.priors import nerf_views as nerf_view_data
-from threestudio_like.priors.view_head import (
+from lab import lab_side
+from lab.priors import procedural
+from lab.priors import nerf_views as nerf_view_data
+from lab.priors.view_head import (
     RELIEF_FOLDER, SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, ViewHead, ViewHeadEnsemble,
     boundary_distance, relief, save_view_head, side_of_azimuth,
 )
@@ -275,7 +276,7 @@ def clean_janus_rates(model: SideClassifier) -> dict[str, float]:
     """Per shape, the Janus rate of clean procedural renders of the correct object (every colour,
     lit) at the Janus measure's 12 cameras: what the head itself adds to the measure, 0 for a
     head fit for it."""
-    from threestudio_like import janus  # the measure's cameras (janus imports the evaluator stack)
+    from lab import janus  # the measure's cameras (janus imports the evaluator stack)
 
     cameras = janus.janus_cameras()
     rates = {}
@@ -356,7 +357,7 @@ def train_view_head(
     janus_rates = clean_janus_rates(model)
     log(f"Janus rate of clean correct objects at the measure's cameras (all colours): {janus_rates}")
     info = {
-        "command": command or f"python -m threestudio_like.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
+        "command": command or f"python -m lab.priors.train_view_head --out {out} --steps {steps} --batch-size {batch_size} "
                               f"--seed {seed} --dataset-size {dataset_size} --width {width} --threads {threads} --members {members}"
                               + (f" --relief {' '.join(relief_shapes)}" if relief_shapes else ""),
         "held_out_accuracy_clean": clean,
@@ -374,7 +375,8 @@ def train_view_head(
         "wall_seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }
-    folder = os.path.join(out, "classifier", RELIEF_FOLDER if relief_shapes else VIEW_FOLDER)
+    # a built-in prior's heads: lab/weights/<name>/classifier/...
+    folder = os.path.join(lab_side(out), "classifier", RELIEF_FOLDER if relief_shapes else VIEW_FOLDER)
     save_view_head(folder, model.eval(), info)
     log(f"saved {folder}")
     return info
@@ -401,7 +403,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--relief", nargs="+", default=[], choices=VIEW_SHAPES, metavar="SHAPE",
                    help="the head also sees the relief (depth) of these shapes' views (mug: its handle); saved to classifier/view_relief")
     args = p.parse_args(argv)
-    command = "python -m threestudio_like.priors.train_view_head " + " ".join(argv)
+    command = "python -m lab.priors.train_view_head " + " ".join(argv)
     train_view_head(args.out, args.steps, args.batch_size, args.seed, args.dataset_size, args.lr, args.width, args.threads, command,
                     nerf_views=args.nerf_views, nerf_share=args.nerf_share, nerf_work_dir=args.nerf_work_dir, members=args.members,
                     nerf_prompts=args.nerf_prompts, relief_shapes=args.relief)

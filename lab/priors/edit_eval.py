@@ -1,6 +1,6 @@
 """Does the editing model do what it is told? Edit held-out procedural pairs, score the colours.
 
-    python -m threestudio_like.priors.edit_eval --model DIR [--per-colour 32]
+    python -m lab.priors.edit_eval --model DIR [--per-colour 32]
 
 For every colour, ``--per-colour`` pairs the model never saw (``edit_pairs`` with seed 999) are
 edited by "make it <colour>" through ``stable-diffusion-instructpix2pix-guidance`` at the recipe's
@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from threestudio_like.priors import edit_pairs, procedural
+from lab.priors import edit_pairs, procedural
 from threestudio_like.utils.io import atomic_write_text, save_image
 
 EVAL_SEED = 999  # training pairs use other seeds
@@ -67,7 +67,9 @@ def evaluate(model: str, per_colour: int = 32, seed: int = 0, min_step_percent: 
     if write_outputs:
         from threestudio_like.guidance.models import resolve_model_path
 
-        folder = resolve_model_path(model)
+        from lab import lab_side
+
+        folder = lab_side(resolve_model_path(model))  # builtin:edit32's go to lab/weights/edit32
         atomic_write_text(os.path.join(folder, "edit_eval.json"), json.dumps(result, indent=2))
         save_image(os.path.join(folder, "edits.png"), procedural.contact_sheet(torch.cat(sheet), columns=16, scale=2).numpy())
     return result

@@ -22,7 +22,7 @@ Azimuths: the evaluator's orbit (0, 45, ...) puts half its views on side boundar
 side is ambiguous by definition. Instead each class centre (0, 90, 180, 270) and 22.5 degrees to
 either side of it: 12 views, three a side, each at least 22.5 degrees from a boundary.
 
-``python -m threestudio_like.evaluation --janus [--prompts "a red house" ...] [--seeds N]
+``python -m lab.evaluation --janus [--prompts "a red house" ...] [--seeds N]
 [--steps N] [--variants ...] [--out DIR] [key=value ...]`` trains what is missing with
 comparison.ensure_trial (finished trials are reused, interrupted ones resumed), prints the table
 and writes it to ``DIR/janus.md``, with the judged renders in ``DIR/janus_renders.png``.
@@ -47,11 +47,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from threestudio_like import evaluation
+from lab import evaluation
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.mesh.types import Mesh
-from threestudio_like.priors import procedural
-from threestudio_like.priors.view_head import (
+from lab.priors import procedural
+from lab.priors.view_head import (
     RELIEF_FOLDER, SIDE_GROUPS, SIDE_NAMES, VIEW_FOLDER, VIEW_SHAPES, SideClassifier, side_of_azimuth,
 )
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
@@ -323,10 +323,10 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
               floor: bool = False) -> tuple[str, dict[str, str]]:
     """Train what is missing, judge every trial (and, with ``floor``, a reference NeRF per prompt
     and seed: janus_floor.py), write ``out/janus.md``; returns (title + table, failures)."""
-    from threestudio_like.comparison import ensure_trial
+    from lab.comparison import ensure_trial
     from threestudio_like.guidance.models import resolve_model_path
-    from threestudio_like.priors.classifier import load_classifier
-    from threestudio_like.priors.view_head import load_view_head
+    from lab.priors.classifier import load_classifier
+    from lab.priors.view_head import load_view_head
 
     prior = resolve_model_path(evaluation.DEFAULT_PRIOR)
     classifier = load_classifier(classifier_folder or prior)
@@ -346,7 +346,7 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
             continue
         results.append(evaluate_janus_trial(trial, variant.name, seed, classifier, view_head))
     if floor:  # the evaluator's own error on correct objects, plain and painted grainy as SDS paints (janus_floor.py)
-        from threestudio_like.janus_floor import FLOOR_KINDS, fit_reference_nerf, reference_folder
+        from lab.janus_floor import FLOOR_KINDS, fit_reference_nerf, reference_folder
 
         for (name, grain), seed, prompt in itertools.product(FLOOR_KINDS, range(seeds), prompts):
             folder = os.path.join(reference_folder(os.path.join(out, "reference" + ("_grainy" if grain else "")), prompt), f"seed{seed}")
@@ -368,7 +368,7 @@ def run_janus(prompts: Sequence[str], seeds: int, steps: Optional[int], variants
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation --janus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.evaluation --janus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", nargs="*", default=None,
                         help=f"prompts naming a {' or a '.join(VIEW_SHAPES)} (default: {', '.join(DEFAULT_PROMPTS)})")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per prompt and variant")

@@ -12,7 +12,7 @@ variant (a shipped recipe plus overrides) trained for every prompt and seed; the
 - diversity: 1 - SSIM and mean absolute difference between renders from the same camera of
   different seeds of the same prompt (higher: the seeds disagree more).
 
-``python -m threestudio_like.evaluation --compare [--prompts ...] [--seeds 4] [--steps N]
+``python -m lab.evaluation --compare [--prompts ...] [--seeds 4] [--steps N]
 [--variants sds-7.5 vsd-7.5 ...] [--out DIR] [key=value ...]`` trains what is missing (a trial whose
 ``ckpts/last.ckpt`` is at the requested step is reused, an interrupted one resumed), prints the
 table and writes it to ``DIR/comparison.md``, with the renders in ``DIR/renders.png``.
@@ -33,8 +33,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from threestudio_like import evaluation
-from threestudio_like.priors import procedural
+from lab import evaluation
+from lab.priors import procedural
 
 RECIPES = {"sds": "dreamfusion-cpu", "vsd": "prolificdreamer-cpu"}  # method -> shipped recipe
 DEFAULT_VARIANTS = ("sds-7.5", "sds", "sds-100", "vsd")  # "sds" / "vsd": the recipe's own scale
@@ -275,7 +275,7 @@ def save_renders(results: Sequence[TrialResult], prompts: Sequence[str], path: s
 def run_comparison(prompts: Sequence[str], seeds: int, steps: Optional[int], variants: Sequence[Variant], out: str,
                    extra: Sequence[str] = (), classifier_folder: Optional[str] = None) -> str:
     from threestudio_like.guidance.models import resolve_model_path
-    from threestudio_like.priors.classifier import load_classifier
+    from lab.priors.classifier import load_classifier
 
     classifier = load_classifier(classifier_folder or resolve_model_path(evaluation.DEFAULT_PRIOR))
     results = []
@@ -295,7 +295,7 @@ def run_comparison(prompts: Sequence[str], seeds: int, steps: Optional[int], var
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation --compare",
+    parser = argparse.ArgumentParser(prog="python -m lab.evaluation --compare",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", nargs="*", default=None, help="default: the evaluator's default_prompts()")
     parser.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per prompt (diversity needs 2 or more)")

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from threestudio_like.priors.procedural import CAPTION_WORDS, IMAGE_SIZE
+from lab.priors.procedural import CAPTION_WORDS, IMAGE_SIZE
 from threestudio_like.priors.tiny import BOS_TOKEN, EOS_TOKEN, _write_model_index, write_tiny_clip_tokenizer
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -57,7 +57,7 @@ class PriorArchitecture:
     @property
     def words(self) -> tuple[str, ...]:
         """Every word of the captions (or instructions) the model is trained on, one token each."""
-        from threestudio_like.priors.edit_pairs import INSTRUCTION_WORDS
+        from lab.priors.edit_pairs import INSTRUCTION_WORDS
 
         return CAPTION_WORDS + (INSTRUCTION_WORDS if self.image_condition else ())
 
@@ -215,13 +215,17 @@ class PriorModel(nn.Module):
 
     @classmethod
     def load(cls, folder: str) -> "PriorModel":
-        """A prior folder written by ``save`` (networks in train mode, on the CPU)."""
+        """A prior folder written by ``save``, or ``builtin:NAME`` (networks in train mode, on the CPU)."""
         from diffusers import DDPMScheduler
         from transformers import CLIPTextModel
 
-        from threestudio_like.guidance.models import unet_class
+        from lab import lab_side
+        from threestudio_like.guidance.models import BUILTIN_PREFIX, resolve_model_path, unet_class
 
-        arch_path = os.path.join(folder, ARCHITECTURE_FILE)
+        if folder.startswith(BUILTIN_PREFIX):
+            folder = resolve_model_path(folder)
+
+        arch_path = os.path.join(lab_side(folder), ARCHITECTURE_FILE)  # a built-in prior's is in lab/weights/<name>
         arch = PriorArchitecture()
         if os.path.isfile(arch_path):
             with open(arch_path) as f:

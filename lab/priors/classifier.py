@@ -99,13 +99,16 @@ def load_classifier(folder: str) -> ShapeColourClassifier:
     """The classifier saved in ``folder`` (a prior folder's ``classifier/`` or the prior folder itself), in eval mode."""
     from safetensors.torch import load_file
 
+    from lab import lab_side
+
+    folder = lab_side(folder)  # a built-in prior's classifier is in lab/weights/<name>
     if not os.path.isfile(os.path.join(folder, LABELS_FILE)) and os.path.isdir(os.path.join(folder, "classifier")):
         folder = os.path.join(folder, "classifier")
     labels_path = os.path.join(folder, LABELS_FILE)
     if not os.path.isfile(labels_path):
         raise FileNotFoundError(
             f"No classifier in {folder} (expected {LABELS_FILE} and {WEIGHTS_FILE}). Train one with "
-            f"`python -m threestudio_like.priors.train_classifier --out <prior folder>`."
+            f"`python -m lab.priors.train_classifier --out <prior folder>`."
         )
     with open(labels_path) as f:
         labels = json.load(f)

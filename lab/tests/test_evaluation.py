@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from threestudio_like import evaluation
-from threestudio_like.evaluation import (
+from lab import evaluation
+from lab.evaluation import (
     Score,
     chamfer_to_references,
     default_prompts,
@@ -13,7 +13,7 @@ from threestudio_like.evaluation import (
     reference_shapes,
 )
 from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.priors import procedural
+from lab.priors import procedural
 
 
 def test_default_prompts_cover_every_shape_and_colour():
@@ -61,3 +61,11 @@ def test_overrides_after_prompts_go_to_the_recipe_not_the_prompt_list(monkeypatc
     with pytest.raises(SystemExit):
         evaluation.main(["--train", "--prompts", "a red cube", "data.batch_size=2", "a blue torus", "seed=3"])
     assert calls == [(["a red cube", "a blue torus"], ["data.batch_size=2", "seed=3"])]
+
+
+def test_evaluation_default_recipe_is_the_shipped_one() -> None:
+    import os
+
+    from threestudio_like.recipes import RECIPES_DIR
+
+    assert evaluation.DEFAULT_RECIPE == os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")

@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from threestudio_like.priors import procedural
-from threestudio_like.priors.view_head import VIEW_SHAPES, side_of_azimuth
+from lab.priors import procedural
+from lab.priors.view_head import VIEW_SHAPES, side_of_azimuth
 from threestudio_like.utils.typing import Tensor
 
 FIT_PROMPTS: tuple[str, ...] = ("a green house", "a purple mug", "a yellow house", "a green mug")
@@ -41,9 +41,9 @@ def render_nerf_view_dataset(prompts: Sequence[str], views_per_fit: int, seed: i
 
 def _fit_views(prompt: str, fit_seed: int, views: int, seed: int, work_dir: str, fit_steps: int) -> dict[str, Tensor]:
     """One prompt's labelled renders (kept in its folder as ``views{n}_seed{s}.pt``)."""
-    from threestudio_like import evaluation
-    from threestudio_like.janus_floor import fit_reference_nerf, reference_folder
-    from threestudio_like.priors.train_view_head import as_bytes, orbit_like_cameras
+    from lab import evaluation
+    from lab.janus_floor import fit_reference_nerf, reference_folder
+    from lab.priors.train_view_head import as_bytes, orbit_like_cameras
     from threestudio_like.utils.io import atomic_path
 
     shape, colour = evaluation.parse_prompt(prompt)

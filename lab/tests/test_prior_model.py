@@ -6,12 +6,16 @@ import os
 import pytest
 import torch
 
-from threestudio_like.priors import procedural as P
-from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, sample_images
-from threestudio_like.priors.train_prior import EMA, TrainConfig, draw_groups, draw_timesteps, lr_factor, min_snr_weights, train
-from threestudio_like.priors.view_head import VIEW_SHAPES
+from lab.priors import procedural as P
+from lab.priors.prior_model import PriorArchitecture, PriorModel, sample_images
+from lab.priors.train_prior import EMA, TrainConfig, draw_groups, draw_timesteps, lr_factor, min_snr_weights, train
+from lab.priors.view_head import VIEW_SHAPES
 
-SHIPPED = os.path.join(os.path.dirname(P.__file__), "weights", "shapes32")
+from lab import LAB_WEIGHTS_DIR, lab_side
+from threestudio_like.guidance.models import BUILTIN_WEIGHTS_DIR
+
+SHIPPED = os.path.join(BUILTIN_WEIGHTS_DIR, "shapes32")  # what the recipes load (in the wheel)
+SHIPPED_LAB = os.path.join(LAB_WEIGHTS_DIR, "shapes32")  # its architecture, training record and classifier (lab only)
 TINY = PriorArchitecture(block_out_channels=(16, 32), text_hidden_size=32, text_layers=1, text_heads=2, attention_heads=2)
 
 
@@ -196,8 +200,18 @@ def test_warm_start_carries_the_earlier_stages_log(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- shipped weights
 def test_shipped_weights_are_present():
     # in git and in the wheel: a missing file is a broken checkout or install, never a reason to skip
-    for part in ("model_index.json", "unet", "text_encoder", "tokenizer", "scheduler", "classifier"):
+    for part in ("model_index.json", "known_words.json", "unet", "text_encoder", "tokenizer", "scheduler"):
         assert os.path.exists(os.path.join(SHIPPED, part)), f"shipped prior incomplete: {part} missing in {SHIPPED}"
+    for part in ("architecture.json", "training_info.json", "training_log.csv", "classifier"):
+        assert os.path.exists(os.path.join(SHIPPED_LAB, part)), f"the prior's lab files incomplete: {part} missing in {SHIPPED_LAB}"
+        assert not os.path.exists(os.path.join(SHIPPED, part)), f"{part} is the lab's: it must not ship in {SHIPPED}"
+
+
+def test_a_built_in_priors_lab_files_are_found_from_its_folder_or_name():
+    for name in ("shapes32", "shapes32-mv", "edit32"):
+        assert os.path.samefile(lab_side(os.path.join(BUILTIN_WEIGHTS_DIR, name)), os.path.join(LAB_WEIGHTS_DIR, name))
+        assert os.path.samefile(lab_side(f"builtin:{name}"), os.path.join(LAB_WEIGHTS_DIR, name))
+    assert lab_side("/some/trained/prior") == "/some/trained/prior"  # a fresh training folder holds both halves
 
 
 def test_shipped_folder_is_small_and_resolves_as_builtin():
@@ -209,7 +223,7 @@ def test_shipped_folder_is_small_and_resolves_as_builtin():
 
 
 def test_shipped_classifier_names_procedural_renders():
-    from threestudio_like.priors.classifier import load_classifier
+    from lab.priors.classifier import load_classifier
 
     classifier = load_classifier(SHIPPED)
     batch = P.render_batch(seed=12345, index=0, batch_size=256)
@@ -229,3 +243,33 @@ def test_shipped_prior_draws_the_requested_colour():
         assert pixels.shape[0] > 30
         mean = pixels.mean(0)
         assert mean.argmax().item() == channel, (i, mean)
+
+
+def test_install_prior_splits_a_trained_folder_into_the_package_and_the_lab(prior_folder, tmp_path):
+    from lab.priors.install_prior import install_prior
+
+    trained = tmp_path / "trained"
+    import shutil
+
+    shutil.copytree(prior_folder, trained)
+    (trained / "training_info.json").write_text("{}")
+    (trained / "train_state.pt").write_bytes(b"state")
+    (trained / "classifier").mkdir()
+    (trained / "classifier" / "labels.json").write_text("{}")
+    package, lab = tmp_path / "package", tmp_path / "lab"
+    placed = install_prior(str(trained), "mine", package_dir=str(package), lab_dir=str(lab))
+    assert sorted(os.listdir(package / "mine")) == sorted(placed["package"]) == [
+        "known_words.json", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet"]
+    assert sorted(os.listdir(lab / "mine")) == ["architecture.json", "classifier", "training_info.json"]
+    # the package's half loads as a model on its own, as the recipes load it
+    from threestudio_like.guidance.models import load_diffusion_components
+
+    parts = load_diffusion_components(str(package / "mine"))
+    assert parts.unet is not None and parts.text_encoder is not None and not parts.latent_space
+
+
+def test_a_built_in_prior_loads_by_name_with_its_lab_architecture():
+    # the package's folder has no architecture.json: it comes from lab/weights/shapes32-mv
+    model = PriorModel.load("builtin:shapes32-mv")
+    assert model.arch.camera_dim == 16 and not model.arch.image_condition
+    assert PriorModel.load(os.path.join(BUILTIN_WEIGHTS_DIR, "edit32")).arch.image_condition

@@ -1,6 +1,6 @@
 """Does the embedded prior draw what it is asked for? Sample, classify, score.
 
-    python -m threestudio_like.priors.sample_eval --model DIR [--per-pair 4] [--guidance 1 3]
+    python -m lab.priors.sample_eval --model DIR [--per-pair 4] [--guidance 1 3]
 
 For every colour x shape it draws ``--per-pair`` DDIM samples (50 steps) captioned
 "a {colour} {shape}, {view} view" (views cycling front / side / back / overhead), at each
@@ -25,9 +25,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from threestudio_like.priors.classifier import load_classifier
-from threestudio_like.priors.procedural import COLOUR_NAMES, SHAPE_NAMES, VIEW_NAMES, caption, contact_sheet
-from threestudio_like.priors.prior_model import PriorModel, sample_images
+from lab import LAB_WEIGHTS_DIR, lab_side
+from lab.priors.classifier import load_classifier
+from lab.priors.procedural import COLOUR_NAMES, SHAPE_NAMES, VIEW_NAMES, caption, contact_sheet
+from lab.priors.prior_model import PriorModel, sample_images
 from threestudio_like.utils.io import atomic_write_text, save_image
 
 
@@ -84,8 +85,8 @@ def evaluate(
     if write_outputs:
         gap = torch.ones(blocks[0].shape[0], 12, 3)
         sheet = torch.cat([torch.cat([b, gap], dim=1) for b in blocks], dim=1)[:, :-12]
-        save_image(os.path.join(model_dir, "samples.png"), sheet.numpy())
-        atomic_write_text(os.path.join(model_dir, "sample_eval.json"), json.dumps(results, indent=2))
+        save_image(os.path.join(lab_side(model_dir), "samples.png"), sheet.numpy())
+        atomic_write_text(os.path.join(lab_side(model_dir), "sample_eval.json"), json.dumps(results, indent=2))
     return results
 
 
@@ -99,12 +100,12 @@ def camera_side_accuracy(
     their camera faces (judged by the view head; house left / right merged)."""
     from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
     from threestudio_like.guidance.multiview_unet import mvdream_camera
-    from threestudio_like.priors.procedural import MULTIVIEW_CAMERA_CONFIG
-    from threestudio_like.priors.view_head import SIDE_GROUPS, VIEW_SHAPES, load_view_head, side_of_azimuth
+    from lab.priors.procedural import MULTIVIEW_CAMERA_CONFIG
+    from lab.priors.view_head import SIDE_GROUPS, VIEW_SHAPES, load_view_head, side_of_azimuth
 
     model = PriorModel.load(model_dir).eval()
     # the view head judges renders of the procedural shapes, whichever prior drew them: the shipped one
-    view_head = load_view_head(os.path.join(os.path.dirname(__file__), "weights", "shapes32", "classifier"))
+    view_head = load_view_head(os.path.join(LAB_WEIGHTS_DIR, "shapes32", "classifier"))
     n_view = MULTIVIEW_CAMERA_CONFIG["n_view"]
     fovy = sum(MULTIVIEW_CAMERA_CONFIG["fovy_range"]) / 2
     elevation = 15.0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from threestudio_like import comparison as C
+from lab import comparison as C
 
 
 def solid(rgb, views=2, size=8):

@@ -14,7 +14,7 @@ about a pixel and a half across, darkened; its strength set to the grain and bri
 mvdream-cpu house at 400 steps, measured on its renders), so that the measure's error on a
 correct but SDS-looking object is measured too.
 
-``python -m threestudio_like.evaluation --janus --floor [--prompts ...] [--steps N]`` adds the
+``python -m lab.evaluation --janus --floor [--prompts ...] [--steps N]`` adds the
 two rows per prompt to the Janus table. A fit is kept in its ``save_dir``
 (``REFERENCE_FILE``) and reused by a later call with the same prompt, steps, seed and overrides,
 so a table can be re-judged (``--view-head``) without fitting again.
@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from threestudio_like import evaluation
-from threestudio_like.priors import procedural
+from lab import evaluation
+from lab.priors import procedural
 from threestudio_like.utils.typing import Float, Tensor
 
 FLOOR_RECIPE = "mvdream-cpu"  # its representation and camera groups; the fit ignores its guidance

@@ -1,6 +1,6 @@
 """Train the shape / colour classifier that judges the embedded prior's samples.
 
-    python -m threestudio_like.priors.train_classifier --out DIR [--steps N] [--seed S]
+    python -m lab.priors.train_classifier --out DIR [--steps N] [--seed S]
 
 Trains on procedural renders with a dataset seed different from the prior's (the prior's
 images are never used to judge it), with augmentations that mimic imperfect diffusion samples
@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.data.random_camera import step_seed
-from threestudio_like.priors.classifier import ShapeColourClassifier, save_classifier
-from threestudio_like.priors.procedural import COLOUR_NAMES, SHAPE_NAMES
-from threestudio_like.priors.train_prior import load_or_render_dataset
+from lab import lab_side
+from lab.priors.classifier import ShapeColourClassifier, save_classifier
+from lab.priors.procedural import COLOUR_NAMES, SHAPE_NAMES
+from lab.priors.train_prior import load_or_render_dataset
 from threestudio_like.utils.typing import Float, Tensor
 
 TRAIN_DATASET_SEED = 1  # the prior trains on seed 0
@@ -97,8 +98,9 @@ def train_classifier(
         "held_out_dataset": {"size": 2048, "seed": HELD_OUT_DATASET_SEED},
         "wall_seconds": round(time.time() - start, 1),
     }
-    save_classifier(os.path.join(out, "classifier"), model.eval(), info)
-    log(f"saved {os.path.join(out, 'classifier')}")
+    folder = os.path.join(lab_side(out), "classifier")  # a built-in prior's: lab/weights/<name>/classifier
+    save_classifier(folder, model.eval(), info)
+    log(f"saved {folder}")
     return info
 
 

@@ -7,12 +7,12 @@ Two independent judges per result:
 - geometry: the exported mesh, centred and scaled, is matched to the nearest ground-truth
   procedural shape by Chamfer distance.
 
-``python -m threestudio_like.evaluation TRIAL_DIR ...`` scores finished runs;
-``python -m threestudio_like.evaluation --train [--prompts ...]`` first runs the recipe for each
+``python -m lab.evaluation TRIAL_DIR ...`` scores finished runs;
+``python -m lab.evaluation --train [--prompts ...]`` first runs the recipe for each
 prompt (by default one prompt per shape, covering every colour) and prints the table.
-``python -m threestudio_like.evaluation --compare ...`` compares SDS and VSD variants
-(threestudio_like/comparison.py); ``--janus ...`` measures how often results show their front
-from the wrong side (threestudio_like/janus.py).
+``python -m lab.evaluation --compare ...`` compares SDS and VSD variants
+(lab/comparison.py); ``--janus ...`` measures how often results show their front
+from the wrong side (lab/janus.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.isosurface import extract_isosurface
 from threestudio_like.mesh.types import Mesh
-from threestudio_like.priors import procedural
-from threestudio_like.priors.classifier import ShapeColourClassifier, load_classifier
+from lab.priors import procedural
+from lab.priors.classifier import ShapeColourClassifier, load_classifier
 from threestudio_like.recipes import RECIPES_DIR
 from threestudio_like.registry import find
 
@@ -134,7 +134,7 @@ def render_views_with_opacity(system: Any, n_views: int = N_VIEWS, views: Option
 def render_views_with_relief(system: Any, views: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """([V, 4, 32, 32] each view's render and its relief (view_head.relief), what a relief view
     head reads; [V, 1, 32, 32] opacity)."""
-    from threestudio_like.priors.view_head import relief
+    from lab.priors.view_head import relief
 
     images, opacity, depth = render_views_with_depth(system, views=views)
     distance = torch.cat([torch.as_tensor(v["camera_distances"]).reshape(-1).float() for v in views])
@@ -265,14 +265,14 @@ def _config_name(config: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--compare" in argv:  # its own options; comparison.py holds that mode
-        from threestudio_like.comparison import main as compare
+        from lab.comparison import main as compare
 
         return compare([a for a in argv if a != "--compare"])
     if "--janus" in argv:  # likewise janus.py
-        from threestudio_like.janus import main as janus
+        from lab.janus import main as janus
 
         return janus([a for a in argv if a != "--janus"])
-    parser = argparse.ArgumentParser(prog="python -m threestudio_like.evaluation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("trials", nargs="*", help="trial folders to score")
     parser.add_argument("--compare", action="store_true",
                         help="compare SDS / VSD variants over prompts and seeds (options: --compare --help)")

@@ -8,11 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from threestudio_like import evaluation, janus
+from lab import evaluation, janus, lab_side
 from threestudio_like.guidance.models import resolve_model_path
-from threestudio_like.priors import procedural
-from threestudio_like.priors.classifier import load_classifier
-from threestudio_like.priors.view_head import (
+from lab.priors import procedural
+from lab.priors.classifier import load_classifier
+from lab.priors.view_head import (
     RELIEF_FOLDER, SIDE_CENTRES_DEG, SIDE_NAMES, VIEW_FOLDER, boundary_distance, load_view_head, side_of_azimuth,
     view_head_folder,
 )
@@ -69,7 +69,7 @@ def test_sides_by_azimuth_and_the_janus_views_keep_off_the_boundaries():
 
 def test_mirrored_renders_show_the_side_the_flip_labels_say():
     """The training flips' labels: a mirrored house at az is the house at -az, a mirrored mug at az the mug at 180 - az."""
-    from threestudio_like.priors.train_view_head import MIRROR_SIDES
+    from lab.priors.train_view_head import MIRROR_SIDES
 
     for row, (shape, mirrored_azimuth) in enumerate([("house", lambda a: -a), ("mug", lambda a: 180.0 - a)]):
         azimuths = [30.0, 120.0, -150.0]
@@ -84,7 +84,7 @@ def test_relief_shows_a_mugs_handle_pointing_at_the_camera():
     """The relief a Janus view carries: 0 off the object, ~0.5 + nearness / 2 on it; the handle
     seen end-on (its side's camera, azimuth 270) is nearer than the wall seen from 90. The
     training renders' relief is the measure's."""
-    from threestudio_like.priors.train_view_head import render_with_relief
+    from lab.priors.train_view_head import render_with_relief
 
     views = janus.render_janus_views(ProceduralSystem("mug", "blue"), [90.0, 270.0])
     relief = views[:, 3]
@@ -102,7 +102,7 @@ def test_the_relief_head_tells_a_handle_end_on_from_a_hidden_one_by_depth():
     """A mug seen from its handle's side (270) and the opposite one (90), colour blurred as a NeRF
     softens it: the RGB head can no longer see the ring and takes both for "handle hidden"; the
     relief head reads the handle's depth, and with the two views' reliefs swapped, swaps its verdict."""
-    from threestudio_like.priors.train_view_head import _blur
+    from lab.priors.train_view_head import _blur
 
     rgb_head, relief_head = load_view_head(PRIOR), load_view_head(PRIOR, kinds=(RELIEF_FOLDER,))
     for colour in ("blue", "orange"):
@@ -232,7 +232,7 @@ def test_evaluation_dispatches_janus_and_refuses_prompts_without_a_front(capsys)
 
 
 def test_classifier_without_a_view_head_still_loads(tmp_path):
-    shipped = os.path.join(PRIOR, "classifier")
+    shipped = os.path.join(lab_side(PRIOR), "classifier")  # lab/weights/shapes32/classifier
     assert os.path.isdir(os.path.join(shipped, VIEW_FOLDER))
     old = tmp_path / "classifier"
     old.mkdir()
@@ -248,7 +248,7 @@ def test_classifier_without_a_view_head_still_loads(tmp_path):
 
 
 def test_view_head_trains_saves_and_loads(tmp_path):
-    from threestudio_like.priors.train_view_head import train_view_head
+    from lab.priors.train_view_head import train_view_head
 
     info = train_view_head(str(tmp_path), steps=2, batch_size=8, dataset_size=16, held_out_size=16, command="test", members=2)
     assert info["command"] == "test" and 0.0 <= info["held_out_accuracy_clean"]["all"] <= 1.0
@@ -271,7 +271,7 @@ def test_view_head_trains_saves_and_loads(tmp_path):
 
 def test_a_relief_head_sees_the_relief_of_its_relief_shapes_only():
     """Changing a house view's relief changes nothing for a head that sees mugs' relief only; a mug's, it does."""
-    from threestudio_like.priors.view_head import ViewHead
+    from lab.priors.view_head import ViewHead
 
     torch.manual_seed(0)
     head = ViewHead(width=4, relief_shapes=["mug"]).eval()
@@ -284,7 +284,7 @@ def test_a_relief_head_sees_the_relief_of_its_relief_shapes_only():
 
 
 def test_a_view_head_ensemble_averages_its_members_and_round_trips(tmp_path):
-    from threestudio_like.priors.view_head import ViewHead, ViewHeadEnsemble, save_view_head
+    from lab.priors.view_head import ViewHead, ViewHeadEnsemble, save_view_head
 
     torch.manual_seed(0)
     members = [ViewHead(width=4).eval() for _ in range(2)]
@@ -304,8 +304,8 @@ def test_a_view_head_ensemble_averages_its_members_and_round_trips(tmp_path):
 
 @pytest.mark.slow  # a NeRF fit and a dozen 64 px renders: ~1.5 min
 def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
-    from threestudio_like.priors import nerf_views
-    from threestudio_like.priors.train_view_head import train_view_head
+    from lab.priors import nerf_views
+    from lab.priors.train_view_head import train_view_head
 
     prompts = ("a green mug",)
     monkeypatch.setattr(nerf_views, "FIT_STEPS", 30)
@@ -333,7 +333,7 @@ def test_view_head_trains_on_reference_nerf_views(tmp_path, monkeypatch):
 
 
 def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
-    from threestudio_like.janus_floor import fit_reference_nerf
+    from lab.janus_floor import fit_reference_nerf
 
     small = ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
              "system.renderer.num_samples_per_ray=24"]
@@ -354,7 +354,7 @@ def test_a_reference_nerf_learns_the_object_it_is_fitted_to(tmp_path):
 
 
 def test_the_grain_texture_darkens_in_clumps_of_its_cell_size():
-    from threestudio_like.janus_floor import GRAIN_CELL, GRAIN_DARKENING, grain_texture
+    from lab.janus_floor import GRAIN_CELL, GRAIN_DARKENING, grain_texture
 
     texture = grain_texture(0.25, seed=3)
     points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) - 0.5

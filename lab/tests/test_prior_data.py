@@ -7,7 +7,7 @@ import torch
 
 from threestudio_like.data.cameras import make_camera_batch, spherical_to_cartesian
 from threestudio_like.guidance import prompt_processor as pp
-from threestudio_like.priors import procedural as P
+from lab.priors import procedural as P
 
 
 def fixed_cameras(azimuth_deg, elevation_deg=0.0, distance=2.0, fovy_deg=40.0, size=64, light=None):

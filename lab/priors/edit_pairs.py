@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.data.random_camera import step_seed
-from threestudio_like.priors import procedural
+from lab.priors import procedural
 from threestudio_like.utils.typing import Float, Int, Tensor
 
 # Instruction templates; every word is one token of the edit model's vocabulary.

@@ -1,6 +1,6 @@
 """Train the embedded prior on procedural renders.
 
-    python -m threestudio_like.priors.train_prior --out DIR --steps N --batch-size B --seed S
+    python -m lab.priors.train_prior --out DIR --steps N --batch-size B --seed S
 
 Renders the dataset once (cached as a tensor file under ``~/.cache/threestudio_like``, never in
 the repository), then trains the UNet and the text encoder together on the epsilon objective
@@ -36,9 +36,10 @@ import torch.nn as nn
 
 from threestudio_like.data.random_camera import step_seed
 from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
-from threestudio_like.priors import edit_pairs, procedural
-from threestudio_like.priors.prior_model import PriorArchitecture, PriorModel, copy_text_encoder_by_word, parameter_count, with_image_condition
-from threestudio_like.priors.view_head import VIEW_SHAPES  # the shapes whose front shows
+from lab import lab_side
+from lab.priors import edit_pairs, procedural
+from lab.priors.prior_model import PriorArchitecture, PriorModel, copy_text_encoder_by_word, parameter_count, with_image_condition
+from lab.priors.view_head import VIEW_SHAPES  # the shapes whose front shows
 from threestudio_like.utils.io import atomic_path, atomic_write_text
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -362,7 +363,7 @@ def training_stage(init_from: Optional[str]) -> int:
 
 def read_log(folder: str, stage: int) -> list[list[str]]:
     """The rows of ``folder``'s loss log; rows of logs written before the ``stage`` column get ``stage``."""
-    path = os.path.join(folder, LOG_FILE)
+    path = os.path.join(lab_side(folder), LOG_FILE)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -428,7 +429,7 @@ def previous_training_info(folder: Optional[str]) -> Optional[dict]:
     """The training_info.json of the run a warm start came from (provenance of extended runs)."""
     if not folder:
         return None
-    path = os.path.join(folder, INFO_FILE)
+    path = os.path.join(lab_side(folder), INFO_FILE)  # a built-in prior's is in lab/weights/<name>
     if not os.path.isfile(path):
         return {"folder": folder}
     with open(path) as f:
@@ -496,7 +497,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 
 def main(argv: Optional[list[str]] = None) -> None:
     cfg = parse_args(argv)
-    train(cfg, command=["python -m threestudio_like.priors.train_prior", *(argv if argv is not None else sys.argv[1:])])
+    train(cfg, command=["python -m lab.priors.train_prior", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Two procedural shapes have a front (procedural.py): the house (door on its +x fa
 (handle on its -y side). A camera's side is set by its azimuth relative to the object, in four
 classes (``SIDE_NAMES``, azimuth order): front |az| < 45, left 45..135 (the object's left, +y),
 back |az| > 135, right -135..-45. A Janus object shows its front from every side; the head
-tells which side a render *looks like*, and ``threestudio_like/janus.py`` compares that with
+tells which side a render *looks like*, and ``lab/janus.py`` compares that with
 the camera's side. The caller says which of the two shapes the render is meant to be (the
 prompt names it): the head has one 4-way output per shape on a shared trunk, so it never has to
 guess the shape, and a house with a door on every face is judged as a house.
@@ -17,7 +17,7 @@ them for the house wherever a decision needs a side that the image determines.
 It is a separate small network, not a third head on ``ShapeColourClassifier``, so the shipped
 shape / colour classifier's weights stay as they are. It is saved beside it in
 ``classifier/view/`` (``model.safetensors`` + ``view_head.json``) and trained by
-``python -m threestudio_like.priors.train_view_head``; a folder may hold an ensemble of heads
+``python -m lab.priors.train_view_head``; a folder may hold an ensemble of heads
 trained alike from several seeds (``ViewHeadEnsemble``, ``"members"`` in the json), judged by
 their mean probability.
 
@@ -190,13 +190,16 @@ class ViewHeadEnsemble(SideClassifier):
 def view_head_folder(folder: str, kinds: Sequence[str] = (VIEW_FOLDER,)) -> str:
     """The view head's folder, given it, a classifier folder or a prior folder; ``kinds`` are the
     head folders to look for (``VIEW_FOLDER``, ``RELIEF_FOLDER``), the first found wins."""
+    from lab import lab_side
+
+    folder = lab_side(folder)  # a built-in prior's heads are in lab/weights/<name>
     candidates = [folder] + [os.path.join(folder, *parent, kind) for kind in kinds for parent in ((), ("classifier",))]
     for candidate in candidates:
         if os.path.isfile(os.path.join(candidate, INFO_FILE)):
             return candidate
     raise FileNotFoundError(
         f"No view head in {folder} (looked for {INFO_FILE} there, in {'/, '.join(kinds)}/ and in classifier/<the same>/). "
-        f"Train one with `python -m threestudio_like.priors.train_view_head --out <prior folder>`."
+        f"Train one with `python -m lab.priors.train_view_head --out <prior folder>`."
     )
 
 
