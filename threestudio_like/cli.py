@@ -113,8 +113,8 @@ class RunState:
     resumed_from: Optional[str] = None
 
     def newest_checkpoint(self) -> Optional[tuple[str, int]]:
-        saved = getattr(self.checkpoint_io, "last_saved", None)
-        return saved
+        """(path, step) of the newest checkpoint this run wrote, or None."""
+        return getattr(self.checkpoint_io, "last_saved", None)
 
     def resume_hint(self) -> str:
         saved = self.newest_checkpoint()

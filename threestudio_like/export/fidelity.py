@@ -27,6 +27,7 @@ from threestudio_like.renderers.mesh_renderer import clip_positions
 from threestudio_like.systems.handover import orbit_views
 from threestudio_like.trials import load_trained_system, resolve_checkpoint
 from threestudio_like.utils.metrics import psnr
+from threestudio_like.utils.io import atomic_write_text
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 WHITE = (1.0, 1.0, 1.0)
@@ -160,8 +161,7 @@ def check_export(system: Any, paths: list[str], data: dict, n_views: int = EXPOR
                     print(f"warning: the exported mesh does not match the model's renders (PSNR {mean:.1f} dB, below "
                           f"{threshold:g} dB): it may wrap haze or floaters; try system.exporter.isosurface_threshold=opacity "
                           "or a higher level, or a larger system.geometry.isosurface_outlier_n_faces_threshold")
-            with open(os.path.join(folder, "fidelity.json"), "w") as f:
-                json.dump(report, f, indent=1)
+            atomic_write_text(os.path.join(folder, "fidelity.json"), json.dumps(report, indent=1))
             reports.append(report)
     except Exception as error:  # measuring must never fail an export
         print(f"warning: export fidelity not measured ({type(error).__name__}: {error})")
@@ -169,7 +169,6 @@ def check_export(system: Any, paths: list[str], data: dict, n_views: int = EXPOR
 
 
 def main(argv: list[str] | None = None) -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="trial folder (LAST allowed) or checkpoint")
     parser.add_argument("--views", type=int, default=8)
