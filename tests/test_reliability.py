@@ -378,6 +378,14 @@ def test_kept_metrics_writer_keeps_rows_before_the_resumed_step_and_appends(tmp_
     assert rows[1]["train/loss"] == "1.5" and rows[3]["val/psnr"] == "20.0"
 
 
+def test_evaluation_logs_go_beside_the_training_log(tmp_path) -> None:
+    from threestudio_like.loggers import build_loggers
+
+    for mode, folder in (("train", "csv_logs"), ("test", "csv_logs/test"), ("validate", "csv_logs/validate")):
+        [csv_logger] = build_loggers(str(tmp_path), {}, mode=mode, resumed_step=3 if mode == "train" else None)
+        assert os.path.normpath(csv_logger.log_dir) == os.path.join(str(tmp_path), folder)
+
+
 @pytest.mark.slow
 def test_test_and_validate_keep_the_training_log_and_label_outputs_with_the_checkpoint_step(
     tiny_model_dir, logged, tmp_path
