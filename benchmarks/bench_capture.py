@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import best_time
-from threestudio_like.config import finalize_config, load_config
-from threestudio_like.registry import find
+from threestudio_like.experiment import finalize_config, load_config
+from threestudio_like.experiment import find_part
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAPTURE = Path(os.environ.get("THREESTUDIO_LIKE_TEST_DATA", ROOT.parent / "shared" / "data")) / "fox"
@@ -32,9 +32,9 @@ def build(capture: Path, overrides: list[str], recipe: str = "nerf-capture") -> 
     """The recipe's system and data module (set up) for ``capture``."""
     cfg = load_config(str(ROOT / "configs" / f"{recipe}.yaml"), cli_args=[f"data.dataroot={capture}", *overrides])
     exp = finalize_config(cfg)
-    data = find(exp.data_type)(exp.data, seed=0)
+    data = find_part(exp.data_type)(exp.data, seed=0)
     data.setup()
-    system = find(exp.system_type)(exp.system, save_dir="/tmp")
+    system = find_part(exp.system_type)(exp.system, save_dir="/tmp")
     return system, data
 
 

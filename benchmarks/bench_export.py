@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.decimate import decimate
 from threestudio_like.export.fidelity import render_textured, render_unlit
-from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.mesh.isosurface import extract_isosurface
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.mesh.rasterize import TorchRasterizer
@@ -82,8 +82,8 @@ def run_trial(trial: str, budgets: tuple[Optional[int], ...] = BUDGETS) -> dict:
     """The table for a trained model: its exporter's surface and albedo, its own renders as reference."""
     from threestudio_like.export.exporter import MeshExporter, surface_albedo
     from threestudio_like.export.fidelity import WHITE
-    from threestudio_like.systems.handover import orbit_views
-    from threestudio_like.trials import load_trained_system
+    from threestudio_like.data.cameras import orbit_views
+    from threestudio_like.experiment import load_trained_system
 
     system, exp = load_trained_system(trial)
     exporter = MeshExporter({**exp.system.get("exporter", {}), "max_faces": None})

@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
 from threestudio_like.recipes import RECIPES_DIR
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 RECIPE = os.path.join(RECIPES_DIR, "dreamfusion-sd.yaml")
 
@@ -42,8 +42,8 @@ def run(resolution: int = 64, samples_per_ray: int = 64, steps: int = 5, warmup:
         ]
         exp = finalize_config(load_config(RECIPE, cli_args=overrides))
         torch.manual_seed(0)
-        system = find(exp.system_type)(exp.system, save_dir=tmp)
-        sampler = find(exp.data_type)(exp.data, seed=0).sampler
+        system = find_part(exp.system_type)(exp.system, save_dir=tmp)
+        sampler = find_part(exp.data_type)(exp.data, seed=0).sampler
         optimizer = system.configure_optimizers()["optimizer"]
         system.train()
         times: dict[str, float] = {}

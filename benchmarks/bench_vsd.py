@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a script from a source checkout that was
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import best_time
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.recipes import RECIPES_DIR
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 RECIPE = os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")
 PROMPT = "a red cube"  # the prior's prompts are "a <colour> <shape>"
@@ -104,10 +104,10 @@ def training_step(method: str, tmp: str, device: torch.device, overrides: list[s
 
     exp = recipe_config(method, tmp, overrides)
     torch.manual_seed(exp.seed)
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(tmp, method)).to(device)
+    system = find_part(exp.system_type)(exp.system, save_dir=os.path.join(tmp, method)).to(device)
     system.prepare_for_training(device)  # the guidance (with a VSD critic) before the optimiser, as a fit does
     system.prompt_utils  # text embeddings once, outside the timed steps
-    sampler = find(exp.data_type)(exp.data, seed=exp.seed).sampler
+    sampler = find_part(exp.data_type)(exp.data, seed=exp.seed).sampler
     optimizer = system.configure_optimizers()["optimizer"]
     system.train()
     counter = iter(range(10**9))

@@ -115,7 +115,7 @@ class Variant:
         """The scale it trains at: the override, else read from the recipe (not hard-coded)."""
         if self.guidance_scale is not None:
             return self.guidance_scale
-        from threestudio_like.config import load_config
+        from threestudio_like.experiment import load_config
 
         return float(load_config(self.recipe).system.guidance.guidance_scale)
 
@@ -163,7 +163,7 @@ def ensure_trial(variant: Variant, prompt: str, seed: int, steps: Optional[int],
     """The trial folder of (variant, prompt, seed) trained to the requested step: reused when its
     last checkpoint is there, resumed when it stopped earlier, trained afresh otherwise."""
     from threestudio_like.cli import main as cli_main
-    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.experiment import finalize_config, load_config
 
     overrides = [*trial_overrides(variant, prompt, seed, steps, out), *extra]
     exp = finalize_config(load_config(variant.recipe, cli_args=overrides))

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from threestudio_like.data.random_camera import OrbitCameraDataset
-from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.mesh.isosurface import extract_isosurface
 from threestudio_like.mesh.types import Mesh
 from lab.priors import procedural
 from lab.priors.classifier import ShapeColourClassifier, load_classifier
 from threestudio_like.recipes import RECIPES_DIR
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 DEFAULT_PRIOR = "builtin:shapes32"
 DEFAULT_RECIPE = os.path.join(RECIPES_DIR, "dreamfusion-cpu.yaml")  # shipped in the package
@@ -195,7 +195,7 @@ def evaluate_system(
     score = Score(prompt, shape, colour)
     images = render_views(system) if images is None else images
     score.shape_votes, score.colour_votes = vote(classifier, images)
-    exporter = find(system.cfg.exporter_type)(system.cfg.exporter)
+    exporter = find_part(system.cfg.exporter_type)(system.cfg.exporter)
     with torch.no_grad():
         try:
             mesh = exporter.surface(system.geometry)  # what an export would write (NeRF or DMTet)
@@ -209,7 +209,7 @@ def evaluate_system(
 def load_trial(trial_dir: str) -> tuple[Any, Optional[str]]:
     """The trained system of a trial folder (its parsed config + last checkpoint) and its prompt
     (None for a recipe without one, e.g. a reconstruction)."""
-    from threestudio_like.trials import load_trained_system
+    from threestudio_like.experiment import load_trained_system
 
     system, exp = load_trained_system(trial_dir)
     return system, (exp.system.get("prompt_processor") or {}).get("prompt")

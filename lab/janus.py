@@ -149,7 +149,7 @@ def reach_by_side(points: Float[Tensor, "N 3"]) -> dict[str, float]:
 @lru_cache(maxsize=1)
 def handle_reach_threshold() -> float:
     """Halfway between the procedural mug's reach on its handle's side and on its other sides."""
-    from threestudio_like.export.isosurface import extract_isosurface
+    from threestudio_like.mesh.isosurface import extract_isosurface
 
     bound = procedural.OBJECT_RADIUS + 0.2
     mesh = extract_isosurface(lambda p: -procedural.sdf_mug(p)[..., None], torch.tensor([[-bound] * 3, [bound] * 3]), 64, 0.0)

@@ -92,8 +92,8 @@ def fit_reference_nerf(prompt: str, steps: Optional[int] = None, seed: int = 0, 
     stepped once, past every phase: the grid was never kept, and where that one step fell on
     its update interval, in a 400-step fit, a partial first update left holes all over the
     object.)"""
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.registry import find
+    from threestudio_like.experiment import finalize_config, load_config
+    from threestudio_like.experiment import find_part
     from threestudio_like.trials import check_state_matches, load_checkpoint, save_checkpoint
 
     shape, colour = evaluation.parse_prompt(prompt)
@@ -104,7 +104,7 @@ def fit_reference_nerf(prompt: str, steps: Optional[int] = None, seed: int = 0, 
     exp = finalize_config(load_config(recipe, cli_args=cli))
     steps = int(exp.trainer["max_steps"]) if steps is None else steps
     torch.manual_seed(seed)
-    system = find(exp.system_type)(exp.system, save_dir=save_dir)
+    system = find_part(exp.system_type)(exp.system, save_dir=save_dir)
     path = os.path.join(save_dir, REFERENCE_FILE)
     settings = {"prompt": prompt, "steps": steps, "seed": seed, "recipe": recipe, "overrides": list(overrides),
                 "version": FIT_VERSION, "grain": grain}

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from threestudio_like.cli import main
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from lab.evaluation import evaluate_trials
 from threestudio_like.export.fidelity import export_fidelity
 from threestudio_like.guidance.models import resolve_model_path
-from threestudio_like.registry import find
-from threestudio_like.systems.handover import compare_renders, orbit_views
-from threestudio_like.trials import load_trained_system
+from threestudio_like.experiment import find_part
+from threestudio_like.data.cameras import orbit_views
+from threestudio_like.systems.handover import compare_renders
+from threestudio_like.experiment import load_trained_system
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COARSE = os.path.join(ROOT, "configs", "magic3d-coarse-cpu.yaml")
@@ -33,7 +34,7 @@ def test_builtin_magic3d_refines_a_textured_mesh_of_the_prompt(tmp_path) -> None
     # the refine stage starts from what the coarse stage rendered
     coarse_system, coarse_exp = load_trained_system(coarse)
     exp = finalize_config(load_config(REFINE, cli_args=refine_args))
-    start = find(exp.system_type)(exp.system).eval()
+    start = find_part(exp.system_type)(exp.system).eval()
     with torch.no_grad():
         handover = compare_renders(coarse_system, start, orbit_views(coarse_exp.data, 8, 64))
     print(f"hand-over: {handover}")

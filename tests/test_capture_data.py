@@ -28,7 +28,7 @@ from threestudio_like.data.capture import CaptureDataModule, cache_dir, camera_b
 from threestudio_like.data.capture_format import load_capture
 from threestudio_like.data.random_camera import TrainCameraStream
 from threestudio_like.data.undistort import distort_normalized, undistort_image, undistort_points
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 K = torch.tensor([0.12, -0.05, 0.004, -0.003, 0.02], dtype=torch.float64)  # k1 k2 p1 p2 k3
 
@@ -416,7 +416,7 @@ def test_downsample_cache_is_reused_and_keyed_on_the_factor(blender, monkeypatch
 
 
 def test_module_is_registered_and_checks_its_config(blender) -> None:
-    assert find("multiview-camera-datamodule") is CaptureDataModule
+    assert find_part("multiview-camera-datamodule") is CaptureDataModule
     with pytest.raises(ConfigError, match="data.dataroot"):
         CaptureDataModule({})
     with pytest.raises(ConfigError, match="holdout_every"):

@@ -14,9 +14,9 @@ from capture_fixtures import write_blender_capture
 from threestudio_like.cli import main
 from threestudio_like.config import ConfigError
 from threestudio_like.data.capture import CaptureDataModule
-from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.mesh.isosurface import extract_isosurface
 from lab.priors import procedural
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "nerf-capture.yaml")
@@ -107,15 +107,15 @@ def test_resumed_reconstruction_matches_the_uninterrupted_run(tmp_path) -> None:
 
 
 def test_both_capture_recipes_build(tmp_path) -> None:
-    from threestudio_like.config import finalize_config, load_config
+    from threestudio_like.experiment import finalize_config, load_config
 
     capture = tmp_path / "cube"
     write_blender_capture(capture, shape="cube", colour="blue", n_views=4, size=16, holdout=1)
     for recipe in ("nerf-capture", "nerf-capture-gpu"):
         exp = finalize_config(load_config(str(ROOT / "configs" / f"{recipe}.yaml"), cli_args=[f"data.dataroot={capture}"]))
-        data = find(exp.data_type)(exp.data, seed=0)
+        data = find_part(exp.data_type)(exp.data, seed=0)
         data.setup()
-        system = find(exp.system_type)(exp.system, save_dir=str(tmp_path / recipe))
+        system = find_part(exp.system_type)(exp.system, save_dir=str(tmp_path / recipe))
         assert system.geometry.unbounded and data.cfg.scene_radius == system.renderer.cfg.radius
         assert "rgb" in data.sampler.sample(0)
 
@@ -124,7 +124,7 @@ def test_ssim_loss_needs_patches(tmp_path) -> None:
     """SSIM compares neighbouring pixels: asked for on random rays, the run stops with the fix."""
     capture = tmp_path / "cube"
     write_blender_capture(capture, shape="cube", colour="blue", n_views=4, size=16, holdout=1)
-    system = find("nerf-reconstruction-system")({"loss": {"lambda_mse": 1.0, "lambda_ssim": 1.0}, "geometry": {"backend": "torch"}})
+    system = find_part("nerf-reconstruction-system")({"loss": {"lambda_mse": 1.0, "lambda_ssim": 1.0}, "geometry": {"backend": "torch"}})
     data = CaptureDataModule({"dataroot": str(capture), "rays_per_batch": 16, "train_downsample_resolution": 1})
     data.setup()
     with pytest.raises(ConfigError, match="patch_size"):

@@ -6,16 +6,10 @@ from typing import Optional, Union
 
 import pytest
 
-from threestudio_like.config import (
-    ConfigError,
-    Schedule,
-    finalize_config,
-    load_config,
-    milestone_value,
-    parse_structured,
-    schedule_value,
-)
-from threestudio_like.registry import UnknownTypeError, find
+from threestudio_like.config import ConfigError, milestone_value, parse_structured, Schedule, schedule_value
+from threestudio_like.experiment import finalize_config, load_config
+from threestudio_like.registry import UnknownTypeError
+from threestudio_like.experiment import find_part
 
 
 @dataclass
@@ -82,7 +76,7 @@ def test_milestones():
 
 def test_registry_unknown_type_suggests_close_match():
     with pytest.raises(UnknownTypeError) as e:
-        find("implicit-volum", key_path="system.geometry_type")
+        find_part("implicit-volum", key_path="system.geometry_type")
     assert "implicit-volume" in str(e.value) and "system.geometry_type" in str(e.value)
 
 

@@ -18,8 +18,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
-from threestudio_like.config import finalize_config, load_config
-from threestudio_like.registry import find
+from threestudio_like.experiment import finalize_config, load_config
+from threestudio_like.experiment import find_part
 from threestudio_like.systems.divergence import TrainingDivergedError
 from threestudio_like.systems.dreamfusion import DreamFusion
 
@@ -91,7 +91,7 @@ def fit_with_infinite_gradient(model_dir: str, tmp: str, plugins: list) -> pl.Tr
         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
         num_sanity_val_steps=0, limit_val_batches=0,
     )
-    trainer.fit(system, datamodule=find(exp.data_type)(exp.data, seed=0))
+    trainer.fit(system, datamodule=find_part(exp.data_type)(exp.data, seed=0))
     return trainer
 
 
@@ -113,7 +113,7 @@ def test_overflowing_optimiser_state_is_named_even_when_the_weights_stay_finite(
     # A finite gradient of 1e22 overflows Adam's second moment (0.01 * 1e44 > float32 max): the update
     # m / sqrt(v) is 0, so the weights look fine while the optimiser state is already ruined.
     exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=tiny_recipe(tiny_model_dir, str(tmp_path))))
-    system = find(exp.system_type)(exp.system, save_dir=str(tmp_path))
+    system = find_part(exp.system_type)(exp.system, save_dir=str(tmp_path))
     optimizer = system.configure_optimizers()["optimizer"]
     for param in system.geometry.parameters():
         param.grad = torch.full_like(param, 1e22)

@@ -170,13 +170,13 @@ def test_ctrl_c_saves_checkpoint_and_runs_test_stage(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow  # trains through the CLI
 def test_system_weights_initialise_a_fresh_run(tiny_model_dir, trained, tmp_path):
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.registry import find
+    from threestudio_like.experiment import finalize_config, load_config
+    from threestudio_like.experiment import find_part
 
     ckpt = os.path.join(trained, "ckpts", "last.ckpt")
     args = tiny_recipe(tiny_model_dir, str(tmp_path), **{"system.weights": ckpt, "system.weights_ignore_modules": "[background]"})
     exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=args))
-    system = find(exp.system_type)(exp.system)
+    system = find_part(exp.system_type)(exp.system)
     saved = load_ckpt(ckpt)["state_dict"]
     assert torch.equal(system.state_dict()["geometry.encoding.params"], saved["geometry.encoding.params"])
     background = [k for k in saved if k.startswith("background.")]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
-from threestudio_like.registry import ENTRY_POINT_GROUP
+from threestudio_like.experiment import ENTRY_POINT_GROUP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GREEN = (0.0, 1.0, 0.0)

@@ -16,13 +16,14 @@ from safetensors.torch import load_file
 from threestudio_like.guidance import models
 from threestudio_like.guidance.models import ModelNotFoundError, load_diffusion_components, resolve_model_path
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
-from threestudio_like.guidance.sds import (
-    StableDiffusionGuidance,
+from threestudio_like.guidance.diffusion import (
+    FrozenDiffusion,
     classifier_free_guidance,
     denoised_from_epsilon,
     perp_neg_guidance,
     perpendicular_component,
 )
+from threestudio_like.guidance.sds import StableDiffusionGuidance
 from threestudio_like.priors.tiny import TargetImageUNet, build_tiny_diffusion_model
 
 UNET_WEIGHTS = os.path.join("unet", "diffusion_pytorch_model.safetensors")
@@ -432,13 +433,13 @@ def test_vsd_pretrained_score_uses_perp_neg(model_path, monkeypatch):
     torch.manual_seed(0)
     guidance = StableDiffusionVSDGuidance({"pretrained_model_name_or_path": model_path, "guidance_scale": 7.5})
     seen: list = []
-    original = StableDiffusionGuidance.predict_noise
+    original = FrozenDiffusion.predict_noise
 
-    def recording(self, noisy, t, text_embeddings, neg_guidance_weights=None):
+    def recording(self, noisy, t, text_embeddings, scale, neg_guidance_weights=None):
         seen.append((text_embeddings.shape[0], neg_guidance_weights))
-        return original(self, noisy, t, text_embeddings, neg_guidance_weights)
+        return original(self, noisy, t, text_embeddings, scale, neg_guidance_weights)
 
-    monkeypatch.setattr(StableDiffusionGuidance, "predict_noise", recording)
+    monkeypatch.setattr(FrozenDiffusion, "predict_noise", recording)
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
     prompt_utils = dataclasses.replace(random_prompt_utils(), use_perp_neg=True)
     out = guidance(rgb, prompt_utils, *views(2), c2w=torch.eye(4).expand(2, 4, 4))
@@ -492,8 +493,10 @@ def test_perp_neg_pushes_a_back_view_away_from_the_front_on_the_builtin_prior(bu
     def frontness(prompt_utils) -> torch.Tensor:
         """Per sample: how far the predicted x0 lies from the back render toward the front one (0 back, 1 front)."""
         torch.manual_seed(0)  # the same noise for both: paired samples
-        step = guidance.sds_gradient(front.expand(n, -1, -1, -1), t, *guidance.text_conditioning(prompt_utils, *camera))
-        x0 = denoised_from_epsilon(step["noisy"], step["eps"], step["alphas_cumprod"])
+        latents = front.expand(n, -1, -1, -1)
+        noisy = guidance.diffusion.add_noise(latents, torch.randn_like(latents), t)
+        eps = guidance.predict_noise(noisy, t, *guidance.text_conditioning(prompt_utils, *camera))
+        x0 = denoised_from_epsilon(noisy, eps, guidance.diffusion.alphas_cumprod(t))
         return ((x0 - back) * front_direction).sum(dim=(1, 2, 3)) / front_direction.pow(2).sum()
 
     plain, perp = frontness(plain_utils), frontness(perp_utils)

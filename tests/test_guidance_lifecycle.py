@@ -11,9 +11,10 @@ import torch
 
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.guidance.sds import StableDiffusionGuidance
-from threestudio_like.registry import find, register
+from threestudio_like.experiment import find_part
+from threestudio_like.registry import register
 from threestudio_like.systems.dreamfusion import DreamFusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +54,7 @@ def test_resumed_run_uses_the_timestep_schedule_of_its_step(tiny_model_dir, tmp_
 
 def build_system(model_dir: str, tmp: str, **extra: object):
     exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=tiny_recipe(model_dir, tmp, **extra)))
-    return find(exp.system_type)(exp.system, save_dir=os.path.join(tmp, "save"))
+    return find_part(exp.system_type)(exp.system, save_dir=os.path.join(tmp, "save"))
 
 
 def test_guidance_is_built_for_training_only_and_follows_the_step(tiny_model_dir, tmp_path):

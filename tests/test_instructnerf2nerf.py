@@ -10,10 +10,11 @@ import torch
 
 from capture_fixtures import write_blender_capture
 from threestudio_like.cli import main
-from threestudio_like.config import ConfigError, finalize_config, load_config
+from threestudio_like.config import ConfigError
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.data.capture import CaptureDataModule
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 from threestudio_like.systems.instructnerf2nerf import InstructNeRF2NeRF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,16 +93,16 @@ def test_the_recipes_build(recipe, capture, tmp_path) -> None:
     guidance = exp.system["guidance"]
     assert (guidance["diffusion_steps"], guidance["guidance_scale"], guidance["condition_scale"]) == (20, 7.5, 1.5)
     assert (guidance["min_step_percent"], guidance["max_step_percent"]) == (0.02, 0.98)
-    data = find(exp.data_type)(exp.data, seed=0)
+    data = find_part(exp.data_type)(exp.data, seed=0)
     data.setup()
-    system = find(exp.system_type)(exp.system, save_dir=str(tmp_path))
+    system = find_part(exp.system_type)(exp.system, save_dir=str(tmp_path))
     assert system.lambda_("l1") + system.lambda_("mse") > 0 and system.lambda_("p") > 0
     if recipe == "instructnerf2nerf":
         assert type(system.renderer).__name__ == "PatchRenderer" and exp.trainer["max_steps"] == 20000
 
 
 def test_the_patch_renderer_draws_a_sharp_patch_over_a_coarse_image(capture) -> None:
-    system = find("nerf-reconstruction-system")(
+    system = find_part("nerf-reconstruction-system")(
         {"renderer_type": "patch-renderer", "renderer": {"patch_size": 4, "global_downsample": 2, "base_renderer": {"num_samples_per_ray": 16}},
          "geometry": {"backend": "torch", "pos_encoding_config": {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 10}}}
     )
@@ -162,10 +163,10 @@ def test_resuming_mid_edit_matches_the_uninterrupted_run(capture, tmp_path) -> N
 
 def held_out_renders(checkpoint: Path, capture: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """([V, H, W, 3] colour, [V, H, W] opacity) of the capture's held-out views from a checkpoint."""
-    from threestudio_like.trials import load_trained_system
+    from threestudio_like.experiment import load_trained_system
 
     system, exp = load_trained_system(str(checkpoint))
-    data = find(exp.data_type)(exp.data, seed=0)
+    data = find_part(exp.data_type)(exp.data, seed=0)
     data.setup()
     colours, opacities = [], []
     with torch.no_grad():

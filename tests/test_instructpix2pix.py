@@ -12,7 +12,7 @@ from threestudio_like.config import ConfigError
 from threestudio_like.guidance.instructpix2pix import InstructPix2PixGuidance, edit_timesteps, instruct_pix2pix_guidance
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def pixel_editor(tmp_path_factory) -> str:
 
 
 def prompt_utils_for(path: str, prompt: str = "make it blue"):
-    return find("stable-diffusion-prompt-processor")({"pretrained_model_name_or_path": path, "prompt": prompt, "spawn": False})()
+    return find_part("stable-diffusion-prompt-processor")({"pretrained_model_name_or_path": path, "prompt": prompt, "spawn": False})()
 
 
 def pipeline_for(path: str):
@@ -127,3 +127,29 @@ def test_a_text_to_image_model_is_refused_with_the_fix(tmp_path) -> None:
     plain = build_tiny_diffusion_model(str(tmp_path / "plain"), sample_size=16)
     with pytest.raises(ConfigError, match="InstructPix2Pix model takes 6"):
         InstructPix2PixGuidance({"ip2p_name_or_path": plain})
+
+
+def test_sds_mode_counts_and_reports_nonfinite_predictions_like_every_distillation(pixel_editor) -> None:
+    class OverflowingUNet(ConditionCopyUNet):  # an fp16 overflow in one corner of the prediction
+        def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+            out = super().forward(sample, timestep, encoder_hidden_states)
+            out.sample[:, :, :2, :2] = torch.inf
+            return out
+
+    guidance = InstructPix2PixGuidance({"ip2p_name_or_path": pixel_editor, "use_sds": True})
+    guidance.components.unet = OverflowingUNet(guidance.components.scheduler.alphas_cumprod.float(), 16)
+    render = torch.rand(2, 16, 16, 3, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"NaN/inf in 24 of 1536 gradient entries"):
+        out = guidance(render, torch.rand(2, 16, 16, 3), prompt_utils_for(pixel_editor))
+    assert int(out["grad_nonfinite"]) == 2 * 3 * 2 * 2
+    out["loss_sds"].backward()
+    assert torch.isfinite(render.grad).all()
+
+
+def test_the_config_is_left_as_given(tmp_path) -> None:
+    """The editor's model and threestudio's channels-last key reach the frozen model, not the config."""
+    editor = build_tiny_diffusion_model(str(tmp_path / "editor"), sample_size=8, image_condition=True)  # its own: channels-last changes the UNet
+    guidance = InstructPix2PixGuidance({"ip2p_name_or_path": editor, "enable_channels_last_format": True})
+    assert guidance.cfg.pretrained_model_name_or_path == InstructPix2PixGuidance.Config.pretrained_model_name_or_path
+    assert guidance.cfg.enable_channels_last is False and guidance.diffusion.memory.channels_last
+    assert guidance.diffusion.name_or_path == editor

@@ -12,7 +12,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like import loggers as loggers_module
 from threestudio_like.cli import main
-from threestudio_like.config import ConfigError, ExperimentConfig
+from threestudio_like.config import ConfigError
+from threestudio_like.experiment import ExperimentConfig
 from threestudio_like.loggers import KeptCSVLogger, build_loggers, check_loggers
 from threestudio_like.trainer import build_trainer
 

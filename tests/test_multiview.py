@@ -190,3 +190,9 @@ def test_guidance_refuses_partial_groups_and_2d_models(multiview_model_dir, tiny
         _guidance(tiny_model_dir)
     with pytest.raises(ConfigError, match="needs a multi-view model"):
         MultiviewDiffusionGuidance(OmegaConf.create({}))
+
+
+def test_the_extensions_ckpt_path_names_the_model_without_rewriting_the_config(multiview_model_dir) -> None:
+    guidance = MultiviewDiffusionGuidance({"ckpt_path": multiview_model_dir})
+    assert guidance.cfg.pretrained_model_name_or_path is None
+    assert guidance.diffusion.name_or_path == multiview_model_dir

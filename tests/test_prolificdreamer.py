@@ -116,11 +116,11 @@ def test_resume_with_a_lora_critic_matches_the_uninterrupted_run(tiny_model_dir,
 
 def test_the_cpu_recipes_checkpoint_holds_no_base_weights(tmp_path):
     """Built on the shipped prior: only the adapter and the camera embedding of the guidance are saved."""
-    from threestudio_like.config import finalize_config, load_config
-    from threestudio_like.registry import find
+    from threestudio_like.experiment import finalize_config, load_config
+    from threestudio_like.experiment import find_part
 
     exp = finalize_config(load_config("prolificdreamer-cpu", cli_args=["system.prompt_processor.prompt=a red cube"]))
-    system = find(exp.system_type)(exp.system, save_dir=str(tmp_path))
+    system = find_part(exp.system_type)(exp.system, save_dir=str(tmp_path))
     system.prepare_for_training()
     guidance_keys = [k for k in system.state_dict() if k.startswith("guidance.")]
     unet_parameters = sum(p.numel() for p in system.guidance.components.unet.parameters())

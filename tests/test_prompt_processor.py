@@ -198,7 +198,8 @@ def test_perp_neg_config_is_accepted_and_its_coefficients_reach_the_output(model
 
 @pytest.mark.parametrize("prompt", ["", "   \t"])
 def test_empty_prompt_is_refused_when_the_config_is_read(prompt):
-    from threestudio_like.config import ConfigError, validate_against
+    from threestudio_like.config import ConfigError
+    from threestudio_like.experiment import validate_against
 
     with pytest.raises(ConfigError, match="prompt is empty"):
         validate_against(StableDiffusionPromptProcessor.Config, {"prompt": prompt}, "system.prompt_processor")

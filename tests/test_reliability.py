@@ -27,7 +27,8 @@ from capture_fixtures import write_blender_capture
 from recipe_overrides import RECIPE, tiny_recipe
 from test_convert_mvdream import mvdream  # noqa: F401  (the tiny MVDream checkpoint fixture)
 from threestudio_like.cli import main
-from threestudio_like.config import ConfigError, finalize_config, load_config
+from threestudio_like.config import ConfigError
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.guidance.convert_mvdream import main as convert_main
 from threestudio_like.trials import (
     PARSED_CONFIG,

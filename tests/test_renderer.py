@@ -363,7 +363,7 @@ def test_renderer_does_not_own_the_parts_and_updates_on_schedule():
 def test_real_parts_train_step_reaches_every_part():
     """implicit-volume + diffuse material + environment map: threestudio config keys, gradients everywhere."""
     from threestudio_like.backgrounds import NeuralEnvironmentMapBackground
-    from threestudio_like.config import validate_against
+    from threestudio_like.experiment import validate_against
     from threestudio_like.materials import DiffuseWithPointLightMaterial
     from threestudio_like.representations.implicit_volume import ImplicitVolume
 

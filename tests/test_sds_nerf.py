@@ -14,9 +14,9 @@ import lightning.pytorch as pl
 import torch
 
 from recipe_overrides import RECIPE, tiny_recipe
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.priors.tiny import TargetImageUNet
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RED = torch.tensor([0.9, 0.05, 0.05])
@@ -26,8 +26,8 @@ def build(tiny_model_dir: str, tmp: str, **extra: object):
     args = tiny_recipe(tiny_model_dir, tmp, **{"system.guidance.guidance_scale": 7.5, **extra})
     exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=args))
     pl.seed_everything(0, verbose=False)
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(tmp, "save"))
-    datamodule = find(exp.data_type)(exp.data, seed=0)
+    system = find_part(exp.system_type)(exp.system, save_dir=os.path.join(tmp, "save"))
+    datamodule = find_part(exp.data_type)(exp.data, seed=0)
     guidance = system.guidance
     guidance.components.unet = TargetImageUNet(RED, guidance.components.scheduler, sample_size=32)
     return system, datamodule

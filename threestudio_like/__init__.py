@@ -1,6 +1,10 @@
-"""threestudio-like: text-to-3D by score distillation, on any machine."""
+"""threestudio-like: text-to-3D by score distillation, on any machine.
 
-from threestudio_like.registry import find, register, registered_names
+Kept light: importing a submodule does not import the rest. ``register`` adds a part;
+``threestudio_like.experiment`` knows every part (``find_part``) and runs configs.
+"""
+
+from threestudio_like.registry import register
 
 __version__ = "0.1.0"
-__all__ = ["find", "register", "registered_names", "__version__"]
+__all__ = ["register", "__version__"]

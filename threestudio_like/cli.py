@@ -15,12 +15,13 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from threestudio_like.config import ConfigError, ExperimentConfig, finalize_config, load_config
+from threestudio_like.config import ConfigError
+from threestudio_like.experiment import ExperimentConfig, finalize_config, find_part, load_config
 from threestudio_like.export.fidelity import check_export as measure_export
-from threestudio_like.export.isosurface import EmptyIsosurfaceError
+from threestudio_like.mesh.isosurface import EmptyIsosurfaceError
 from threestudio_like.interrupts import EXIT_INTERRUPTED, InterruptHandler, RunInterrupted
 from threestudio_like.loggers import check_loggers
-from threestudio_like.registry import UnknownTypeError, find
+from threestudio_like.registry import UnknownTypeError
 from threestudio_like.systems.divergence import TrainingDivergedError
 from threestudio_like.trainer import GracefulInterrupt, build_trainer
 from threestudio_like.trials import (
@@ -164,10 +165,10 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
     # each GPU rank draws its own noise (seed + rank, as threestudio); the camera data module
     # folds the rank into its own stream, so it gets the unranked seed
     pl.seed_everything(rank_seed(exp.seed, global_rank()), workers=True, verbose=False)
-    datamodule = find(exp.data_type)(exp.data, seed=exp.seed)
+    datamodule = find_part(exp.data_type)(exp.data, seed=exp.seed)
     if not args.export:
         datamodule.check()  # the data on disk (e.g. a capture's transforms and images), before anything is written
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
+    system = find_part(exp.system_type)(exp.system, save_dir=os.path.join(exp.trial_dir, "save"), resumed=checkpoint is not None)
     if args.train:
         system.check_models_available()
         if not args.check:  # the guidance (a trainable one holds checkpoint state) is part of what a resume must match

@@ -1,11 +1,9 @@
-"""Typed configs: YAML + dotlist overrides -> validated dataclasses, plus schedules.
+"""Typed configs, what every part needs: ``ConfigError``, parsing into dataclasses, schedules.
 
 Every part declares a ``Config`` dataclass. ``parse_structured`` converts a plain mapping
 into it, failing with the full key path on unknown keys (with the closest valid key) and
-on wrongly typed values. ``validate_experiment`` walks the whole experiment before any work
-starts: every ``X_type`` string is looked up in the registry and its sibling ``X`` mapping is
-checked against that class's ``Config``; a mapping with an ``otype`` key (tcnn-style encoding
-and network configs) is checked against the registered ``otype``'s ``Config``.
+on wrongly typed values; ``Range`` bounds a number. Whole experiments (YAML files, overrides,
+validating every part) are the experiment layer's job: ``threestudio_like/experiment.py``.
 
 Schedules: a value typed ``Schedule`` is a number, ``[start_step, start_value, end_value,
 end_step]`` (``[start_value, end_value, end_step]`` starts at step 0), or a list of
@@ -15,28 +13,15 @@ end_step]`` (``[start_value, end_value, end_step]`` starts at step 0), or a list
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 import os
-import re
 import types
 import typing
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Iterator, Optional, TypeVar, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.basecontainer import BaseContainer
-from omegaconf.errors import (
-    InterpolationKeyError,
-    InterpolationResolutionError,
-    InterpolationToMissingValueError,
-    UnsupportedInterpolationType,
-)
 
-from threestudio_like.registry import did_you_mean, find, import_extension_modules
+from threestudio_like.registry import did_you_mean
 
 T = TypeVar("T")
 
@@ -100,7 +85,7 @@ def check_schedule(value: Any, path: str) -> Any:
     )
 
 
-def schedule_value(spec: Any, step: int) -> float:
+def schedule_value(spec: Any, step: float) -> float:
     """The value of a schedule at a global step."""
     if spec is None or _is_number(spec):
         return spec if spec is None else float(spec)
@@ -199,9 +184,9 @@ def parse_structured(cls: type[T], data: Any = None, path: str = "") -> T:
         if key not in names:
             hint = did_you_mean(str(key), names, prefix=f"{path}." if path else "")
             raise ConfigError(
-                f"Unknown config key '{_join(path, key)}'.{hint} Valid keys here: {', '.join(names) or '(none)'}."
+                f"Unknown config key '{join_key(path, key)}'.{hint} Valid keys here: {', '.join(names) or '(none)'}."
             )
-    kwargs = {k: _coerce(v, hints[k], _join(path, k)) for k, v in data.items()}
+    kwargs = {k: coerce_value(v, hints[k], join_key(path, k)) for k, v in data.items()}
     parsed = cls(**kwargs)
     check = getattr(parsed, "check_config", None)
     if callable(check):  # checks that involve several keys, e.g. min_step_percent <= max_step_percent
@@ -209,15 +194,15 @@ def parse_structured(cls: type[T], data: Any = None, path: str = "") -> T:
     return parsed
 
 
-def _join(path: str, key: Any) -> str:
+def join_key(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def coerce_value(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *marks = typing.get_args(tp)
-        value = check_schedule(value, path) if SCHEDULE_MARK in marks else _coerce(value, base, path)
+        value = check_schedule(value, path) if SCHEDULE_MARK in marks else coerce_value(value, base, path)
         for mark in marks:
             if isinstance(mark, Range):
                 mark.check(value, path)
@@ -233,7 +218,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, path)
+                return coerce_value(value, option, path)
             except ConfigError as e:
                 errors.append(str(e))
         if len(errors) == 1:  # Optional[X]: X's own message (a range, an expected type) says more
@@ -275,15 +260,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
-            return [_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            return tuple(coerce_value(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [coerce_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if tuple in (origin, tp) else items  # a YAML list becomes the declared type
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         args = typing.get_args(tp)
         item = args[1] if args else Any
-        return {k: _coerce(v, item, _join(path, k)) for k, v in value.items()}
+        return {k: coerce_value(v, item, join_key(path, k)) for k, v in value.items()}
     return value
 
 
@@ -291,303 +277,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-# --------------------------------------------------------------------------- experiment
-@dataclass
-class ExperimentConfig:
-    """Top level of a run's YAML; names follow threestudio."""
-
-    name: str = "default"
-    description: str = ""
-    tag: str = ""
-    seed: int = 0
-    use_timestamp: bool = True
-    timestamp: Optional[str] = None
-    exp_root_dir: str = "outputs"
-    exp_dir: str = "outputs/default"
-    trial_name: str = "exp"
-    trial_dir: str = "outputs/default/exp"
-    n_gpus: int = 1
-    resume: Optional[str] = None
-    # modules to import before the parts are looked up, so the parts they register can be named
-    # (installed packages can instead list theirs in the "threestudio_like.parts" entry points)
-    extensions: list[str] = field(default_factory=list)
-
-    data_type: str = "random-camera-datamodule"
-    data: dict = field(default_factory=dict)
-    system_type: str = "dreamfusion-system"
-    system: dict = field(default_factory=dict)
-
-    trainer: dict = field(default_factory=dict)  # keyword arguments of lightning's Trainer
-    checkpoint: dict = field(default_factory=dict)  # keyword arguments of ModelCheckpoint
-
-
-def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: bool = False) -> DictConfig:
-    """Merge YAML files (or strings) and ``key=value`` overrides into one DictConfig."""
-    if from_string:
-        parts = [_parse_yaml(lambda y=y: OmegaConf.create(y), "the config text") for y in yamls]
-    else:
-        from threestudio_like.recipes import find_config
-
-        parts = [_parse_yaml(lambda y=y: OmegaConf.load(find_config(y)), y) for y in yamls]
-    overrides = []
-    for arg in cli_args or []:
-        if "=" not in arg:
-            raise ConfigError(f"Override '{arg}' is not of the form key=value (for example trainer.max_steps=100).")
-        overrides.append(_parse_yaml(lambda arg=arg: OmegaConf.from_dotlist([arg]), f"the override {arg!r}"))
-    return OmegaConf.merge(*parts, *overrides)
-
-
-def _parse_yaml(parse: Any, where: str) -> DictConfig:
-    """Run ``parse``; a YAML syntax error becomes one line naming ``where``, line and column."""
-    import yaml
-    from omegaconf.errors import GrammarParseError
-
-    try:
-        return parse()
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"YAML syntax error in {where}{at}: {error.problem}. Fix the YAML and run again.") from None
-    except (yaml.YAMLError, GrammarParseError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"Cannot parse {where}: {first}. Fix the YAML and run again.") from None
-
-
-def finalize_config(cfg: DictConfig, n_gpus: int = 1) -> ExperimentConfig:
-    """Resolve interpolations, fill run directories, validate every part; returns the typed config."""
-    with _interpolation_errors(cfg):
-        missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"Required config value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}. "
-            f"Add it on the command line, e.g. {missing[0]}=\"...\"."
-        )
-    with _interpolation_errors(cfg):
-        OmegaConf.resolve(cfg)
-    extensions = cfg.get("extensions") or []
-    if not isinstance(extensions, (list, ListConfig)) or not all(isinstance(m, str) for m in extensions):
-        raise ConfigError(f"extensions: expected a list of module names, e.g. [my_pkg.parts]; got {extensions!r}.")
-    import_extension_modules(extensions)
-    _check_top_level_keys(cfg)
-    if "n_gpus" in cfg and cfg.n_gpus != n_gpus:
-        warnings.warn(
-            f"n_gpus: {cfg.n_gpus} is accepted for threestudio compatibility and has no effect; "
-            f"--gpu chooses the devices ({n_gpus} here)."
-        )
-    exp = parse_structured(ExperimentConfig, cfg)
-    exp.n_gpus = n_gpus
-    if exp.use_timestamp and exp.timestamp is None:
-        exp.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
-    exp.trial_name = trial_tag(exp.tag) + (exp.timestamp or "")
-    exp.exp_dir = os.path.join(exp.exp_root_dir, exp.name)
-    exp.trial_dir = os.path.join(exp.exp_dir, exp.trial_name)
-    validate_experiment(exp)
-    return exp
-
-
-# A trial folder is named <tag>@<timestamp>[-n]; file systems allow 255 bytes per name (eCryptfs
-# about 143), so a tag longer than this is cut and given a hash of the whole, to stay unique.
-MAX_TAG_BYTES = 100
-TAG_HASH_LENGTH = 8
-
-
-def trial_tag(tag: str) -> str:
-    """The trial folder's form of a tag: characters other than letters, digits and ``-@.,+``
-    become ``_``, and a tag over ``MAX_TAG_BYTES`` (a long prompt) is cut to fit, ending in
-    ``_<hash>`` of the whole tag so two prompts that differ only at the end get two folders.
-    The whole prompt stays in the trial's ``configs/parsed.yaml``."""
-    tag = re.sub(r"[^\w\-@.,+]", "_", tag)
-    raw = tag.encode("utf-8")
-    if len(raw) <= MAX_TAG_BYTES:
-        return tag
-    digest = hashlib.sha1(raw).hexdigest()[:TAG_HASH_LENGTH]
-    head = raw[: MAX_TAG_BYTES - TAG_HASH_LENGTH - 1].decode("utf-8", errors="ignore")  # never half a character
-    return f"{head}_{digest}"
-
-
-@contextmanager
-def _interpolation_errors(cfg: DictConfig) -> Iterator[None]:
-    """Turn omegaconf's interpolation errors (a missing key, an unknown resolver, a resolver that
-    fails) into one line naming the key that holds the interpolation and what it refers to."""
-    try:
-        yield
-    except InterpolationResolutionError as error:
-        where = getattr(error, "full_key", None) or "the config"
-        raw = _raw_value(cfg, where)
-        used = f"{where}: {raw}" if raw is not None else where
-        if isinstance(error, InterpolationKeyError):
-            match = re.search(r"Interpolation key '([^']*)'", str(error))
-            target = match.group(1) if match else "?"
-            message = (
-                f"{used} refers to '{target}', which is not in the config.{_closest_key(cfg, target)} "
-                "Set it, or fix the interpolation."
-            )
-        elif isinstance(error, UnsupportedInterpolationType):
-            match = re.search(r"Unsupported interpolation type (\S+)", str(error))
-            name = match.group(1) if match else "?"
-            known = _known_resolvers()
-            message = f"{used} uses the unknown resolver '{name}'.{did_you_mean(name, known)} Known resolvers: {', '.join(known)}."
-        elif isinstance(error, InterpolationToMissingValueError):
-            message = f"{used} refers to a value that is not set (???). Set it on the command line."
-        else:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            message = f"{used} cannot be resolved: {first}."
-        raise ConfigError(message) from None
-
-
-def _known_resolvers() -> list[str]:
-    return sorted(getattr(BaseContainer, "_resolvers", {}))
-
-
-def _raw_value(cfg: DictConfig, key: str) -> Optional[str]:
-    """The text of ``key`` before interpolation (``${system.nope}``), or None if not found."""
-    node: Any = OmegaConf.to_container(cfg, resolve=False)
-    for part in re.findall(r"[^.\[\]]+", key):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node if isinstance(node, str) else None
-
-
-def _closest_key(cfg: DictConfig, target: str) -> str:
-    """`` Did you mean 'system.x'?`` for a dotted key that is not in the config, from its siblings."""
-    parent, _, last = target.rpartition(".")
-    node: Any = OmegaConf.to_container(cfg, resolve=False)
-    for part in parent.split(".") if parent else []:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict):
-        return ""
-    return did_you_mean(last, [str(k) for k in node], prefix=f"{parent}." if parent else "")
-
-
-def validate_experiment(exp: ExperimentConfig) -> None:
-    """Check every part's config now, so mistakes fail before any model loads."""
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    _validate_part(exp.data_type, exp.data, "data")
-    _validate_part(exp.system_type, exp.system, "system")
-    exp.trainer = _validate_kwargs(exp.trainer, "trainer", Trainer.__init__)
-    exp.checkpoint = _validate_kwargs(exp.checkpoint, "checkpoint", ModelCheckpoint.__init__)
-    max_steps = exp.trainer.get("max_steps")
-    if max_steps is not None and max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps must be a positive number of optimisation steps, got {max_steps}.")
-    for section, values in (("trainer", exp.trainer), ("checkpoint", exp.checkpoint)):
-        for key, allowed in LIGHTNING_RANGES[section].items():
-            allowed.check(values.get(key), f"{section}.{key}")
-    interval = exp.trainer.get("val_check_interval")
-    if isinstance(interval, float) and not interval.is_integer() and interval > 1:
-        raise ConfigError(
-            f"trainer.val_check_interval must be a whole number of steps or a fraction of an epoch up to 1.0, got {interval}."
-        )
-
-
-# Numbers handed to Lightning that it does not check itself (0 ends in a ZeroDivisionError
-# mid-run) or checks only after the trial folder exists; None (Lightning's default) passes.
-LIGHTNING_RANGES: dict[str, dict[str, Range]] = {
-    "trainer": {
-        "val_check_interval": Range(0, above=True, why="steps between validations, or a fraction of an epoch"),
-        "check_val_every_n_epoch": Range(1),
-        "accumulate_grad_batches": Range(1),
-        "log_every_n_steps": Range(0),
-        "num_sanity_val_steps": Range(-1, why="-1: all"),
-        "max_epochs": Range(-1, why="-1: no limit"),
-        "gradient_clip_val": Range(0),
-    },
-    "checkpoint": {
-        "every_n_train_steps": Range(0, why="0: no step checkpoints"),
-        "every_n_epochs": Range(0),
-        "save_top_k": Range(-1, why="-1: keep all"),
-    },
-}
-
-
-def _check_top_level_keys(cfg: DictConfig) -> None:
-    """An unknown top-level key that is a known key one level down (``max_steps=5``) gets
-    pointed there (``trainer.max_steps``); others get the closest top-level key."""
-    from lightning.pytorch import Trainer
-
-    top = [f.name for f in dataclasses.fields(ExperimentConfig)]
-    sections = {"trainer": [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]}
-    for section, type_key in (("data", "data_type"), ("system", "system_type")):
-        type_name = cfg.get(type_key, getattr(ExperimentConfig, type_key))
-        try:
-            sections[section] = [f.name for f in dataclasses.fields(find(type_name).Config)]
-        except Exception:  # an unknown type name is reported by the full validation
-            sections[section] = []
-    for key in cfg:
-        if key in top:
-            continue
-        homes = [f"{section}.{key}" for section, names in sections.items() if key in names]
-        hint = f" Did you mean '{homes[0]}'?" if homes else did_you_mean(str(key), top)
-        raise ConfigError(f"Unknown config key '{key}'.{hint} Valid top-level keys: {', '.join(top)}.")
-
-
-def _validate_part(type_name: str, data: Any, path: str) -> None:
-    cls = find(type_name, key_path=f"{path}_type")
-    validate_against(cls.Config, data, path)
-
-
-def validate_against(config_cls: type, data: Any, path: str) -> Any:
-    """Parse ``data`` as ``config_cls`` and recurse into nested part configs."""
-    parsed = parse_structured(config_cls, data, path)
-    for f in dataclasses.fields(config_cls):
-        value = getattr(parsed, f.name)
-        if f.name.endswith("_type") and isinstance(value, str):
-            sibling = f.name[: -len("_type")]
-            if sibling in {g.name for g in dataclasses.fields(config_cls)}:
-                sub_cls = find(value, key_path=_join(path, f.name))
-                validate_against(sub_cls.Config, getattr(parsed, sibling), _join(path, sibling))
-        elif isinstance(value, dict) and "otype" in value:
-            validate_otype(value, _join(path, f.name))
-    return parsed
-
-
-def validate_otype(data: dict, path: str) -> Any:
-    """Parse a tcnn-style ``{otype: ..., ...}`` mapping against the registered otype's Config."""
-    cls = find(str(data["otype"]), key_path=_join(path, "otype"))
-    rest = {k: v for k, v in data.items() if k != "otype"}
-    return validate_against(cls.Config, rest, path)
-
-
-def _validate_kwargs(data: dict, path: str, fn: Any) -> dict:
-    """Check keyword arguments of a library callable by name and, where annotated simply, by type."""
-    allowed = [p for p in inspect.signature(fn).parameters if p != "self"]
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations in the library: check names only
-        hints = {}
-    checked = {}
-    for key, value in data.items():
-        if key not in allowed:
-            hint = did_you_mean(key, allowed, prefix=f"{path}.")
-            raise ConfigError(f"Unknown config key '{path}.{key}'.{hint}")
-        checked[key] = _coerce(value, hints[key], _join(path, key)) if _is_simple(hints.get(key)) else value
-    return checked
-
-
-def _is_simple(tp: Any) -> bool:
-    """int / float / bool / str, or an Optional / Union of only those."""
-    if tp in (int, float, bool, str):
-        return True
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return all(a is type(None) or a in (int, float, bool, str) for a in typing.get_args(tp))
-    return False
-
-
 def config_yaml(cfg: Any) -> str:
     """A (parsed) config as the YAML text ``dump_config`` writes."""
     if dataclasses.is_dataclass(cfg):
         cfg = dataclasses.asdict(cfg)
     return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)))
-
-
-def dump_config(path: str, cfg: Any) -> None:
-    """Write the parsed config as YAML (atomically)."""
-    from threestudio_like.utils.io import atomic_write_text
-
-    atomic_write_text(path, config_yaml(cfg))
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from threestudio_like.config import ConfigError
 from threestudio_like.registry import did_you_mean
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -27,9 +28,6 @@ def find_config(name: str) -> str:
     ``configs/<name>.yaml``, the form the README uses, also finds it outside a checkout.
     Anything else is a ``ConfigError`` that suggests close names and lists the shipped recipes.
     """
-    # Imported here: config.py calls this function, so a top-level import would be circular.
-    from threestudio_like.config import ConfigError
-
     if os.path.exists(name):
         return name
     recipes = shipped_recipes()

@@ -2,14 +2,13 @@
 
 Configs name parts by string (``geometry_type: implicit-volume``); ``find`` turns the
 string back into the class, and an unknown name fails with the closest registered names.
+A plain dict that imports nothing of the project: parts register themselves when their module
+is imported, and the experiment layer (``experiment.py``) imports them all.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.metadata
-import warnings
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T", bound=type)
@@ -53,10 +52,7 @@ def did_you_mean(word: str, options: Iterable[str], prefix: str = "", n: int = 1
 
 def find(name: str, key_path: str = "") -> type:
     """The class registered as ``name``; ``key_path`` (e.g. ``system.geometry_type``) goes into the error.
-    A name not registered yet is looked for in the installed extensions too."""
-    _import_all_parts()
-    if name not in _REGISTRY:
-        import_installed_extensions()
+    Only imported modules have registered their parts: the experiment layer imports them all."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     where = f" (at {key_path})" if key_path else ""
@@ -67,45 +63,4 @@ def find(name: str, key_path: str = "") -> type:
 
 
 def registered_names() -> list[str]:
-    _import_all_parts()
-    import_installed_extensions()
     return sorted(_REGISTRY)
-
-
-# --------------------------------------------------------------------------- extensions
-ENTRY_POINT_GROUP = "threestudio_like.parts"
-"""An installed package adds parts by naming a module in this entry-point group, e.g. in its
-pyproject.toml: ``[project.entry-points."threestudio_like.parts"] my_parts = "my_pkg.parts"``."""
-
-_imported_entry_points: set[str] = set()
-
-
-def import_installed_extensions() -> None:
-    """Import the modules installed packages list under ``ENTRY_POINT_GROUP`` (their
-    ``@register`` decorators run); each once. A broken one is a warning, not a failure of every run."""
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.value in _imported_entry_points:
-            continue
-        _imported_entry_points.add(entry_point.value)
-        try:
-            entry_point.load()
-        except Exception as error:  # an extension's bug must not stop runs that do not use it
-            warnings.warn(f"the extension {entry_point.name} ({entry_point.value}) failed to import and is skipped: "
-                          f"{type(error).__name__}: {error}")
-
-
-def import_extension_modules(modules: Iterable[str], key_path: str = "extensions") -> None:
-    """Import the modules a config names (``extensions: [my_pkg.parts]``) so their parts register."""
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise UnknownTypeError(
-                f"{key_path}: cannot import the module '{module}' ({error}); install the package that has it "
-                "or fix the name."
-            ) from None
-
-
-def _import_all_parts() -> None:
-    # Importing the package modules runs their @register decorators.
-    import threestudio_like.parts  # noqa: F401

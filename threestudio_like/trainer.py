@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tqdm import tqdm
 
-from threestudio_like.config import ExperimentConfig
+from threestudio_like.experiment import ExperimentConfig
 from threestudio_like.interrupts import InterruptHandler
 from threestudio_like.loggers import build_loggers
 from threestudio_like.trials import load_checkpoint, save_checkpoint

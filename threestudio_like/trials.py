@@ -10,8 +10,10 @@ hand-over (Magic3D's ``geometry_convert_from``) and the evaluators all go throug
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_like.config import ConfigError, config_yaml, finalize_config, load_config, trial_tag
+from threestudio_like.config import ConfigError, config_yaml
+from threestudio_like.registry import find
 from threestudio_like.utils.io import (
     TEMPORARY_PREFIX,
     atomic_path,
@@ -42,6 +45,26 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- trial folders
+# A trial folder is named <tag>@<timestamp>[-n]; file systems allow 255 bytes per name (eCryptfs
+# about 143), so a tag longer than this is cut and given a hash of the whole, to stay unique.
+MAX_TAG_BYTES = 100
+TAG_HASH_LENGTH = 8
+
+
+def trial_tag(tag: str) -> str:
+    """The trial folder's form of a tag: characters other than letters, digits and ``-@.,+``
+    become ``_``, and a tag over ``MAX_TAG_BYTES`` (a long prompt) is cut to fit, ending in
+    ``_<hash>`` of the whole tag so two prompts that differ only at the end get two folders.
+    The whole prompt stays in the trial's ``configs/parsed.yaml``."""
+    tag = re.sub(r"[^\w\-@.,+]", "_", tag)
+    raw = tag.encode("utf-8")
+    if len(raw) <= MAX_TAG_BYTES:
+        return tag
+    digest = hashlib.sha1(raw).hexdigest()[:TAG_HASH_LENGTH]
+    head = raw[: MAX_TAG_BYTES - TAG_HASH_LENGTH - 1].decode("utf-8", errors="ignore")  # never half a character
+    return f"{head}_{digest}"
+
+
 def check_writable(folder: str, what: str = "output folder", fix: str = "choose another with exp_root_dir=<folder>") -> None:
     """Fail with one line unless files can be created in ``folder`` (or, when it does not exist
     yet, in its nearest existing parent, where it would be made). Leaves nothing behind."""
@@ -114,17 +137,6 @@ def write_trial_config(trial_dir: str, exp: Any) -> Optional[str]:
 
 def _settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in OmegaConf.to_container(config).items() if k not in RUN_CONTROL_KEYS}
-
-
-def load_trial_config(trial_dir: str) -> Any:
-    """The experiment config a trial ran with (its ``configs/parsed.yaml``)."""
-    path = os.path.join(trial_dir, PARSED_CONFIG)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} is missing, so the trial's parts cannot be rebuilt. "
-            "Keep checkpoints inside their trial folder (<trial>/ckpts/*.ckpt)."
-        )
-    return finalize_config(load_config(path))
 
 
 # --------------------------------------------------------------------------- finding checkpoints
@@ -280,21 +292,6 @@ def load_system_weights(system: Any, path: str, checkpoint: Optional[dict[str, A
     return checkpoint
 
 
-def load_trained_system(path: str) -> tuple[Any, Any]:
-    """The trained system of a trial folder or checkpoint (LAST allowed), in eval mode at its
-    step, and its experiment config."""
-    from threestudio_like.registry import find
-
-    ckpt = resolve_checkpoint(path)
-    trial = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
-    exp = load_trial_config(trial)
-    system = find(exp.system_type)(exp.system, save_dir=os.path.join(trial, "save"), resumed=True)
-    load_system_weights(system, ckpt)
-    system.eval()
-    system.update_step(system.current_step)
-    return system, exp
-
-
 @dataclass
 class StageCheckpoint:
     """A finished stage, for the next one to start from: its checkpoint, configs and parameters."""
@@ -331,8 +328,6 @@ class StageCheckpoint:
     def build_part(self, name: str, particle: int = 0, **parts: Any) -> Any:
         """The stage's ``geometry`` / ``material`` / ``background`` / ``renderer`` (given the
         other three as keyword arguments) of particle ``particle``, with its trained state, in eval mode."""
-        from threestudio_like.registry import find
-
         part = find(self.system_config[f"{name}_type"])(self.system_config.get(name) or {}, **parts)
         state = self.part_state(name, particle)
         check_state_matches(part, state, f"{self.path} ({name}{f' of particle {particle}' if particle else ''})")

@@ -38,7 +38,7 @@ def nearest_colour_by_hue(rgb: torch.Tensor) -> str:
 
 def evaluate(model: str, per_colour: int = 32, seed: int = 0, min_step_percent: float = 0.02, max_step_percent: float = 0.98, write_outputs: bool = True) -> dict:
     from threestudio_like.guidance.instructpix2pix import InstructPix2PixGuidance
-    from threestudio_like.registry import find
+    from threestudio_like.experiment import find_part
 
     guidance = InstructPix2PixGuidance({"ip2p_name_or_path": model, "min_step_percent": min_step_percent, "max_step_percent": max_step_percent})
     n = per_colour * len(procedural.COLOUR_NAMES)
@@ -48,7 +48,7 @@ def evaluate(model: str, per_colour: int = 32, seed: int = 0, min_step_percent: 
     for c, colour in enumerate(procedural.COLOUR_NAMES):
         rows = slice(c * per_colour, (c + 1) * per_colour)
         source = pairs.sources[rows].permute(0, 2, 3, 1)
-        prompt = find("stable-diffusion-prompt-processor")({"pretrained_model_name_or_path": model, "prompt": edit_pairs.instruction(colour), "spawn": False})()
+        prompt = find_part("stable-diffusion-prompt-processor")({"pretrained_model_name_or_path": model, "prompt": edit_pairs.instruction(colour), "spawn": False})()
         edited = guidance(source, source, prompt, generator=generator)["edit_images"].permute(0, 3, 1, 2)
         mask = (pairs.masks[rows] > 0.99).float()
         for i in range(per_colour):

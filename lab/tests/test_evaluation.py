@@ -12,7 +12,7 @@ from lab.evaluation import (
     parse_prompt,
     reference_shapes,
 )
-from threestudio_like.export.isosurface import extract_isosurface
+from threestudio_like.mesh.isosurface import extract_isosurface
 from lab.priors import procedural
 
 

@@ -170,7 +170,7 @@ def fake_result(variant, prompt, seed, rate_wrong, shape_ok=True, handles=None):
 
 
 def test_geometry_finds_the_mugs_handles_at_any_scale_and_ignores_floaters():
-    from threestudio_like.export.isosurface import extract_isosurface
+    from threestudio_like.mesh.isosurface import extract_isosurface
     from threestudio_like.mesh.types import Mesh
 
     bound = procedural.OBJECT_RADIUS + 0.2

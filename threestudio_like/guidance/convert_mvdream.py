@@ -44,6 +44,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from threestudio_like.guidance.errors import ModelNotFoundError
+from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
 from threestudio_like.trials import CheckpointError, safe_torch_load
 from threestudio_like.utils.typing import Tensor
 
@@ -161,8 +163,6 @@ def load_checkpoint_state_dict(path: str) -> dict[str, Tensor]:
     """The flat state dict of ``path`` (.pt / .ckpt via ``torch.load(weights_only=True)``, or .safetensors);
     a Lightning-style ``{"state_dict": ...}`` wrapper is unwrapped. Never unpickles arbitrary objects."""
     if not os.path.isfile(path):
-        from threestudio_like.guidance.models import ModelNotFoundError
-
         raise ModelNotFoundError(f"MVDream checkpoint {path} does not exist (download sd-v2.1-base-4view.pt from https://huggingface.co/MVDream/MVDream).")
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
@@ -335,8 +335,6 @@ def convert_state_dict(state_dict: dict[str, Tensor], config: Optional[str | dic
         create_vae_diffusers_config_from_ldm,
     )
 
-    from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
-
     _check_is_mvdream(state_dict, where)
     ldm_config = read_ldm_config(config if config is not None else released_config_name(state_dict))
     params = ldm_config["model"]["params"]
@@ -409,8 +407,6 @@ def build_models(
     """(unet, DDPMScheduler, vae or None) holding the converted weights (loaded ``strict=True``), eval
     mode, on ``device`` in ``dtype`` (None: the checkpoint's)."""
     from diffusers import AutoencoderKL, DDPMScheduler
-
-    from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
 
     dtype = dtype or converted.dtype
     unet = MultiViewUNet2DConditionModel.from_config(converted.unet_config)

@@ -15,23 +15,18 @@ drawn uniformly from [min_step, max_step] and runs ``diffusion_steps`` determini
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from threestudio_like.config import ConfigError
+from threestudio_like.guidance.diffusion import MemoryOptions, denoised_from_epsilon, resize, unet_output
+from threestudio_like.guidance.distillation import Noised, ScoreDistillation, sds_weighting
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
-from threestudio_like.guidance.sds import (
-    StableDiffusionGuidance,
-    _resize,
-    denoised_from_epsilon,
-    distillation_loss,
-    epsilon_from_prediction,
-    sds_weighting,
-)
-from threestudio_like.config import ConfigError
 from threestudio_like.registry import register
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -54,12 +49,12 @@ def edit_timesteps(t: int, steps: int) -> list[int]:
 
 
 @register("stable-diffusion-instructpix2pix-guidance")
-class InstructPix2PixGuidance(StableDiffusionGuidance):
+class InstructPix2PixGuidance(ScoreDistillation):
     """Edits renders by instruction (``__call__`` returns ``edit_images``), or, with ``use_sds``,
     gives an SDS loss under the same three-way guidance. threestudio's keys and defaults."""
 
     @dataclass
-    class Config(StableDiffusionGuidance.Config):
+    class Config(ScoreDistillation.Config):
         ip2p_name_or_path: str = "timbrooks/instruct-pix2pix"  # a diffusers folder, hub id or builtin:edit32
         # the edit's noise schedule: None uses the model's own (threestudio loads Stable Diffusion
         # v1.4's, which has the same betas); a folder / hub id / builtin name with a scheduler/
@@ -79,13 +74,8 @@ class InstructPix2PixGuidance(StableDiffusionGuidance):
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
         if self.cfg.diffusion_steps < 1:
             raise ConfigError(f"system.guidance.diffusion_steps must be at least 1, got {self.cfg.diffusion_steps}.")
-        self.cfg.pretrained_model_name_or_path = self.cfg.ip2p_name_or_path
-        self.cfg.enable_channels_last = self.cfg.enable_channels_last or self.cfg.enable_channels_last_format
         super().configure(device, **kwargs)
-
-    def _attach(self, device: torch.device) -> None:
-        super()._attach(device)
-        unet, space = self.components.unet, self.model_channels()
+        unet, space = self.components.unet, self.diffusion.channels()
         if unet.config.in_channels != 2 * space:
             raise ConfigError(
                 f"{self.components.path}: its UNet takes {unet.config.in_channels} input channels; an InstructPix2Pix "
@@ -97,10 +87,12 @@ class InstructPix2PixGuidance(StableDiffusionGuidance):
             schedule = load_diffusion_components(self.cfg.ddim_scheduler_name_or_path, unet=False, text_encoder=False).scheduler
             self.edit_alphas_cumprod = schedule.alphas_cumprod
 
-    def model_channels(self) -> int:
-        """Channels of what the UNet denoises: the VAE's latents, or RGB in pixel space."""
-        vae = self.components.vae
-        return int(vae.config.latent_channels) if vae is not None else 3
+    def model_name_or_path(self) -> str:
+        return self.cfg.ip2p_name_or_path
+
+    def memory_options(self) -> MemoryOptions:
+        channels_last = self.cfg.enable_channels_last or self.cfg.enable_channels_last_format  # threestudio's key
+        return dataclasses.replace(super().memory_options(), channels_last=channels_last)
 
     def edit_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the UNet's input for a ``height x width`` render (see ``fixed_size``)."""
@@ -118,7 +110,7 @@ class InstructPix2PixGuidance(StableDiffusionGuidance):
         mode, unscaled (diffusers' pipeline), or in pixel space the image in [-1, 1]."""
         h, w = size
         factor = self.components.vae_scale_factor
-        x = _resize(cond_rgb.permute(0, 3, 1, 2).float(), (h * factor, w * factor)) * 2.0 - 1.0
+        x = resize(cond_rgb.permute(0, 3, 1, 2).float(), (h * factor, w * factor)) * 2.0 - 1.0
         vae = self.components.vae
         if vae is None:
             return x
@@ -132,19 +124,16 @@ class InstructPix2PixGuidance(StableDiffusionGuidance):
 
     @torch.no_grad()
     def guided_noise(
-        self, x: Float[Tensor, "B c h w"], t: int | Int[Tensor, ""], text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]
+        self, x: Float[Tensor, "B c h w"], t: int | Int[Tensor, "B"], text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]
     ) -> Float[Tensor, "B c h w"]:
-        """Three-way guided noise at ``t`` from one UNet call (the module docstring's layout)."""
-        unet = self.components.unet
-        dtype = unet.dtype
+        """Three-way guided noise at ``t`` (one for all, or one per sample) from one UNet call (the module docstring's layout)."""
         image = torch.cat([condition, condition, torch.zeros_like(condition)])
         model_input = torch.cat([torch.cat([x] * 3), image], dim=1)
-        timestep = torch.as_tensor(t, device=x.device).reshape(1).expand(len(model_input))
-        output = unet(model_input.to(dtype), timestep, encoder_hidden_states=text.to(device=x.device, dtype=dtype)).sample.float()
+        t = torch.as_tensor(t, device=x.device).expand(len(x))
+        output = unet_output(self.components.unet, model_input, t.repeat(3), text)
         eps_text, eps_image, eps_uncond = output.chunk(3)
         guided = instruct_pix2pix_guidance(eps_text, eps_image, eps_uncond, self.cfg.guidance_scale, self.cfg.condition_scale)
-        abar = self.edit_alphas_cumprod.to(x.device)[timestep[: len(x)]].float()
-        return epsilon_from_prediction(guided, x, abar, self.prediction_type)
+        return self.diffusion.epsilon(guided, x, self.edit_alphas_cumprod.to(x.device)[t].float())
 
     @torch.no_grad()
     def edit_latents(
@@ -172,21 +161,23 @@ class InstructPix2PixGuidance(StableDiffusionGuidance):
         """``edit_images`` [B,H,W,3] in [0, 1]: ``rgb`` edited by the instruction, conditioned on
         ``cond_rgb`` (the original photo); with ``use_sds`` an SDS loss (``loss_sds``) instead.
         ``generator`` draws the timestep and noise (the global stream when None)."""
-        self._follow(rgb.device)
+        self.follow(rgb.device)
         B, H, W, _ = rgb.shape
         size = self.edit_size(H, W)
         latents, _ = self.model_space(rgb, size=size)
         condition = self.image_condition(cond_rgb, size)
         text = self.three_way_text(prompt_utils, B, latents.device)
-        t = int(torch.randint(self.min_step, self.max_step + 1, (1,), generator=generator))
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        noisy = self.components.scheduler.add_noise(latents.detach(), noise, torch.tensor([t], device=latents.device))
+        # drawn on the CPU (the global stream when no generator): a seeded edit is the same on any device
+        generator = generator if generator is not None else torch.default_generator
         if self.cfg.use_sds:
-            eps = self.guided_noise(noisy, t, text, condition)
-            abar = self.edit_alphas_cumprod[t].to(latents).expand(B)
-            grad, nonfinite = self.clean_gradient(sds_weighting(self.cfg.weighting_strategy, abar) * (eps - noise))
-            return {"loss_sds": distillation_loss(latents, grad), "grad_norm": grad.norm(), "grad_nonfinite": nonfinite,
-                    "min_step": self.min_step, "max_step": self.max_step}
-        edited = self.decode(self.edit_latents(noisy, edit_timesteps(t, self.cfg.diffusion_steps), text, condition))
+            return self.distill(latents, lambda x: self.sds_target(x, text, condition), shared_timestep=True, generator=generator)
+        x = self.noised(latents, shared_timestep=True, generator=generator)
+        t = int(x.t[0])
+        edited = self.diffusion.decode(self.edit_latents(x.noisy, edit_timesteps(t, self.cfg.diffusion_steps), text, condition))
         edited = F.interpolate(edited, (H, W), mode="bilinear", align_corners=False)
         return {"edit_images": edited.permute(0, 2, 3, 1), "timestep": t}
+
+    def sds_target(self, x: Noised, text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]) -> Float[Tensor, "B c h w"]:
+        """``use_sds``: w(t) (eps_guided - noise), w on the edit's noise schedule."""
+        abar = self.edit_alphas_cumprod.to(x.t.device)[x.t].float()
+        return sds_weighting(self.cfg.weighting_strategy, abar) * (self.guided_noise(x.noisy, x.t, text, condition) - x.noise)

@@ -18,6 +18,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from threestudio_like.guidance.convert_mvdream import CHECKPOINT_SUFFIXES, load_mvdream_checkpoint
+from threestudio_like.guidance.errors import ModelNotFoundError
+from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
 from threestudio_like.utils.backends import optional_import
 
 BUILTIN_PREFIX = "builtin:"
@@ -27,10 +30,6 @@ BUILTIN_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspa
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 _TRANSFORMERS_WEIGHTS = "model"
 _TRANSFORMERS_BIN_WEIGHTS = "pytorch_model"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A diffusion model (or one of its parts) is not on this machine; the message says how to get it."""
 
 
 # --------------------------------------------------------------------------- locating a model
@@ -191,9 +190,6 @@ def load_diffusion_components(
 
 
 # --------------------------------------------------------------------------- MVDream's checkpoint file
-_CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".safetensors")
-
-
 class _NoVAE:
     """Cached in place of the VAE of a checkpoint that has none (a module-level instance, never freed)."""
 
@@ -204,7 +200,7 @@ _NO_VAE = _NoVAE()
 def checkpoint_file(name_or_path: str) -> Optional[str]:
     """The absolute path when ``name_or_path`` names a checkpoint file (.pt / .ckpt / .safetensors), else None.
     A missing file is an error here, not a hub lookup."""
-    if not isinstance(name_or_path, str) or not name_or_path.lower().endswith(_CHECKPOINT_SUFFIXES) or name_or_path.startswith(BUILTIN_PREFIX):
+    if not isinstance(name_or_path, str) or not name_or_path.lower().endswith(CHECKPOINT_SUFFIXES) or name_or_path.startswith(BUILTIN_PREFIX):
         return None
     path = os.path.abspath(os.path.expanduser(name_or_path))
     if os.path.isdir(path):  # a model folder that happens to end in .pt
@@ -227,8 +223,6 @@ def _load_checkpoint_components(
             f"{path} is MVDream's checkpoint: it gives the multi-view UNet, not the text encoder. Point "
             f"system.prompt_processor.pretrained_model_name_or_path at Stable Diffusion 2.1-base (1.5 for sd-v1.5-4view)."
         )
-    from threestudio_like.guidance.convert_mvdream import load_mvdream_checkpoint
-
     where = (path, str(device), str(dtype))
     with _CACHE_LOCK:
         found_unet = None if private_unet else _CACHE.get((*where, "unet"))
@@ -346,8 +340,6 @@ def unet_class(folder: str) -> type:
     """The UNet class named in ``unet/config.json``: diffusers' 2D UNet or this package's multi-view
     UNet (only classes defined here or in diffusers; a folder never gets to name arbitrary code)."""
     from diffusers import UNet2DConditionModel
-
-    from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
 
     with open(os.path.join(folder, "config.json")) as f:
         name = json.load(f).get("_class_name")

@@ -22,16 +22,10 @@ from typing import Any, Literal, Optional
 import torch
 
 from threestudio_like.config import ConfigError
+from threestudio_like.guidance.diffusion import classifier_free_guidance, denoised_from_epsilon, unet_output
+from threestudio_like.guidance.distillation import Noised, ScoreDistillation
 from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel, mvdream_camera
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
-from threestudio_like.guidance.sds import (
-    StableDiffusionGuidance,
-    classifier_free_guidance,
-    denoised_from_epsilon,
-    distillation_loss,
-    epsilon_from_prediction,
-    sds_weighting,
-)
 from threestudio_like.registry import register
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -53,13 +47,13 @@ def rescale_to_group_std(
 
 
 @register("multiview-diffusion-guidance")
-class MultiviewDiffusionGuidance(StableDiffusionGuidance):
+class MultiviewDiffusionGuidance(ScoreDistillation):
     """MVDream's guidance. Keys and defaults of the MVDream threestudio extension; the model is a
     diffusers folder with a multi-view UNet (``builtin:shapes32-mv``, or one written by
     ``python -m threestudio_like.guidance.convert_mvdream``) or MVDream's released checkpoint file."""
 
     @dataclass
-    class Config(StableDiffusionGuidance.Config):
+    class Config(ScoreDistillation.Config):
         pretrained_model_name_or_path: Optional[str] = None  # a folder, builtin:<name>, or a .pt / .ckpt file
         model_name: str = "sd-v2.1-base-4view"  # the extension's name for the released model (its architecture)
         ckpt_path: Optional[str] = None  # the extension's key for the checkpoint file (same as the path above)
@@ -75,28 +69,28 @@ class MultiviewDiffusionGuidance(StableDiffusionGuidance):
     required_models = {"pretrained_model_name_or_path": ("unet", "scheduler"), "ckpt_path": ("unet", "scheduler")}
 
     def configure(self, device: Optional[torch.device | str] = None, **kwargs: Any) -> None:
-        if self.cfg.pretrained_model_name_or_path is None:
-            if self.cfg.ckpt_path is None:
-                where = RELEASED_MODELS.get(self.cfg.model_name, "MVDream's release")
-                raise ConfigError(
-                    f"multiview-diffusion-guidance needs a multi-view model: set system.guidance.pretrained_model_name_or_path "
-                    f"to builtin:shapes32-mv, a converted folder, or the {self.cfg.model_name} checkpoint file ({where})."
-                )
-            self.cfg.pretrained_model_name_or_path = self.cfg.ckpt_path
         if self.cfg.n_view < 1:
             raise ConfigError(f"system.guidance.n_view must be at least 1, got {self.cfg.n_view}")
         if self.cfg.use_img_loss:
             raise ConfigError("system.guidance.use_img_loss is an SDS option; multiview-diffusion-guidance has recon_loss instead.")
         super().configure(device, **kwargs)
-
-    def _attach(self, device: torch.device) -> None:
-        super()._attach(device)
         unet = self.components.unet
         if not isinstance(unet, MultiViewUNet2DConditionModel):
             raise ConfigError(
                 f"{self.components.path} holds a single-view UNet ({type(unet).__name__}); multiview-diffusion-guidance "
                 f"needs a multi-view one (builtin:shapes32-mv, or MVDream's checkpoint, converted or not)."
             )
+
+    def model_name_or_path(self) -> str:
+        """The model path, else the extension's ``ckpt_path``."""
+        name = self.cfg.pretrained_model_name_or_path or self.cfg.ckpt_path
+        if name is None:
+            where = RELEASED_MODELS.get(self.cfg.model_name, "MVDream's release")
+            raise ConfigError(
+                f"multiview-diffusion-guidance needs a multi-view model: set system.guidance.pretrained_model_name_or_path "
+                f"to builtin:shapes32-mv, a converted folder, or the {self.cfg.model_name} checkpoint file ({where})."
+            )
+        return name
 
     def sample_size(self) -> tuple[int, int]:
         if self.cfg.image_size is None:
@@ -108,23 +102,16 @@ class MultiviewDiffusionGuidance(StableDiffusionGuidance):
         self, noisy: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"], camera: Float[Tensor, "B 16"]
     ) -> tuple[Float[Tensor, "B c h w"], Float[Tensor, "B c h w"]]:
         """(guided noise, conditional noise) from one UNet call over [cond; uncond], cameras in both halves."""
-        unet = self.components.unet
-        dtype = unet.dtype
+        unet, model = self.components.unet, self.diffusion
         with torch.no_grad():
-            output = unet(
-                torch.cat([noisy] * 2).to(dtype),
-                torch.cat([t] * 2),
-                encoder_hidden_states=text_embeddings.to(device=noisy.device, dtype=dtype),
-                camera=torch.cat([camera] * 2).to(device=noisy.device, dtype=dtype),
-                num_frames=self.cfg.n_view,
-            ).sample.float()
+            output = unet_output(
+                unet, torch.cat([noisy] * 2), torch.cat([t] * 2), text_embeddings,
+                camera=torch.cat([camera] * 2).to(device=noisy.device, dtype=unet.dtype), num_frames=self.cfg.n_view,
+            )
         cond, uncond = output.chunk(2)
-        abar = self._alphas_cumprod(t)
+        abar = model.alphas_cumprod(t)
         guided = classifier_free_guidance(cond, uncond, self.cfg.guidance_scale)
-        return (
-            epsilon_from_prediction(guided, noisy, abar, self.prediction_type),
-            epsilon_from_prediction(cond, noisy, abar, self.prediction_type),
-        )
+        return model.epsilon(guided, noisy, abar), model.epsilon(cond, noisy, abar)
 
     def __call__(
         self,
@@ -149,30 +136,21 @@ class MultiviewDiffusionGuidance(StableDiffusionGuidance):
             raise ValueError("multiview-diffusion-guidance needs the cameras (c2w) of the renders")
         if prompt_utils.use_perp_neg:
             raise ConfigError("Perp-Neg is a single-view remedy; set system.prompt_processor.use_perp_neg: false with multi-view guidance.")
-        self._follow(rgb.device)
+        self.follow(rgb.device)
         latents, _ = self.model_space(rgb, rgb_as_latents)
         text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
+        camera = mvdream_camera(c2w.float())
+
+        def multiview_target(x: Noised) -> Float[Tensor, "B c h w"]:
+            eps, eps_cond = self._guided_noise(x.noisy, x.t, text_embeddings, camera)
+            abar = self.diffusion.alphas_cumprod(x.t)
+            if not self.cfg.recon_loss:
+                return self.weight(x.t) * (eps - x.noise)
+            x0 = denoised_from_epsilon(x.noisy, eps, abar)
+            if self.cfg.recon_std_rescale > 0:
+                x0_cond = denoised_from_epsilon(x.noisy, eps_cond, abar)
+                x0 = rescale_to_group_std(x0, x0_cond, n_view, self.cfg.recon_std_rescale)
+            return x.latents - x0
+
         # one timestep for the whole step (as MVDream): every view of a group at the same noise level
-        t = torch.randint(self.min_step, self.max_step + 1, (1,), dtype=torch.long, device=latents.device).expand(batch)
-        abar = self._alphas_cumprod(t)
-        with torch.no_grad():
-            noise = torch.randn_like(latents)
-            noisy = self.components.scheduler.add_noise(latents.detach(), noise, t)
-            eps, eps_cond = self._guided_noise(noisy, t, text_embeddings, mvdream_camera(c2w.float()))
-            if self.cfg.recon_loss:
-                x0 = denoised_from_epsilon(noisy, eps, abar)
-                if self.cfg.recon_std_rescale > 0:
-                    x0_cond = denoised_from_epsilon(noisy, eps_cond, abar)
-                    x0 = rescale_to_group_std(x0, x0_cond, n_view, self.cfg.recon_std_rescale)
-                raw = latents.detach() - x0
-            else:
-                raw = sds_weighting(self.cfg.weighting_strategy, abar) * (eps - noise)
-        grad, nonfinite = self.clean_gradient(raw)
-        self._report_nonfinite(int(nonfinite), grad.numel())
-        return {
-            "loss_sds": distillation_loss(latents, grad),
-            "grad_norm": grad.norm(),
-            "grad_nonfinite": nonfinite,
-            "min_step": self.min_step,
-            "max_step": self.max_step,
-        }
+        return self.distill(latents, multiview_target, shared_timestep=True)

@@ -27,15 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from threestudio_like.config import ConfigError, Range
-from threestudio_like.guidance.models import load_diffusion_components
+from threestudio_like.guidance.diffusion import FrozenDiffusion, MemoryOptions, classifier_free_guidance, unet_output
+from threestudio_like.guidance.distillation import Noised, ScoreDistillation
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
-from threestudio_like.guidance.sds import (
-    StableDiffusionGuidance,
-    classifier_free_guidance,
-    distillation_loss,
-    epsilon_from_prediction,
-    sds_weighting,
-)
 from threestudio_like.registry import register
 from threestudio_like.utils.typing import Float, Int, Tensor
 
@@ -44,11 +38,11 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention layer's p
 
 
 @register("stable-diffusion-vsd-guidance", "vsd-guidance")
-class StableDiffusionVSDGuidance(StableDiffusionGuidance):
+class StableDiffusionVSDGuidance(ScoreDistillation):
     """``loss_vsd`` for the 3D model and ``loss_lora`` for the critic, from one call."""
 
     @dataclass
-    class Config(StableDiffusionGuidance.Config):
+    class Config(ScoreDistillation.Config):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
         # None: the adapter sits on the frozen UNet itself; a model: a separate critic UNet
         pretrained_model_name_or_path_lora: Optional[str] = None
@@ -63,6 +57,7 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         camera_condition_type: Literal["extrinsics", "mvp"] = "extrinsics"
 
     cfg: Config
+    critic_model: FrozenDiffusion  # the guided model itself (adapter on its UNet), or the separate critic model
     required_models = {
         "pretrained_model_name_or_path": ("unet", "scheduler", "tokenizer"),
         "pretrained_model_name_or_path_lora": ("unet", "scheduler"),
@@ -87,14 +82,14 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         from peft.tuners.lora import LoraLayer
 
         if self.shares_unet:
-            unet, scheduler = self.components.unet, self.components.scheduler
-        else:
-            critic = load_diffusion_components(
-                self.cfg.pretrained_model_name_or_path_lora, self._device, self.weights_dtype,
-                text_encoder=False, private_unet=True, vae=False,
+            self.critic_model = self.diffusion
+        else:  # a UNet of its own, in the guided model's latent space (no VAE) and weight dtype
+            memory = MemoryOptions(half_precision_weights=self.cfg.half_precision_weights)
+            self.critic_model = FrozenDiffusion(
+                self.cfg.pretrained_model_name_or_path_lora, self.diffusion.device, memory, private_unet=True, vae=False
             )
-            unet, scheduler = critic.unet, critic.scheduler
-            self._check_critic_fits(critic)
+            self._check_critic_fits(self.critic_model.components)
+        unet = self.critic_unet
         if unet.class_embedding is not None:
             raise ConfigError(
                 f"The critic UNet of {self.cfg.pretrained_model_name_or_path_lora or self.cfg.pretrained_model_name_or_path} "
@@ -120,12 +115,22 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         nn.init.zeros_(self.camera_embedding.linear_2.weight)
         nn.init.zeros_(self.camera_embedding.linear_2.bias)
         # Trained in float32 even beside half-precision base weights (peft casts the activations).
-        self.lora.to(device=self._device, dtype=torch.float32).requires_grad_(True)
-        self.camera_embedding.to(self._device)
+        self.lora.to(device=self.diffusion.device, dtype=torch.float32).requires_grad_(True)
+        self.camera_embedding.to(self.diffusion.device)
         unet.class_embedding = self.camera_embedding  # diffusers adds it to the time embedding
-        object.__setattr__(self, "critic_unet", unet)  # not a submodule: base weights stay out of checkpoints
-        self.critic_scheduler = scheduler
-        self.critic_prediction_type = str(scheduler.config.get("prediction_type", "epsilon"))
+
+    # the critic's networks live in ``critic_model`` (a plain object): base weights stay out of checkpoints
+    @property
+    def critic_unet(self) -> Any:
+        return self.critic_model.components.unet
+
+    @property
+    def critic_scheduler(self) -> Any:
+        return self.critic_model.components.scheduler
+
+    @property
+    def critic_prediction_type(self) -> str:
+        return self.critic_model.prediction_type
 
     def _check_critic_fits(self, critic: Any) -> None:
         """A separate critic must denoise the same space with the same text embeddings."""
@@ -137,10 +142,11 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
                     f"guided model has {ours[key]}; the critic must share the guided model's latent space and text encoder."
                 )
 
-    def _follow(self, device: torch.device) -> None:
-        if device != self._device:
+    def follow(self, device: torch.device) -> None:
+        """The adapter and camera embedding sit on the loaded UNet: reloading elsewhere would lose them."""
+        if device != self.diffusion.device:
             raise RuntimeError(
-                f"The VSD guidance was built on {self._device} but the renders are on {device}; build it on the "
+                f"The VSD guidance was built on {self.diffusion.device} but the renders are on {device}; build it on the "
                 f"device it trains on (the system's prepare_for_training(device))."
             )
 
@@ -170,7 +176,7 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
     ) -> Float[Tensor, "B c h w"]:
         """eps_pretrain: the frozen model with classifier-free guidance (Perp-Neg given ``neg_guidance_weights``)."""
         with self._frozen_unet():
-            return super().predict_noise(noisy, t, text_embeddings, neg_guidance_weights)
+            return self.diffusion.predict_noise(noisy, t, text_embeddings, self.cfg.guidance_scale, neg_guidance_weights)
 
     def camera_condition(
         self, c2w: Optional[Float[Tensor, "B 4 4"]], mvp_mtx: Optional[Float[Tensor, "B 4 4"]]
@@ -188,10 +194,7 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
     def _critic_output(
         self, noisy: Float[Tensor, "N c h w"], t: Int[Tensor, "N"], text: Float[Tensor, "N L D"], camera: Float[Tensor, "N 16"]
     ) -> Float[Tensor, "N c h w"]:
-        unet = self.critic_unet
-        return unet(
-            noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype), class_labels=camera
-        ).sample.float()
+        return unet_output(self.critic_unet, noisy, t, text, class_labels=camera)
 
     @torch.no_grad()
     def critic_noise(
@@ -203,8 +206,7 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
             torch.cat([camera, torch.zeros_like(camera)]),
         )
         guided = classifier_free_guidance(*output.chunk(2), self.cfg.guidance_scale_lora)
-        abar = self.critic_scheduler.alphas_cumprod.to(t.device)[t].float()
-        return epsilon_from_prediction(guided, noisy, abar, self.critic_prediction_type)
+        return self.critic_model.epsilon(guided, noisy, self.critic_model.alphas_cumprod(t))
 
     def critic_loss(
         self, latents: Float[Tensor, "B c h w"], text: Float[Tensor, "B L D"], camera: Float[Tensor, "B 16"]
@@ -244,26 +246,17 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
     ) -> dict[str, Any]:
         """``loss_vsd`` (d loss / d latents = w(t) (eps_pretrain - eps_critic) / B), ``loss_lora`` (the
         critic's), ``grad_norm``, ``grad_nonfinite``, ``min_step``, ``max_step``."""
-        self._follow(rgb.device)
+        self.follow(rgb.device)
         latents, _ = self.model_space(rgb, rgb_as_latents)
         camera = self.camera_condition(c2w, mvp_mtx).to(latents.device)
         text_vd, neg_guidance_weights = self.text_conditioning(prompt_utils, elevation, azimuth, camera_distances)
         # the critic sees the view-independent prompt: the camera tells it the view
         text = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, False).chunk(2)[0]
-        t = torch.randint(self.min_step, self.max_step + 1, (latents.shape[0],), dtype=torch.long, device=latents.device)
-        with torch.no_grad():
-            noise = torch.randn_like(latents)
-            noisy = self.components.scheduler.add_noise(latents.detach(), noise, t)
-            eps_pretrain = self.predict_noise(noisy, t, text_vd, neg_guidance_weights)
-            eps_critic = self.critic_noise(noisy, t, text, camera)
-        weight = sds_weighting(self.cfg.weighting_strategy, self._alphas_cumprod(t))
-        grad, nonfinite = self.clean_gradient(weight * (eps_pretrain - eps_critic))
-        self._report_nonfinite(int(nonfinite), grad.numel())
-        return {
-            "loss_vsd": distillation_loss(latents, grad),
-            "loss_lora": self.critic_loss(latents, text, camera),
-            "grad_norm": grad.norm(),
-            "grad_nonfinite": nonfinite,
-            "min_step": self.min_step,
-            "max_step": self.max_step,
-        }
+
+        def vsd_target(x: Noised) -> Float[Tensor, "B c h w"]:
+            eps_pretrain = self.predict_noise(x.noisy, x.t, text_vd, neg_guidance_weights)
+            return self.weight(x.t) * (eps_pretrain - self.critic_noise(x.noisy, x.t, text, camera))
+
+        out = self.distill(latents, vsd_target, loss_name="loss_vsd")
+        out["loss_lora"] = self.critic_loss(latents, text, camera)  # after loss_vsd: the system sums them in this order
+        return out

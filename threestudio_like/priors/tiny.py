@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
 from threestudio_like.utils.typing import Float, Tensor
 
 TOKENIZER_MAX_LENGTH = 77
@@ -138,8 +139,6 @@ def build_tiny_diffusion_model(
     # fork_rng: building the folder must not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        from threestudio_like.guidance.multiview_unet import CAMERA_DIM, MultiViewUNet2DConditionModel
-
         camera = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_DIM} if multiview else {}
         unet = (MultiViewUNet2DConditionModel if multiview else UNet2DConditionModel)(
             **camera,
