@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import trimesh
 
+from threestudio_like.config import ConfigError
 from threestudio_like.export import EmptyIsosurfaceError, extract_isosurface, write_glb, write_obj
-from threestudio_like.export.isosurface import sample_grid
+from threestudio_like.export.decimate import decimate
+from threestudio_like.export.exporter import MeshExporter
+from threestudio_like.mesh.isosurface import sample_grid
+from threestudio_like.mesh.marching_tets import face_components
 from threestudio_like.mesh.types import Mesh
+from threestudio_like.representations.base import BaseImplicitGeometry
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -141,29 +147,56 @@ def test_glb_roundtrip_keeps_colours_and_converts_to_y_up(tmp_path, colored_sphe
         write_glb(str(tmp_path / "model.gltf"), colored_sphere)
 
 
+class FieldGeometry(BaseImplicitGeometry):
+    """An implicit geometry with a given field and features = positions (no networks)."""
+
+    def configure(self, field=None, **kwargs) -> None:
+        super().configure(**kwargs)
+        self.field = field
+
+    def isosurface_field(self, points: torch.Tensor) -> torch.Tensor:
+        return self.field(points)
+
+    def export(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": points}
+
+
+def ball_and_floater(p: torch.Tensor) -> torch.Tensor:
+    ball = 0.5 - p.norm(dim=-1)
+    floater = 0.08 - (p - torch.tensor([0.8, 0.0, 0.0])).norm(dim=-1)
+    return torch.maximum(ball, floater)[..., None] * 10
+
+
 def test_exporter_drops_floaters_when_the_geometry_asks() -> None:
     """A ball with a small detached blob: by default both are meshed; with
     ``isosurface_remove_outliers`` only the ball is (floaters would become UV charts)."""
-    from types import SimpleNamespace
 
-    from threestudio_like.export.exporter import MeshExporter
-    from threestudio_like.mesh.marching_tets import face_components
-
-    def density(p: torch.Tensor) -> torch.Tensor:
-        ball = 0.5 - p.norm(dim=-1)
-        floater = 0.08 - (p - torch.tensor([0.8, 0.0, 0.0])).norm(dim=-1)
-        return torch.maximum(ball, floater)[..., None] * 10
-
-    def geometry(remove: bool) -> SimpleNamespace:
-        cfg = SimpleNamespace(isosurface_threshold=0.0, isosurface_resolution=48,
-                              isosurface_remove_outliers=remove, isosurface_outlier_n_faces_threshold=0.05)
-        return SimpleNamespace(forward_density=density, bbox=torch.tensor([[-1.0] * 3, [1.0] * 3]), cfg=cfg)
+    def geometry(remove: bool) -> FieldGeometry:
+        cfg = {"isosurface_threshold": 0.0, "isosurface_resolution": 48,
+               "isosurface_remove_outliers": remove, "isosurface_outlier_n_faces_threshold": 0.05}
+        return FieldGeometry(cfg, field=ball_and_floater)
 
     exporter = MeshExporter(MeshExporter.Config())
     kept, cleaned = exporter.surface(geometry(False)), exporter.surface(geometry(True))
     assert face_components(kept)[1] == 2
     assert face_components(cleaned)[1] == 1
     assert cleaned.v_pos.norm(dim=-1).max() < 0.6  # the ball stayed, the blob at x = 0.8 went
+
+
+def test_exporter_meshes_through_the_geometry_at_its_own_or_the_exporters_level() -> None:
+    """One path: the export is ``geometry.isosurface(threshold, resolution)``, the mesh the
+    renderer draws when the exporter sets neither; the exporter's level / grid override."""
+    geometry = FieldGeometry({"isosurface_threshold": 0.0, "isosurface_resolution": 24}, field=sphere_density(0.6))
+    own = MeshExporter(MeshExporter.Config()).surface(geometry)
+    torch.testing.assert_close(own.v_pos, geometry.isosurface().v_pos)
+    finer = MeshExporter(MeshExporter.Config(isosurface_resolution=40)).surface(geometry)
+    assert finer.n_faces > own.n_faces
+    smaller = MeshExporter(MeshExporter.Config(isosurface_threshold=2.0)).surface(geometry)  # radius 0.4
+    assert float(smaller.v_pos.norm(dim=-1).mean()) == pytest.approx(0.4, abs=0.02)
+    for level in ("auto", "opacity"):
+        assert geometry.isosurface(level).n_faces > 0
+    with pytest.raises(ConfigError, match="isosurface_threshold"):
+        MeshExporter(MeshExporter.Config(isosurface_threshold="silhouette"))
 
 
 def bumpy_sphere_density(p: torch.Tensor) -> torch.Tensor:
@@ -173,8 +206,6 @@ def bumpy_sphere_density(p: torch.Tensor) -> torch.Tensor:
 
 
 def test_decimation_keeps_a_closed_surface_within_its_ripples() -> None:
-    from threestudio_like.export.decimate import decimate
-
     mesh = extract_isosurface(bumpy_sphere_density, BOX, 96, threshold=0.0)
     assert mesh.n_faces > 30000
     small = decimate(mesh, 5000)
@@ -189,14 +220,7 @@ def test_decimation_keeps_a_closed_surface_within_its_ripples() -> None:
 
 
 def test_exporter_decimates_above_max_faces(tmp_path) -> None:
-    from types import SimpleNamespace
-
-    from threestudio_like.config import ConfigError
-    from threestudio_like.export.exporter import MeshExporter
-
-    cfg = SimpleNamespace(isosurface_threshold=0.0, isosurface_resolution=96, isosurface_remove_outliers=False)
-    geometry = SimpleNamespace(forward_density=bumpy_sphere_density, bbox=BOX, cfg=cfg,
-                               export=lambda points: {"features": points})
+    geometry = FieldGeometry({"isosurface_threshold": 0.0, "isosurface_resolution": 96}, field=bumpy_sphere_density)
     material = SimpleNamespace(export=lambda features: {"albedo": (features + 1) / 2})
     exporter = MeshExporter(MeshExporter.Config(fmt="obj", save_texture=False, max_faces=3000))
     (path,) = exporter(geometry, material, str(tmp_path))

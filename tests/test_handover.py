@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from threestudio_like.backgrounds import SolidColorBackground
-from threestudio_like.data.random_camera import OrbitCameraDataset
+from threestudio_like.data.cameras import EVAL_ORBIT_DEFAULTS, orbit_views
+from threestudio_like.data.random_camera import OrbitCameraDataset, RandomCameraConfig
 from threestudio_like.materials import NoMaterial
+from threestudio_like.mesh.isosurface import extract_isosurface, silhouette_matched_level
+from threestudio_like.mesh.rasterize import TorchRasterizer, clip_positions
 from threestudio_like.renderers.volume_renderer import NeRFVolumeRenderer
 from threestudio_like.representations.base import BaseImplicitGeometry
-from threestudio_like.systems.handover import silhouette_matched_level
 from threestudio_like.trials import find_last_path, resolve_checkpoint
 
 
@@ -60,10 +62,6 @@ class SoftBall(BaseImplicitGeometry):
 
 
 def _outline_iou(geometry, level: float, views, target) -> float:
-    from threestudio_like.export.isosurface import extract_isosurface
-    from threestudio_like.mesh.rasterize import TorchRasterizer
-    from threestudio_like.renderers.mesh_renderer import clip_positions
-
     mesh = extract_isosurface(geometry.isosurface_field, geometry.bbox, 64, level)
     rast, _ = TorchRasterizer().rasterize(clip_positions(mesh.v_pos, views["mvp_mtx"]), mesh.t_pos_idx.int(), target.shape[1:])
     covered = rast[..., 3] > 0
@@ -85,3 +83,20 @@ def test_silhouette_level_outlines_what_the_volume_renders() -> None:
     mean_density = _outline_iou(geometry, "auto", views, target)  # threestudio's "auto": the mean occupied density
     print(f"outline IoU: silhouette-matched level {level:.3g}: {matched:.3f}; auto level: {mean_density:.3f}")
     assert matched > 0.95 and matched > mean_density + 0.02
+
+
+def test_orbit_views_are_the_eval_orbit_of_a_data_config() -> None:
+    """``orbit_views`` (below the camera datasets) builds the same batch as ``OrbitCameraDataset``,
+    with ``RandomCameraConfig``'s eval orbit where the data config sets none."""
+    defaults = RandomCameraConfig()
+    assert EVAL_ORBIT_DEFAULTS == {key: getattr(defaults, key) for key in EVAL_ORBIT_DEFAULTS}
+    data = {"eval_elevation_deg": 20.0, "eval_camera_distance": 2.0, "eval_fovy_deg": 50.0, "width": 7}
+    for config, (elevation, distance, fovy) in ((data, (20.0, 2.0, 50.0)), ({}, (15.0, 1.5, 70.0))):
+        expected = OrbitCameraDataset(3, elevation, distance, fovy, 16, 16, batch_size=3)[0]
+        views = orbit_views(config, 3, 16)
+        assert views.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(views[key], value, msg=key)
+            else:
+                assert views[key] == value, key

@@ -11,12 +11,12 @@ import trimesh
 from gltf_validation import gltf_report
 from recipe_overrides import tiny_recipe
 from threestudio_like.cli import main
-from threestudio_like.config import finalize_config, load_config
+from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.data.random_camera import OrbitCameraDataset
 from threestudio_like.export.fidelity import export_fidelity
-from threestudio_like.registry import find
-from threestudio_like.systems.handover import orbit_views
-from threestudio_like.trials import load_trained_system
+from threestudio_like.experiment import find_part
+from threestudio_like.data.cameras import orbit_views
+from threestudio_like.experiment import load_trained_system
 from threestudio_like.utils.metrics import psnr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def coarse(tiny_model_dir, tmp_path_factory) -> str:
 
 def build_system(config: str, args: list[str], resumed: bool):
     exp = finalize_config(load_config(config, cli_args=args))
-    return find(exp.system_type)(exp.system, resumed=resumed).eval()
+    return find_part(exp.system_type)(exp.system, resumed=resumed).eval()
 
 
 @pytest.mark.slow  # trains both stages through the CLI

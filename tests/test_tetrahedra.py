@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from threestudio_like.config import ConfigError
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.mesh import tetgrid
 from threestudio_like.mesh.marching_tets import TRIANGLE_COUNT, marching_tetrahedra, remove_outliers
@@ -19,7 +20,7 @@ from threestudio_like.mesh.mesh_sdf import (
     winding_number,
 )
 from threestudio_like.mesh.tetgrid import generate_tetrahedral_grid, surface_tets, tetrahedral_grid
-from threestudio_like.registry import find
+from threestudio_like.experiment import find_part
 from threestudio_like.representations.implicit_volume import ImplicitVolume
 from threestudio_like.representations.tetrahedra_sdf_grid import TetrahedraSDFGrid
 
@@ -224,7 +225,7 @@ def test_mesh_init_from_bunny_matches_the_bunny(bunny, bunny_path):
 
 # --------------------------------------------------------------------------- the geometry part
 def test_registry_builds_sphere_and_features():
-    geo = find("tetrahedra-sdf-grid")(small(isosurface_resolution=16, shape_init="sphere", shape_init_params=0.5))
+    geo = find_part("tetrahedra-sdf-grid")(small(isosurface_resolution=16, shape_init="sphere", shape_init_params=0.5))
     assert isinstance(geo, TetrahedraSDFGrid)
     mesh = geo.isosurface()
     assert mesh.is_watertight and (mesh.v_pos.norm(dim=-1) - 0.5).abs().max() < 2.0 / 16
@@ -286,6 +287,21 @@ def test_create_from_implicit_volume_keeps_surface_and_features(threshold):
     # without copy_net the features start from scratch
     fresh = TetrahedraSDFGrid.create_from(volume, small(isosurface_resolution=8), copy_net=False)
     assert not torch.allclose(fresh(points)["features"], volume(points)["features"])
+
+
+def test_create_from_takes_a_level_the_caller_resolved():
+    """``silhouette`` needs the previous stage's renders: the system resolves it and passes the
+    number as ``threshold``, which wins over the configs; alone it is a clear error."""
+    torch.manual_seed(0)
+    volume = ImplicitVolume(small(isosurface_threshold=5.0, isosurface_resolution=17))
+    config = small(isosurface_resolution=16, isosurface_threshold="silhouette")
+    with pytest.raises(ConfigError, match="silhouette"):
+        TetrahedraSDFGrid.create_from(volume, config)
+    passed = TetrahedraSDFGrid.create_from(volume, config, threshold=3.0)
+    configured = TetrahedraSDFGrid.create_from(volume, small(isosurface_resolution=16, isosurface_threshold=3.0))
+    torch.testing.assert_close(passed.sdf, configured.sdf)
+    # the grid is the surface: a level or sampling for a field does not change it
+    assert passed.isosurface(threshold=1e9, resolution=4).n_faces == passed.isosurface().n_faces > 0
 
 
 def test_create_from_another_grid_and_mismatched_network_warns():

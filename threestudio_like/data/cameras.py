@@ -1,4 +1,4 @@
-"""Camera math: pixel rays, OpenGL projection, look-at poses, spherical coordinates.
+"""Camera math: pixel rays, OpenGL projection, look-at poses, spherical coordinates, eval orbits.
 
 Conventions (shared by every part):
 - camera space is OpenGL: +x right, +y up, the camera looks down -z;
@@ -12,7 +12,7 @@ All functions are batched, differentiable where it makes sense and device-agnost
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -262,3 +262,31 @@ def projection_from_intrinsics(
     proj[:, 2, 3] = -2.0 * far * near / (far - near)
     proj[:, 3, 2] = -1.0
     return proj
+
+
+# the eval orbit of a data config that does not set one: RandomCameraConfig's defaults
+# (a test checks they agree; this module sits below random_camera and cannot import it)
+EVAL_ORBIT_DEFAULTS = {"eval_elevation_deg": 15.0, "eval_camera_distance": 1.5, "eval_fovy_deg": 70.0}
+
+
+def orbit_views(data: Mapping[str, Any], n_views: int, size: int) -> CameraBatch:
+    """``n_views`` square ``size`` cameras evenly spaced in azimuth (from 0) around the origin at
+    the eval elevation / distance / fovy of a data config, lit from the camera: the views that
+    compare a stage with its hand-over or its export (``OrbitCameraDataset``'s, in one batch)."""
+    orbit = {key: float(data.get(key, default)) for key, default in EVAL_ORBIT_DEFAULTS.items()}
+    azimuth = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
+    elevation = torch.full_like(azimuth, orbit["eval_elevation_deg"])
+    distance = torch.full_like(azimuth, orbit["eval_camera_distance"])
+    positions = spherical_to_cartesian(elevation, azimuth, distance)
+    return make_camera_batch(
+        camera_positions=positions,
+        center=torch.zeros_like(positions),
+        up=torch.tensor([0.0, 0.0, 1.0]).expand_as(positions),
+        fovy_deg=torch.full_like(azimuth, orbit["eval_fovy_deg"]),
+        light_positions=positions.clone(),
+        elevation_deg=elevation,
+        azimuth_deg=azimuth,
+        camera_distances=distance,
+        height=size,
+        width=size,
+    )

@@ -1,5 +1,9 @@
 """``mesh-exporter``: geometry -> surface mesh -> appearance (baked texture or vertex colours)
--> OBJ (+MTL, texture image) / GLB files."""
+-> OBJ (+MTL, texture image) / GLB files.
+
+The surface is ``geometry.isosurface(threshold, resolution)``, the mesh the renderers and the
+stage hand-over take too; the exporter only chooses its level and resolution.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,21 @@ import torch
 
 from threestudio_like.config import ConfigError, Range
 from threestudio_like.export.decimate import decimate
-from threestudio_like.export.isosurface import extract_isosurface
-from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.export.writers import write_glb, write_obj
-from threestudio_like.mesh.marching_tets import remove_outliers
+from threestudio_like.mesh.isosurface import LEVEL_NAMES
+from threestudio_like.mesh.rasterize import make_rasterizer
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.registry import register
+from threestudio_like.representations.base import BaseGeometry
 from threestudio_like.utils.base import BaseObject
+from threestudio_like.utils.typing import Float, Tensor
 
 
-def surface_albedo(geometry: Any, material: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The learned base colour in [0, 1] at surface points [N,3] -> [N,3]: what textures bake."""
+def surface_albedo(geometry: Any, material: Any) -> Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]:
+    """The learned base colour in [0, 1] at surface points: what textures bake."""
 
-    def albedo(points: torch.Tensor) -> torch.Tensor:
+    def albedo(points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         return material.export(geometry.export(points)["features"])["albedo"].clamp(0, 1).float()
 
     return albedo
@@ -47,8 +53,9 @@ class MeshExporter(BaseObject):
         xatlas_pack_options: dict = field(default_factory=dict)
         context_type: str = "gl"  # nvdiffrast context for baking on CUDA
         backend: str = "auto"  # rasteriser for baking: auto | torch | nvdiffrast
-        # None: take the geometry's isosurface_threshold / isosurface_resolution (density fields);
-        # "opacity": the level whose solid looks most like the volume renders (isosurface.opacity_level)
+        # the level / grid geometry.isosurface meshes a field at; None: the geometry's own
+        # (isosurface_threshold / isosurface_resolution); "opacity": the level whose solid looks
+        # most like the volume renders (mesh.isosurface.opacity_level); no effect on DMTet
         isosurface_threshold: Optional[Union[float, str]] = None
         isosurface_resolution: Optional[Annotated[int, Range(2, why="samples per axis of the marching-cubes grid")]] = None
         # decimate larger surfaces to about this many faces before colouring / unwrapping
@@ -65,28 +72,18 @@ class MeshExporter(BaseObject):
             raise ConfigError("system.exporter: save_texture needs save_uv: true (a texture is addressed by UVs).")
         if self.cfg.texture_format not in _TEXTURE_FORMATS:
             raise ConfigError(f"system.exporter.texture_format: expected one of {_TEXTURE_FORMATS}, got {self.cfg.texture_format!r}")
-        if isinstance(self.cfg.isosurface_threshold, str) and self.cfg.isosurface_threshold not in ("auto", "opacity"):
+        if isinstance(self.cfg.isosurface_threshold, str) and self.cfg.isosurface_threshold not in LEVEL_NAMES:
             raise ConfigError(f"system.exporter.isosurface_threshold: expected null, a number, 'auto' or 'opacity', "
                               f"got {self.cfg.isosurface_threshold!r}")
         if self.cfg.max_faces is not None and self.cfg.max_faces < 1:
             raise ConfigError(f"system.exporter.max_faces: expected a positive face count or null, got {self.cfg.max_faces}")
 
-    def surface(self, geometry: Any) -> Mesh:
-        """Density fields are meshed at the exporter's (or geometry's) level; explicit
-        geometries (DMTet) give the surface they render."""
-        if not hasattr(geometry, "forward_density"):
-            return geometry.isosurface()
-        threshold = self.cfg.isosurface_threshold
-        if threshold is None:
-            threshold = getattr(geometry.cfg, "isosurface_threshold", "auto")
-        resolution = self.cfg.isosurface_resolution or getattr(geometry.cfg, "isosurface_resolution", 128)
-        mesh = extract_isosurface(geometry.forward_density, geometry.bbox, resolution, threshold)
-        if getattr(geometry.cfg, "isosurface_remove_outliers", False):
-            mesh = remove_outliers(mesh, geometry.cfg.isosurface_outlier_n_faces_threshold)
-        return mesh
+    def surface(self, geometry: BaseGeometry) -> Mesh:
+        """The surface to export: the geometry's own mesh at this exporter's level / resolution."""
+        return geometry.isosurface(self.cfg.isosurface_threshold, self.cfg.isosurface_resolution)
 
     @torch.no_grad()
-    def __call__(self, geometry: Any, material: Any, folder: str) -> list[str]:
+    def __call__(self, geometry: BaseGeometry, material: Any, folder: str) -> list[str]:
         mesh = self.surface(geometry)
         if self.cfg.max_faces is not None:
             mesh = decimate(mesh, self.cfg.max_faces)
@@ -95,11 +92,9 @@ class MeshExporter(BaseObject):
         albedo = surface_albedo(geometry, material)
 
         texture = None
-        if getattr(geometry.cfg, "geometry_only", False):
+        if not geometry.has_features:
             pass  # a geometry-only stage has no colour: the bare surface
         elif self.cfg.save_texture:
-            from threestudio_like.mesh.rasterize import make_rasterizer
-
             rasterizer = make_rasterizer(self.cfg.backend, device, self.cfg.context_type)
             mesh, texture_t = textured_mesh(
                 mesh, albedo, rasterizer, self.cfg.texture_size, self.cfg.xatlas_chart_options, self.cfg.xatlas_pack_options

@@ -24,8 +24,9 @@ from threestudio_like.export.texture import sample_texture
 from threestudio_like.export.writers import Z_UP_TO_Y_UP
 from threestudio_like.mesh.rasterize import make_rasterizer
 from threestudio_like.renderers.mesh_renderer import clip_positions
-from threestudio_like.systems.handover import orbit_views
-from threestudio_like.trials import load_trained_system, resolve_checkpoint
+from threestudio_like.data.cameras import orbit_views
+from threestudio_like.experiment import load_trained_system
+from threestudio_like.trials import resolve_checkpoint
 from threestudio_like.utils.metrics import psnr
 from threestudio_like.utils.io import atomic_write_text
 from threestudio_like.utils.typing import CameraBatch, Float, Tensor

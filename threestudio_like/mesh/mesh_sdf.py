@@ -24,6 +24,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from threestudio_like.mesh.tetgrid import grid_vertices
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.typing import Float, Tensor
 
@@ -278,8 +279,6 @@ def grid_signed_distance(
     coarser level) and the value is the coarser level's trilinear interpolation, clamped to
     that bound. Halves the resolution while it stays even and above ``min_resolution``.
     """
-    from threestudio_like.mesh.tetgrid import grid_vertices
-
     if resolution <= min_resolution or resolution % 2:
         vertices = grid_vertices(resolution)
         return signed_distance(vertices * radius, mesh, k=k)  # type: ignore[return-value]

@@ -60,6 +60,16 @@ def vertex_transform(v_pos: Float[Tensor, "V 3"], mvp: Float[Tensor, "B 4 4"]) -
         return torch.matmul(v_h[None], mvp.transpose(-1, -2))
 
 
+def clip_positions(v_pos: Float[Tensor, "V 3"], mvp_mtx: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B V 4"]:
+    """Clip-space vertices for a rasteriser, rows ordered like our camera rays (row 0 on top).
+
+    Our projection keeps +y up in clip space while rasterisers put NDC y = -1 in image row 0,
+    so clip y is negated. Float32 whatever the autocast state (see ``vertex_transform``).
+    """
+    clip = vertex_transform(v_pos, mvp_mtx)
+    return clip * torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=clip.dtype, device=clip.device)
+
+
 def _screen_xy(pos: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Clip-space ``pos[..., 4]`` -> screen coordinates in pixel units (pixel centre ``(j, i)`` is ``(j, i)``)."""
     inv_w = 1.0 / pos[..., 3]

@@ -11,7 +11,7 @@ tetrahedra and every boundary triangle to one. All tetrahedra are positively ori
 Layout (relied on by ``candidate_tets`` and by the DMTet geometry):
 
 - vertex ``(i, j, k)`` (``x`` index ``i``, ``z`` fastest) is row ``i (R+1)^2 + j (R+1) + k`` at
-  ``-1 + 2 (i, j, k) / R``, the same order as ``export.isosurface.sample_grid`` at ``R + 1`` samples;
+  ``-1 + 2 (i, j, k) / R``, the same order as ``mesh.isosurface.sample_grid`` at ``R + 1`` samples;
 - the six tetrahedra of cell ``c = i R^2 + j R + k`` are rows ``6c .. 6c + 5``.
 
 Generation is vectorised arithmetic and cheap (~0.1 s at R = 64, ~0.6 s at R = 128 on one

@@ -16,20 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError
-from threestudio_like.mesh.rasterize import make_rasterizer, vertex_transform
+from threestudio_like.mesh.rasterize import clip_positions, make_rasterizer
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import BaseRenderer
+from threestudio_like.representations.base import BaseGeometry
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
-
-
-def clip_positions(v_pos: Float[Tensor, "V 3"], mvp_mtx: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B V 4"]:
-    """Clip-space vertices for a rasteriser, rows ordered like our camera rays (row 0 on top).
-
-    Our projection keeps +y up in clip space while rasterisers put NDC y = -1 in image row 0,
-    so clip y is negated. Float32 whatever the autocast state (see ``vertex_transform``).
-    """
-    clip = vertex_transform(v_pos, mvp_mtx)
-    return clip * torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=clip.dtype, device=clip.device)
 
 
 @register("nvdiff-rasterizer", "mesh-rasterizer")
@@ -45,7 +36,8 @@ class MeshRasterizer(BaseRenderer):
         super().configure(geometry=geometry, material=material, background=background)
         if self.cfg.context_type not in ("gl", "cuda"):
             raise ConfigError(f"renderer.context_type: expected 'gl' or 'cuda', got {self.cfg.context_type!r}")
-        if not hasattr(geometry, "isosurface"):
+        # every geometry has the method; the base class's only says it has no surface
+        if not hasattr(geometry, "isosurface") or type(geometry).isosurface is BaseGeometry.isosurface:
             raise ConfigError(
                 f"renderer nvdiff-rasterizer draws a triangle mesh, but geometry {type(geometry).__name__} "
                 "cannot produce one (no isosurface()); use tetrahedra-sdf-grid or an implicit geometry."
@@ -77,7 +69,7 @@ class MeshRasterizer(BaseRenderer):
         colours and normals have gradients with respect to the vertex positions.
         """
         batch, height, width, _ = rays_d.shape
-        mesh = self.geometry.isosurface()
+        mesh = self.geometry.isosurface()  # at the geometry's own level and resolution
         if mesh.n_faces == 0:  # before any backend: nvdiffrast rejects meshes without triangles
             return self._render_empty(mesh, rays_d, bg_color, render_rgb)
         faces = mesh.t_pos_idx.to(torch.int32)

@@ -1,4 +1,10 @@
-"""Geometry base classes: bounding box, mapping world points into it, isosurface extraction."""
+"""Geometry base classes: bounding box, mapping world points into it, and the one meshing path.
+
+``geometry.isosurface(threshold, resolution)`` is the surface mesh every caller takes: the mesh
+renderer (no arguments: the geometry's own level), the exporter (its ``isosurface_threshold`` /
+``isosurface_resolution``, null = the geometry's) and the stage hand-over (which resolves levels
+that need more than the geometry, e.g. ``silhouette``, and passes the number on).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Annotated, Any, Optional, Union
 import torch
 
 from threestudio_like.config import ConfigError, Range
+from threestudio_like.mesh.isosurface import Threshold, extract_isosurface
+from threestudio_like.mesh.marching_tets import remove_outliers
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.utils.base import BaseModule
 from threestudio_like.utils.typing import Float, Tensor
@@ -52,8 +60,27 @@ class BaseGeometry(BaseModule):
         isosurface_remove_outliers: bool = False
         isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01  # < 1: fraction of faces; else a count
 
+    def isosurface(self, threshold: Optional[Threshold] = None, resolution: Optional[int] = None) -> Mesh:
+        """The surface mesh, in world coordinates, outward faces.
+
+        ``threshold``: the level of the geometry's field (a number, or ``"auto"`` / ``"opacity"``,
+        found from the field alone); ``resolution``: samples per axis. None: the geometry's own
+        (``isosurface_threshold`` / ``isosurface_resolution``). Geometries whose surface is
+        explicit (DMTet) have no level to choose and document what they do with these.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no surface mesh")
+
+    @property
+    def has_features(self) -> bool:
+        """Whether ``export(points)`` gives features to colour a surface with (a geometry-only stage has none)."""
+        return True
+
     @staticmethod
-    def create_from(other: "BaseGeometry", cfg: Any = None, **kwargs: Any) -> "BaseGeometry":
+    def create_from(
+        other: "BaseGeometry", cfg: Any = None, *, threshold: Optional[Threshold] = None, **kwargs: Any
+    ) -> "BaseGeometry":
+        """A geometry of this type with ``other``'s shape (a stage hand-over); ``threshold``: the
+        level of ``other``'s field to take, when the caller resolved it (None: ``cfg``'s)."""
         raise TypeError(f"Cannot create {BaseGeometry.__name__} from {type(other).__name__}")
 
 
@@ -100,6 +127,7 @@ class BaseImplicitGeometry(BaseGeometry):
                 f"isosurface_deformable_grid: true is accepted for threestudio compatibility and has no effect on "
                 f"{name}: marching cubes runs on a regular grid. Only tetrahedra-sdf-grid deforms its grid.",
             )
+        # "opacity" is the exporter's choice (system.exporter.isosurface_threshold), not a geometry setting
         if isinstance(cfg.isosurface_threshold, str) and cfg.isosurface_threshold != "auto":
             raise ConfigError(
                 f"isosurface_threshold: expected a number or 'auto', got {cfg.isosurface_threshold!r}"
@@ -115,26 +143,26 @@ class BaseImplicitGeometry(BaseGeometry):
         """The scalar field that is meshed at ``isosurface_threshold`` (larger = inside)."""
         raise NotImplementedError
 
-    def isosurface(self, resolution: Optional[int] = None) -> "Mesh":
-        """Mesh the field inside ``bbox`` (tightened around a first pass if coarse-to-fine)."""
+    def isosurface(self, threshold: Optional[Threshold] = None, resolution: Optional[int] = None) -> Mesh:
+        """Marching cubes of ``isosurface_field`` inside ``bbox`` (tightened around a first pass if
+        coarse-to-fine) at ``threshold`` (None: ``isosurface_threshold``; numbers, ``"auto"`` and
+        ``"opacity"`` as ``extract_isosurface``) with ``resolution`` samples per axis (None:
+        ``isosurface_resolution``); floaters dropped if ``isosurface_remove_outliers``."""
         if not self.cfg.isosurface:
             raise RuntimeError("isosurface extraction is disabled (isosurface: false in the geometry config)")
+        level = self.cfg.isosurface_threshold if threshold is None else threshold
+        resolution = resolution or self.cfg.isosurface_resolution
         bbox = self.bbox
         if self.cfg.isosurface_coarse_to_fine:
-            coarse = self._extract(bbox, resolution)
+            coarse = self._extract(bbox, level, resolution)
             vmin, vmax = coarse.v_pos.amin(dim=0).to(bbox), coarse.v_pos.amax(dim=0).to(bbox)
             margin = (vmax - vmin) * 0.1
             bbox = torch.stack([torch.maximum(vmin - margin, bbox[0]), torch.minimum(vmax + margin, bbox[1])])
-        return self._extract(bbox, resolution)
+        mesh = self._extract(bbox, level, resolution)
+        if self.cfg.isosurface_remove_outliers:
+            mesh = remove_outliers(mesh, self.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh
 
-    def _extract(self, bbox: Float[Tensor, "2 3"], resolution: Optional[int]) -> "Mesh":
-        from threestudio_like.export.isosurface import extract_isosurface
-
+    def _extract(self, bbox: Float[Tensor, "2 3"], level: Threshold, resolution: int) -> Mesh:
         options = {"chunk": self.cfg.isosurface_chunk} if self.cfg.isosurface_chunk > 0 else {}
-        return extract_isosurface(
-            self.isosurface_field,
-            bbox,
-            resolution or self.cfg.isosurface_resolution,
-            self.cfg.isosurface_threshold,
-            **options,
-        )
+        return extract_isosurface(self.isosurface_field, bbox, resolution, level, **options)

@@ -20,10 +20,12 @@ Initialisation (``shape_init``): ``sphere`` (``shape_init_params``: radius, defa
 rotated by ``shape_init_mesh_up`` / ``shape_init_mesh_front`` to +z up / +x front, and scaled so
 its largest coordinate is ``shape_init_params``, default 0.9; world units), or null (all zero:
 empty until trained or created from another stage). ``create_from`` hands over from a previous
-stage: from any implicit geometry at its isosurface threshold (``"auto"`` included), or from
+stage: from any implicit geometry at a level of its field (``"auto"`` included), or from
 another tetrahedra grid; ``copy_net`` also copies the encoding and feature network so the texture
-carries over. ``fix_geometry`` stores ``sdf`` / ``deformation`` as buffers (texture-only stage)
-and caches the mesh; ``geometry_only`` has no feature network.
+carries over; a level that needs more than ``other`` (``silhouette``: the previous stage's
+renders) is resolved by the caller and passed as ``threshold``. ``fix_geometry`` stores
+``sdf`` / ``deformation`` as buffers (texture-only stage) and caches the mesh;
+``geometry_only`` has no feature network.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError, parse_structured
-from threestudio_like.mesh.types import Mesh
+from threestudio_like.mesh.isosurface import EmptyIsosurfaceError, Threshold, auto_levels, sample_grid
 from threestudio_like.mesh.marching_tets import empty_mesh, marching_tetrahedra, remove_outliers
+from threestudio_like.mesh.mesh_sdf import grid_signed_distance, load_mesh, normalize_mesh
 from threestudio_like.mesh.tetgrid import grid_vertices as unit_grid_vertices
-from threestudio_like.mesh.tetgrid import surface_tets
+from threestudio_like.mesh.tetgrid import surface_cells, surface_tets
+from threestudio_like.mesh.types import Mesh
 from threestudio_like.registry import register
 from threestudio_like.representations.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
 from threestudio_like.representations.encodings import DEFAULT_HASH_GRID, get_encoding
@@ -127,6 +131,10 @@ class TetrahedraSDFGrid(BaseGeometry):
 
     # ------------------------------------------------------------------ shape
     @property
+    def has_features(self) -> bool:
+        return not self.cfg.geometry_only
+
+    @property
     def cell_size(self) -> float:
         return 2.0 * self.cfg.radius / self.cfg.isosurface_resolution
 
@@ -153,8 +161,6 @@ class TetrahedraSDFGrid(BaseGeometry):
             # to first order there (exact for a sphere)
             sdf = ((points / axes).norm(dim=-1) - 1.0) * axes.min()
         else:
-            from threestudio_like.mesh.mesh_sdf import grid_signed_distance, load_mesh, normalize_mesh
-
             scale = 0.9 if params is None else params
             if not isinstance(scale, (int, float)):
                 raise ConfigError(f"shape_init_params: a mesh takes its scale (a number), got {params!r}")
@@ -180,11 +186,14 @@ class TetrahedraSDFGrid(BaseGeometry):
         offset = torch.tanh(deformation) * (self.cfg.isosurface_deformation_scale * self.cell_size)
         return (points + offset).clamp(-self.cfg.radius, self.cfg.radius)
 
-    def isosurface(self) -> Mesh:
+    def isosurface(self, threshold: Optional[Threshold] = None, resolution: Optional[int] = None) -> Mesh:
         """The zero level of ``sdf`` on the deformed grid, in world coordinates; outward faces.
 
         Differentiable with respect to ``sdf`` and ``deformation`` (unless ``fix_geometry``, where
         the mesh is computed once and cached). Empty (0 faces) when no edge changes sign.
+        ``threshold`` / ``resolution`` choose a level and sampling of a field; this surface is the
+        grid itself (what is rendered and trained), so they are accepted and have no effect: an
+        exporter configured for a NeRF stage exports the mesh this stage renders.
         """
         if self.cfg.fix_geometry:
             if self._fixed_mesh is None:
@@ -238,13 +247,19 @@ class TetrahedraSDFGrid(BaseGeometry):
     # ------------------------------------------------------------------ stage hand-over
     @staticmethod
     def create_from(
-        other: BaseGeometry, cfg: Any = None, copy_net: bool = True, **kwargs: Any
+        other: BaseGeometry,
+        cfg: Any = None,
+        copy_net: bool = True,
+        *,
+        threshold: Optional[Threshold] = None,
+        **kwargs: Any,
     ) -> "TetrahedraSDFGrid":
         """A grid whose surface is ``other``'s.
 
         - implicit geometry (``implicit-volume`` and other ``BaseImplicitGeometry``): its
-          ``isosurface_field`` sampled at the grid vertices, meshed at ``cfg.isosurface_threshold``
-          or else ``other.cfg.isosurface_threshold`` (``"auto"`` picks a level as the
+          ``isosurface_field`` sampled at the grid vertices, at level ``threshold`` (resolved by
+          the caller, e.g. ``silhouette``), else ``cfg.isosurface_threshold``, else
+          ``other.cfg.isosurface_threshold`` (``"auto"`` picks a level as the
           marching-cubes export does, the first giving a closed surface). The stored SDF is, at
           the vertices of cells the surface crosses, ``(level - field) / g`` with ``g`` the
           median gradient magnitude of the field there (same zero crossings as interpolating
@@ -273,13 +288,13 @@ class TetrahedraSDFGrid(BaseGeometry):
                 if isinstance(other, TetrahedraSDFGrid):
                     instance._copy_grid_from(other)
                 elif isinstance(other, BaseImplicitGeometry):
-                    level = cfg.isosurface_threshold
+                    level = threshold if threshold is not None else cfg.isosurface_threshold
                     if level is None:
                         level = other.cfg.isosurface_threshold
                     if level == "silhouette":
                         raise ConfigError(
                             "isosurface_threshold: silhouette is chosen from the previous stage's renders; "
-                            "it works through system.geometry_convert_from, not a direct create_from"
+                            "it works through system.geometry_convert_from (or pass the level as threshold)"
                         )
                     instance.sdf.data.copy_(instance._sdf_from_field(other, level).reshape(-1, 1).to(device))
                     if instance.deformation is not None:
@@ -306,8 +321,6 @@ class TetrahedraSDFGrid(BaseGeometry):
         self.sdf.data.copy_(sampled.reshape(-1, 1))
 
     def _sdf_from_field(self, other: BaseImplicitGeometry, level: Union[float, str]) -> Tensor:
-        from threestudio_like.export.isosurface import EmptyIsosurfaceError, auto_levels, sample_grid
-
         r = self.cfg.isosurface_resolution
         field = sample_grid(other.isosurface_field, self.bbox.cpu(), r + 1)  # same vertex order as the grid
         h = self.cell_size
@@ -383,8 +396,6 @@ class TetrahedraSDFGrid(BaseGeometry):
 
 def _near_surface(inside: Tensor, resolution: int) -> Tensor:
     """Vertices of the grid cells that hold surface, as a ``[R+1]^3`` mask."""
-    from threestudio_like.mesh.tetgrid import surface_cells
-
     n = resolution + 1
     cells = surface_cells(inside.reshape(-1), resolution)
     i, j, k = cells // (resolution * resolution), (cells // resolution) % resolution, cells % resolution

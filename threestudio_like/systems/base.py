@@ -15,12 +15,17 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from threestudio_like.config import ConfigError, Schedule, parse_structured, schedule_value
+from threestudio_like.data.cameras import orbit_views
+from threestudio_like.guidance.models import check_model_folder
+from threestudio_like.mesh.isosurface import silhouette_matched_level
 from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
 from threestudio_like.registry import find
 from threestudio_like.systems.divergence import DivergenceGuard, diverged
 from threestudio_like.systems.optim import build_optimizer, build_scheduler
+from threestudio_like.trials import StageCheckpoint, check_state_matches, load_checkpoint, resolve_checkpoint
 from threestudio_like.utils.io import save_image, save_video
 from threestudio_like.utils.ranks import global_rank, rank_seed
 from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
@@ -124,8 +129,6 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         """Recipe-specific parts (e.g. a trainable guidance critic) are built here."""
 
     def _previous_stage(self) -> Any:
-        from threestudio_like.trials import StageCheckpoint
-
         return StageCheckpoint.load(self.cfg.geometry_convert_from)
 
     def _build_particle(self, previous: Any, index: int) -> ParticleParts:
@@ -143,17 +146,19 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         had fewer), e.g. NeRF -> DMTet at the NeRF's isosurface threshold. With
         ``geometry_convert_inherit_texture`` the appearance carries over too: the feature network, and
         ``material`` / ``background`` of the same type."""
-        from omegaconf import OmegaConf
-
-        from threestudio_like.systems.handover import stage_silhouette_level
-
         source = index if index < previous.n_particles else 0
         inherit = self.cfg.geometry_convert_inherit_texture
         geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
         previous_geometry = previous.build_part("geometry", particle=source)
+        threshold = None  # the level create_from reads from geometry_cfg, unless resolved here
         if geometry_cfg.get("isosurface_threshold") == "silhouette":
-            geometry_cfg.isosurface_threshold = stage_silhouette_level(previous, previous_geometry, particle=source)
-        geometry = find(self.cfg.geometry_type).create_from(previous_geometry, geometry_cfg, copy_net=inherit)
+            # the one level that needs more than the previous geometry: its stage's renders
+            parts = {name: previous.build_part(name, source) for name in ("material", "background")}
+            renderer = previous.build_part("renderer", source, geometry=previous_geometry, **parts)
+            threshold = silhouette_matched_level(previous_geometry, renderer, orbit_views(previous.data_config, 8, 64))
+        geometry = find(self.cfg.geometry_type).create_from(
+            previous_geometry, geometry_cfg, copy_net=inherit, threshold=threshold
+        )
         print(f"Geometry converted from the previous stage {previous.path}" + (f" (particle {source})" if source else ""))
         if inherit:
             for name, part in (("material", material), ("background", background)):
@@ -162,8 +167,6 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         return geometry
 
     def load_initial_weights(self, path: str, ignore_modules: list[str]) -> None:
-        from threestudio_like.trials import check_state_matches, load_checkpoint, resolve_checkpoint
-
         path = resolve_checkpoint(path)
         state = load_checkpoint(path)["state_dict"]
         # checked as a resume is (missing, unexpected, wrongly shaped), before any trial folder
@@ -211,8 +214,6 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
 
     def check_models_available(self) -> None:
         """Fail now, not at the first step, when a diffusion model or a part of it is missing."""
-        from threestudio_like.guidance.models import check_model_folder
-
         for kind in ("guidance", "prompt_processor"):
             if getattr(self.cfg, f"{kind}_type") is None:
                 continue

@@ -1,8 +1,13 @@
-"""Density field -> closed triangle mesh by marching cubes.
+"""Density field -> closed triangle mesh by marching cubes, and the levels to mesh it at.
 
 The field is sampled on a regular grid over the bounding box (in chunks, without
 gradients), surrounded by one extra layer of "empty" samples so the surface is closed even
 where the object touches the box, and triangulated with ``skimage.measure.marching_cubes``.
+
+Levels (``Threshold``): a number; ``"auto"`` (the first of ``auto_levels`` giving a closed
+surface); ``"opacity"`` (``opacity_level``: the solid that looks like the volume renders).
+``silhouette_matched_level`` finds the level whose outline matches given renders; it needs a
+renderer, so a caller (the stage hand-over) resolves it and passes the number on.
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
 
+from threestudio_like.mesh.rasterize import clip_positions, make_rasterizer
 from threestudio_like.mesh.types import Mesh
-from threestudio_like.utils.typing import Float, Tensor
+from threestudio_like.utils.typing import CameraBatch, Float, Tensor
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N ..."]]
 Threshold = Union[float, Literal["auto", "opacity"]]
+LEVEL_NAMES = ("auto", "opacity")  # the levels found from the field alone
 
 # "auto" ignores samples at or below this density when taking its starting statistic,
 # so a mostly empty box does not drag the level to ~0 (which would wrap the noise floor)
@@ -200,6 +207,47 @@ def opacity_level(grid: Float[Tensor, "R R R"], bbox: Float[Tensor, "2 3"]) -> O
         if error < best_error:
             best, best_error = level, error
     return best
+
+
+SILHOUETTE_LEVELS = 24  # candidate levels tried by silhouette_matched_level
+SILHOUETTE_GRID = 64  # marching-cubes resolution while choosing
+
+
+@torch.no_grad()
+def silhouette_matched_level(geometry: Any, renderer: Callable[..., dict], views: CameraBatch) -> float:
+    """Hand-over level for a volume: the isosurface level whose mesh silhouettes best match
+    (IoU) where ``renderer`` draws ``geometry`` opaque (opacity > 0.5) from ``views``.
+
+    A NeRF's fringe of thin density renders partly transparent; a fixed or mean-density level
+    can put the mesh outside or inside what the user saw. Candidates are spaced geometrically
+    between the weakest and strongest density inside the box. ``geometry``: a
+    ``BaseImplicitGeometry`` (its ``isosurface_field`` and ``bbox``), sampled once for all levels.
+    """
+    target = renderer(**views)["opacity"][..., 0] > 0.5
+    if not bool(target.any()):
+        raise EmptyIsosurfaceError("the previous stage renders nothing opaque from its eval cameras; was it trained?")
+    bbox = geometry.bbox.cpu()
+    field = sample_grid(geometry.isosurface_field, bbox, SILHOUETTE_GRID)
+    positive = field[field > 1e-3]
+    if positive.numel() == 0:
+        raise EmptyIsosurfaceError("the previous stage's density is zero everywhere in its box")
+    low, high = float(positive.min()), float(positive.max())
+    levels = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), SILHOUETTE_LEVELS + 2)[1:-1]
+    rasterizer = make_rasterizer("auto", views["mvp_mtx"].device)
+    height, width = target.shape[1:]
+    best_level, best_iou = float(levels[0]), -1.0
+    for level in levels.tolist():
+        try:
+            mesh = marching_cubes(field, bbox, level)
+        except EmptyIsosurfaceError:
+            continue
+        rast, _ = rasterizer.rasterize(clip_positions(mesh.v_pos, views["mvp_mtx"]), mesh.t_pos_idx.int(), (height, width))
+        covered = rast[..., 3] > 0
+        iou = float((covered & target).sum() / (covered | target).sum())
+        if iou > best_iou:
+            best_level, best_iou = level, iou
+    print(f"Hand-over level {best_level:.4g}: its silhouettes match the previous stage's renders with IoU {best_iou:.3f}")
+    return best_level
 
 
 def _fmt(levels: list[float]) -> str:
