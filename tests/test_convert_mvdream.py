@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Optional
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -509,19 +510,17 @@ def test_vae_converts_with_every_key_used(mvdream, tmp_path) -> None:
     from omegaconf import OmegaConf
 
     from threestudio_like.guidance.multiview import MultiviewDiffusionGuidance
+    from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 
-    class Prompts:
-        use_perp_neg = False
-
-        def get_text_embeddings(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            return torch.randn(16, 5, CONTEXT_DIM, generator=torch.Generator().manual_seed(5))
+    prompts = Mock(spec=PromptProcessorOutput, use_perp_neg=False)  # a PromptProcessorOutput to the type checks
+    prompts.get_text_embeddings.return_value = torch.randn(16, 5, CONTEXT_DIM, generator=torch.Generator().manual_seed(5))
 
     guidance = MultiviewDiffusionGuidance(OmegaConf.create({"ckpt_path": str(tmp_path / "full.safetensors"), "n_view": 4}))
     assert guidance.components.vae is not None and guidance.sample_size() == (LATENT, LATENT)
     c2w = torch.eye(4).repeat(8, 1, 1)
     c2w[:, :3, 3] = torch.randn(8, 3, generator=g)
     rgb = torch.rand(8, 16, 16, 3, requires_grad=True)
-    out = guidance(rgb, Prompts(), torch.zeros(8), torch.zeros(8), torch.ones(8), c2w=c2w)
+    out = guidance(rgb, prompts, torch.zeros(8), torch.zeros(8), torch.ones(8), c2w=c2w)
     out["loss_sds"].backward()
     assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
 

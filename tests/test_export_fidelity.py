@@ -48,7 +48,7 @@ def _model_of(mesh: Mesh) -> SimpleNamespace:
         image = render_unlit(mesh, mesh.v_rgb, lambda c: c, views, make_rasterizer("torch", "cpu"))
         return {"comp_rgb": image}
 
-    return SimpleNamespace(renderer=renderer, geometry=SimpleNamespace(cfg=SimpleNamespace()), device="cpu")
+    return SimpleNamespace(renderer=renderer, geometry=SimpleNamespace(has_features=True), device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from threestudio_like.data.random_multiview import MultiviewCameraDataModule, Mu
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.guidance.multiview import MultiviewDiffusionGuidance, rescale_to_group_std
 from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel, mvdream_camera
+from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
 
 
@@ -137,10 +138,10 @@ def test_rescale_to_group_std() -> None:
     assert torch.allclose(half, 0.5 * full + 0.5 * x0)
 
 
-class _Prompts:
+class _Prompts(PromptProcessorOutput):
     use_perp_neg = False
 
-    def __init__(self, views: int) -> None:
+    def __init__(self, views: int) -> None:  # only what the guidance asks for
         self.text = torch.randn(2 * views, 8, 32, generator=torch.Generator().manual_seed(5))
 
     def get_text_embeddings(self, elevation, azimuth, distances, view_dependent_prompting):
@@ -185,7 +186,8 @@ def test_guidance_pulls_renders_to_the_reconstructed_x0(multiview_model_dir, mon
 def test_guidance_refuses_partial_groups_and_2d_models(multiview_model_dir, tiny_model_dir) -> None:
     guidance = _guidance(multiview_model_dir)
     with pytest.raises(ConfigError, match="whole groups of n_view=4"):
-        guidance(torch.rand(6, 16, 16, 3), _Prompts(6), **_camera_batch(4) | {"c2w": torch.eye(4).expand(6, 4, 4)})
+        six_views = {k: torch.cat([v, v[:2]]) for k, v in _camera_batch(4).items()}  # one group and a half
+        guidance(torch.rand(6, 16, 16, 3), _Prompts(6), **six_views)
     with pytest.raises(ConfigError, match="single-view UNet"):
         _guidance(tiny_model_dir)
     with pytest.raises(ConfigError, match="needs a multi-view model"):

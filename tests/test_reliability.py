@@ -619,13 +619,16 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path) -> None:
 
 
 def test_an_error_starts_on_its_own_line_after_the_progress_bar(capsys) -> None:
-    from types import SimpleNamespace
+    from unittest.mock import Mock
+
+    from lightning.pytorch import LightningModule, Trainer
 
     from threestudio_like.trainer import StepProgressBar
 
-    progress, trainer = StepProgressBar(), SimpleNamespace(max_steps=10, global_step=3, callback_metrics={})
-    progress.on_train_start(trainer, None)
-    progress.on_exception(trainer, None, RuntimeError("diverged"))  # Lightning's hook when a step raises
+    progress, trainer = StepProgressBar(), Mock(spec=Trainer, max_steps=10, global_step=3, callback_metrics={})
+    module = Mock(spec=LightningModule)
+    progress.on_train_start(trainer, module)
+    progress.on_exception(trainer, module, RuntimeError("diverged"))  # Lightning's hook when a step raises
     print("error: Training diverged at step 3", file=sys.stderr)
     assert "\nerror: Training diverged" in capsys.readouterr().err
 

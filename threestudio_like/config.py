@@ -85,7 +85,7 @@ def check_schedule(value: Any, path: str) -> Any:
     )
 
 
-def schedule_value(spec: Any, step: float) -> float:
+def schedule_value(spec: Any, step: float) -> Optional[float]:
     """The value of a schedule at a global step."""
     if spec is None or _is_number(spec):
         return spec if spec is None else float(spec)

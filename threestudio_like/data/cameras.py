@@ -200,10 +200,10 @@ def make_camera_batch(
 def directions_from_pixels(
     cols: Float[Tensor, "..."],
     rows: Float[Tensor, "..."],
-    fx: Float[Tensor, "..."],
-    fy: Float[Tensor, "..."],
-    cx: Float[Tensor, "..."],
-    cy: Float[Tensor, "..."],
+    fx: Union[float, Float[Tensor, "..."]],
+    fy: Union[float, Float[Tensor, "..."]],
+    cx: Union[float, Float[Tensor, "..."]],
+    cy: Union[float, Float[Tensor, "..."]],
 ) -> Float[Tensor, "... 3"]:
     """Camera-space directions (z = -1) through continuous pixel positions ``(cols, rows)``.
 

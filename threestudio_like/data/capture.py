@@ -54,7 +54,7 @@ from threestudio_like.data.random_camera import CameraDataModule, TrainCameraStr
 from threestudio_like.data.undistort import undistort_image
 from threestudio_like.registry import register
 from threestudio_like.utils.ranks import rank_seed
-from threestudio_like.utils.typing import CameraBatch, Float, Int, Tensor
+from threestudio_like.utils.typing import CameraBatch, Float, Int, Tensor, UInt8
 
 CACHE_VERSION = 1  # bump when the cached pixels change meaning
 
@@ -190,7 +190,7 @@ def check_image(frames: CaptureFrames, i: int, factor: int, size: Optional[tuple
         raise ConfigError(f"{path}: {W}x{H} image is smaller than the downsample factor {factor}; lower data.*_downsample_resolution.")
 
 
-def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -> Int[Tensor, "h w C"]:
+def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -> UInt8[Tensor, "h w C"]:
     """Decode, premultiply alpha, undistort, box-downsample: uint8 ``[h,w,C]`` (C = 3 or 4)."""
     path = frames.image_paths[i]
     image = capture_format.read_image(path)
@@ -208,7 +208,7 @@ def process_image(frames: CaptureFrames, i: int, factor: int, undistort: bool) -
     return (image * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_images(frames: CaptureFrames, indices: list[int], factor: int, undistort: bool) -> list[Int[Tensor, "h w C"]]:
+def load_images(frames: CaptureFrames, indices: list[int], factor: int, undistort: bool) -> list[UInt8[Tensor, "h w C"]]:
     """Processed images of ``indices``, from the disk cache where present (and written there when not)."""
     folder = cache_dir(frames, factor, undistort)
     images: list[Optional[Tensor]] = []
@@ -265,7 +265,7 @@ class FrameSet:
     cy: Float[Tensor, "N"]
     width: Int[Tensor, "N"]
     height: Int[Tensor, "N"]
-    pixels: Int[Tensor, "P C"]  # uint8, premultiplied alpha when C = 4
+    pixels: UInt8[Tensor, "P C"]  # premultiplied alpha when C = 4
     offsets: Int[Tensor, "N+1"]
 
     @property
@@ -331,7 +331,7 @@ def camera_batch(
     )
 
 
-def _colours(pixels: Int[Tensor, "... C"], background: Float[Tensor, "3"]) -> dict[str, Tensor]:
+def _colours(pixels: UInt8[Tensor, "... C"], background: Float[Tensor, "3"]) -> dict[str, Tensor]:
     """``rgb`` (composited over ``background``) and, with alpha, ``mask``."""
     values = pixels.float() / 255.0
     if values.shape[-1] == 3:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, List, Literal, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Literal, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -205,12 +205,19 @@ def _check_config(cfg: RandomCameraConfig) -> None:
             raise ConfigError(f"data.{name} must be positive, got {getattr(cfg, name)}")
 
 
+@runtime_checkable
+class BatchSampler(Protocol):
+    """What a training stream draws from: a batch that is a pure function of the step (and seed)."""
+
+    def sample(self, step: int) -> dict[str, Any]: ...
+
+
 class TrainCameraStream(IterableDataset):
     """Endless stream ``sample(start), sample(start + 1), ...``; ``start_step`` is asked
     each time an iterator is created, so a resumed or reloaded loader continues at the
     trainer's step. Assumes one batch per optimiser step (no gradient accumulation)."""
 
-    def __init__(self, sampler: RandomCameraSampler, start_step: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, sampler: BatchSampler, start_step: Callable[[], int] = lambda: 0) -> None:
         super().__init__()
         self.sampler = sampler
         self.start_step = start_step

@@ -22,8 +22,7 @@ import torch
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.export.texture import sample_texture
 from threestudio_like.export.writers import Z_UP_TO_Y_UP
-from threestudio_like.mesh.rasterize import make_rasterizer
-from threestudio_like.renderers.mesh_renderer import clip_positions
+from threestudio_like.mesh.rasterize import clip_positions, make_rasterizer
 from threestudio_like.data.cameras import orbit_views
 from threestudio_like.experiment import load_trained_system
 from threestudio_like.trials import resolve_checkpoint
@@ -96,7 +95,7 @@ def render_unlit(
     return rasterizer.antialias(image, rast, v_clip, faces)
 
 
-def render_textured(mesh: Mesh, texture: Float[Tensor, "H W 3"], views: CameraBatch, rasterizer: Any) -> Float[Tensor, "B H W 3"]:
+def render_textured(mesh: Mesh, texture: Float[Tensor, "Ht Wt 3"], views: CameraBatch, rasterizer: Any) -> Float[Tensor, "B H W 3"]:
     """The texture's colour, unlit, on white."""
     return render_unlit(mesh, mesh.v_tex, lambda uv: sample_texture(texture, uv), views, rasterizer)
 
@@ -149,7 +148,7 @@ def check_export(system: Any, paths: list[str], data: dict, n_views: int = EXPOR
             report: dict = {"file": os.path.basename(path), "views": n_views, "size": size, "threshold": threshold}
             parts = system.particle(index) if len(particles) == len(folders) and hasattr(system, "particle") else None
             geometry = parts.geometry if parts is not None else system.geometry
-            if getattr(geometry.cfg, "geometry_only", False):
+            if not geometry.has_features:
                 report.update(psnr=None, note="a geometry-only stage has no colour to compare")
                 print(f"Export fidelity{label}: not measured ({report['note']})")
             else:

@@ -101,8 +101,8 @@ def perp_neg_guidance(
 
 
 def unet_output(
-    unet: Any, sample: Float[Tensor, "N c h w"], t: Int[Tensor, "N"], text: Float[Tensor, "N L D"], **conditions: Any
-) -> Float[Tensor, "N c h w"]:
+    unet: Any, sample: Float[Tensor, "N c_in h w"], t: Int[Tensor, "N"], text: Float[Tensor, "N L D"], **conditions: Any
+) -> Float[Tensor, "N c_out h w"]:
     """One UNet call in the UNet's dtype, the output back in float32."""
     dtype = unet.dtype
     return unet(sample.to(dtype), t, encoder_hidden_states=text.to(device=sample.device, dtype=dtype), **conditions).sample.float()

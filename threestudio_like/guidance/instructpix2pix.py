@@ -116,7 +116,7 @@ class InstructPix2PixGuidance(ScoreDistillation):
             return x
         return vae.encode(x.to(vae.dtype)).latent_dist.mode().float()
 
-    def three_way_text(self, prompt_utils: PromptProcessorOutput, batch: int, device: torch.device) -> Float[Tensor, "3B L D"]:
+    def three_way_text(self, prompt_utils: PromptProcessorOutput, batch: int, device: torch.device) -> Float[Tensor, "3*{batch} L D"]:
         """[instruction x B; negative x B; negative x B] (the negative prompt is "" by default)."""
         zeros = torch.zeros(batch, device=device)
         cond, negative = prompt_utils.get_text_embeddings(zeros, zeros, zeros, False).chunk(2)
@@ -124,7 +124,7 @@ class InstructPix2PixGuidance(ScoreDistillation):
 
     @torch.no_grad()
     def guided_noise(
-        self, x: Float[Tensor, "B c h w"], t: int | Int[Tensor, "B"], text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]
+        self, x: Float[Tensor, "B c h w"], t: int | Int[Tensor, "B"], text: Float[Tensor, "3*B L D"], condition: Float[Tensor, "B c h w"]
     ) -> Float[Tensor, "B c h w"]:
         """Three-way guided noise at ``t`` (one for all, or one per sample) from one UNet call (the module docstring's layout)."""
         image = torch.cat([condition, condition, torch.zeros_like(condition)])
@@ -137,7 +137,7 @@ class InstructPix2PixGuidance(ScoreDistillation):
 
     @torch.no_grad()
     def edit_latents(
-        self, noisy: Float[Tensor, "B c h w"], timesteps: list[int], text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]
+        self, noisy: Float[Tensor, "B c h w"], timesteps: list[int], text: Float[Tensor, "3*B L D"], condition: Float[Tensor, "B c h w"]
     ) -> Float[Tensor, "B c h w"]:
         """DDIM (eta 0) from ``noisy`` at ``timesteps[0]`` through the descending ``timesteps`` to the clean sample."""
         abar = self.edit_alphas_cumprod.to(noisy.device).float()
@@ -170,14 +170,14 @@ class InstructPix2PixGuidance(ScoreDistillation):
         # drawn on the CPU (the global stream when no generator): a seeded edit is the same on any device
         generator = generator if generator is not None else torch.default_generator
         if self.cfg.use_sds:
-            return self.distill(latents, lambda x: self.sds_target(x, text, condition), shared_timestep=True, generator=generator)
+            return self.distill(latents, lambda x: self.sds_target(x, condition, text), shared_timestep=True, generator=generator)
         x = self.noised(latents, shared_timestep=True, generator=generator)
         t = int(x.t[0])
         edited = self.diffusion.decode(self.edit_latents(x.noisy, edit_timesteps(t, self.cfg.diffusion_steps), text, condition))
         edited = F.interpolate(edited, (H, W), mode="bilinear", align_corners=False)
         return {"edit_images": edited.permute(0, 2, 3, 1), "timestep": t}
 
-    def sds_target(self, x: Noised, text: Float[Tensor, "3B L D"], condition: Float[Tensor, "B c h w"]) -> Float[Tensor, "B c h w"]:
+    def sds_target(self, x: Noised, condition: Float[Tensor, "B c h w"], text: Float[Tensor, "3*B L D"]) -> Float[Tensor, "B c h w"]:
         """``use_sds``: w(t) (eps_guided - noise), w on the edit's noise schedule."""
         abar = self.edit_alphas_cumprod.to(x.t.device)[x.t].float()
         return sds_weighting(self.cfg.weighting_strategy, abar) * (self.guided_noise(x.noisy, x.t, text, condition) - x.noise)

@@ -99,7 +99,7 @@ class MultiviewDiffusionGuidance(ScoreDistillation):
         return size, size
 
     def _guided_noise(
-        self, noisy: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2B L D"], camera: Float[Tensor, "B 16"]
+        self, noisy: Float[Tensor, "B c h w"], t: Int[Tensor, "B"], text_embeddings: Float[Tensor, "2*B L D"], camera: Float[Tensor, "B 16"]
     ) -> tuple[Float[Tensor, "B c h w"], Float[Tensor, "B c h w"]]:
         """(guided noise, conditional noise) from one UNet call over [cond; uncond], cameras in both halves."""
         unet, model = self.components.unet, self.diffusion

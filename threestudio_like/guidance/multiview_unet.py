@@ -101,7 +101,7 @@ class MultiViewUNet2DConditionModel(UNet2DConditionModel):
         sample: Float[Tensor, "BF C H W"],
         timestep: Any,
         encoder_hidden_states: Float[Tensor, "BF L D"],
-        camera: Optional[Float[Tensor, "BF 16"]] = None,
+        camera: Optional[Float[Tensor, "BF camera_dim"]] = None,
         num_frames: int = 1,
         cross_attention_kwargs: Optional[dict[str, Any]] = None,
         return_dict: bool = True,

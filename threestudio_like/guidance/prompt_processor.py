@@ -72,7 +72,7 @@ def perp_neg_weight(coefficients: Sequence[float], r: Float[Tensor, "B"]) -> Flo
     return a * torch.exp(-b * r) + c
 
 
-def _pick(mask: Bool[Tensor, "B"], x: Float[Tensor, "B L D"], y: Float[Tensor, "B L D"]) -> Float[Tensor, "B L D"]:
+def _pick(mask: Bool[Tensor, "B"], x: Float[Tensor, "#B L D"], y: Float[Tensor, "#B L D"]) -> Float[Tensor, "B L D"]:
     """Rows of ``x`` where ``mask``, else of ``y`` (either may be one row, broadcast)."""
     return torch.where(mask.view(-1, 1, 1), x, y)
 
@@ -125,7 +125,7 @@ class PromptProcessorOutput:
         azimuth: Float[Tensor, "B"],
         camera_distances: Float[Tensor, "B"],
         view_dependent_prompting: bool = True,
-    ) -> Float[Tensor, "2B L D"]:
+    ) -> Float[Tensor, "2*B L D"]:
         """Conditional rows for the B views, then the B unconditional rows; on ``elevation``'s device."""
         batch = elevation.shape[0]
         if view_dependent_prompting:
@@ -143,7 +143,7 @@ class PromptProcessorOutput:
         azimuth: Float[Tensor, "B"],
         camera_distances: Float[Tensor, "B"],
         view_dependent_prompting: bool = True,
-    ) -> tuple[Float[Tensor, "4B L D"], Float[Tensor, "B 2"]]:
+    ) -> tuple[Float[Tensor, "4*B L D"], Float[Tensor, "B 2"]]:
         """Perp-Neg conditioning: (embeddings, negative weights), on ``elevation``'s device.
 
         Embedding rows come in four blocks of B, one row per view in each: ``[0, B)`` the

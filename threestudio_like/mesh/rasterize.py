@@ -291,7 +291,7 @@ class TorchRasterizer:
     # ------------------------------------------------------------------ interpolate
     def interpolate(
         self,
-        attr: Union[Float[Tensor, "B V C"], Float[Tensor, "V C"]],
+        attr: Union[Float[Tensor, "#B V C"], Float[Tensor, "V C"]],
         rast: Float[Tensor, "B H W 4"],
         tri: Int[Tensor, "F 3"],
         rast_db: None = None,
@@ -547,7 +547,7 @@ class NvdiffrastRasterizer:
         resolution: Union[tuple[int, int], list[int]],
         ranges: Optional[Tensor] = None,
         grad_db: bool = True,
-    ) -> tuple[Float[Tensor, "B H W 4"], Float[Tensor, "B H W 4"]]:
+    ) -> tuple[Float[Tensor, "B H W 4"], Optional[Float[Tensor, "B H W 4"]]]:  # no derivatives without grad_db
         if tri.shape[0] == 0:
             empty = pos.new_zeros(pos.shape[0], int(resolution[0]), int(resolution[1]), 4, dtype=torch.float32)
             return empty, torch.zeros_like(empty)

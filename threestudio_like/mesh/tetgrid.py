@@ -77,7 +77,7 @@ def grid_vertices(resolution: int) -> Float[Tensor, "N 3"]:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3).float()
 
 
-def cell_tets(cells: Int[Tensor, " K"], resolution: int) -> Int[Tensor, "6K 4"]:
+def cell_tets(cells: Int[Tensor, " K"], resolution: int) -> Int[Tensor, "6*K 4"]:
     """The six tetrahedra of each given cell (flat index ``i R^2 + j R + k``), in grid order.
 
     ``cell_tets(arange(R^3), R)`` is the whole grid's ``tets``; a subset of cells gives the

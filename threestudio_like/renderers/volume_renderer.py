@@ -109,7 +109,7 @@ class NeRFVolumeRenderer(BaseRenderer):
         rays_o: Float[Tensor, "B H W 3"],
         rays_d: Float[Tensor, "B H W 3"],
         light_positions: Optional[Float[Tensor, "B 3"]] = None,
-        bg_color: Optional[Tensor] = None,
+        bg_color: Optional[Any] = None,
         **kwargs: Any,
     ) -> RenderOutput:
         """Render B images of H x W rays. Extra keyword arguments go to the material.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from jaxtyping import Bool, Float, Int  # noqa: F401  (re-exported for annotations)
+from jaxtyping import Bool, Float, Int, UInt8  # noqa: F401  (re-exported for annotations)
 from torch import Tensor
 
 
