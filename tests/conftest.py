@@ -1,12 +1,14 @@
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 import pytest
 import torch
+
+from cpu_only import cuda_hidden
 
 # one thread per xdist worker (the suite runs on two processes), otherwise at most two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
@@ -31,6 +33,13 @@ def shared_data_path(name: str) -> Path:
             pytest.fail(message + "; REQUIRE_TEST_DATA=1 requires it", pytrace=False)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def on_the_cpu() -> Iterator[None]:
+    """The test's runs train on the CPU even on a GPU machine (see ``cpu_only.cuda_hidden``)."""
+    with cuda_hidden():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,7 @@ def test_procedural_capture_reconstructs_held_out_views_and_the_shape(tmp_path) 
 
 
 @pytest.mark.slow  # two short runs through the CLI
-def test_resumed_reconstruction_matches_the_uninterrupted_run(tmp_path) -> None:
+def test_resumed_reconstruction_matches_the_uninterrupted_run(tmp_path, on_the_cpu) -> None:
     capture = tmp_path / "cube"
     write_blender_capture(capture, shape="cube", colour="blue", n_views=8, size=16, holdout=2)
     tiny = [*OBJECT_ONLY, "data.rays_per_batch=128", "system.renderer.num_samples_per_ray=32",

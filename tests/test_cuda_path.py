@@ -107,7 +107,7 @@ def test_analytic_normals_train_through_the_torch_density_mlp_with_tcnn_present(
     from threestudio_like.representations.implicit_volume import ImplicitVolume
 
     _library("tinycudann")
-    mlp = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 32, "n_hidden_layers": 1}
+    mlp = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 32, "n_hidden_layers": 1}
     geo = ImplicitVolume({"pos_encoding_config": SMALL_GRID, "mlp_network_config": mlp, "normal_type": "analytic"}).cuda()
     points = torch.rand(2048, 3, device="cuda") - 0.5
     assert geo.density_network.backend_for(points.device) == "torch"
@@ -228,6 +228,31 @@ def test_nvdiffrast_matches_the_torch_rasterizer(context_type: str) -> None:
     empty = torch.zeros(0, 3, dtype=torch.int32, device=device)
     rast_e, _ = nv.rasterize(pos, empty, (size, size))
     assert torch.all(rast_e == 0)
+
+
+def test_a_gl_context_request_still_rasterises_on_a_headless_gpu() -> None:
+    import warnings
+
+    from threestudio_like.mesh.rasterize import NvdiffrastRasterizer, make_rasterizer
+
+    _library("nvdiffrast.torch")
+    device = _cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # gl -> cuda where there is no display
+        rasterizer = make_rasterizer("auto", device, "gl")
+    assert isinstance(rasterizer, NvdiffrastRasterizer)
+    _, tri, pos = _sphere_clip(device, 32)
+    rast, _ = rasterizer.rasterize(pos, tri, (32, 32))
+    assert float((rast[..., 3] > 0).float().mean()) > 0.05
+
+
+def test_nerfacc_counts_as_present_only_with_its_compiled_code() -> None:
+    _library("nerfacc")
+    _cuda()
+    problem = backends.library_problem("nerfacc")  # loads (or builds) nerfacc's CUDA code
+    if problem:
+        pytest.skip(problem)
+    assert getattr(backends.optional_import("nerfacc.cuda._backend"), "_C", None) is not None
 
 
 # --------------------------------------------------------------------------- training

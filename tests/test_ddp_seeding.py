@@ -122,3 +122,101 @@ def test_lightning_ddp_ranks_train_on_different_cameras(tmp_path):
         rank0, rank1 = (torch.load(tmp_path / f"rank{r}_step{step}.pt") for r in range(2))
         assert not torch.allclose(rank0, rank1)
         torch.testing.assert_close(rank0, RandomCameraSampler(CFG, seed=SEED).sample(step)["c2w"], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- DDP with particles (issue 31, 8)
+class _TwoParticles(pl.LightningModule):
+    """Two particles; each step trains one of them, so the other's parameters get no gradient
+    (as ``system.n_particles: 2`` does)."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.particles = torch.nn.ModuleList(torch.nn.Linear(3, 1) for _ in range(2))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        (Path(self.out_dir) / f"rank{self.global_rank}_step{self.global_step}").touch()
+        active = self.particles[(self.global_step + self.global_rank) % 2]
+        return active(batch["c2w"][:, :3, 3]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_two_particles_on_two_ranks(strategy, out_dir: Path) -> set[str]:
+    """The (rank, step) pairs trained, as file names."""
+    out_dir.mkdir()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )
+    trainer.fit(_TwoParticles(str(out_dir)), datamodule=RandomCameraDataModule(CFG, seed=SEED))
+    return {p.name for p in out_dir.iterdir()}
+
+
+def test_several_devices_and_particles_choose_ddp_that_finds_unused_parameters():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from threestudio_like.trainer import choose_strategy
+
+    strategy = choose_strategy([0, 1], unused_parameters=True)
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert choose_strategy(2, unused_parameters=True) is not None
+    # one device, or a system that uses every parameter in every step: Lightning's default
+    assert choose_strategy(1, unused_parameters=True) is None
+    assert choose_strategy([0], unused_parameters=True) is None
+    assert choose_strategy([0, 1], unused_parameters=False) is None
+
+
+def test_a_system_with_particles_says_it_leaves_parameters_unused(tiny_model_dir, tmp_path):
+    import os
+
+    from recipe_overrides import RECIPE, ROOT, tiny_recipe
+    from threestudio_like.experiment import finalize_config, find_part, load_config
+
+    for n, expected in ((1, False), (2, True)):
+        args = tiny_recipe(tiny_model_dir, str(tmp_path), **{"system.n_particles": n})
+        exp = finalize_config(load_config(os.path.join(ROOT, RECIPE), cli_args=args))
+        system = find_part(exp.system_type)(exp.system, save_dir=str(tmp_path))
+        assert system.leaves_parameters_unused is expected
+
+
+@pytest.mark.slow  # ~25 s per fit: two spawned CPU ranks (gloo)
+def test_two_ranks_train_particles_with_the_chosen_strategy(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from threestudio_like.trainer import choose_strategy
+
+    # without find_unused_parameters DDP stops at the second step (the defect) ...
+    with pytest.raises(Exception, match="find_unused_parameters"):
+        _fit_two_particles_on_two_ranks(DDPStrategy(start_method="spawn"), tmp_path / "default")
+    # ... with the strategy build_trainer chooses for particles on several devices, all steps run
+    trained = _fit_two_particles_on_two_ranks(choose_strategy(2, unused_parameters=True, start_method="spawn"), tmp_path / "chosen")
+    assert trained == {f"rank{r}_step{s}" for r in range(2) for s in range(3)}
+
+
+# --------------------------------------------------------------------------- RNG of more GPUs than there are
+def test_rng_state_saved_on_two_gpus_restores_on_one(monkeypatch):
+    from threestudio_like.systems.base import BaseLift3DSystem
+
+    restored: dict[int, torch.Tensor] = {}
+
+    def set_rng_state(state, device="cuda"):
+        index = device if isinstance(device, int) else 0
+        if index >= 1:  # what torch raises for a GPU this machine lacks
+            raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    saved = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    cpu_state = torch.get_rng_state()
+    checkpoint = {"state_dict": {}, "global_step": 7, "rng_state": {"torch": cpu_state, "cuda": saved}}
+    holder = type("Holder", (), {"loadable_state": lambda self, s: s, "_loaded_step": 0})()
+    BaseLift3DSystem.on_load_checkpoint(holder, checkpoint)
+    assert list(restored) == [0] and torch.equal(restored[0], saved[0])  # GPU 0 gets its own stream back
+    assert torch.equal(torch.get_rng_state(), cpu_state) and holder._loaded_step == 7

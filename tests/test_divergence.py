@@ -20,7 +20,7 @@ from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
 from threestudio_like.experiment import finalize_config, load_config
 from threestudio_like.experiment import find_part
-from threestudio_like.systems.divergence import TrainingDivergedError
+from threestudio_like.systems.divergence import DivergenceGuard, TrainingDivergedError
 from threestudio_like.systems.dreamfusion import DreamFusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,3 +122,98 @@ def test_overflowing_optimiser_state_is_named_even_when_the_weights_stay_finite(
     assert all(torch.isfinite(p).all() for p in system.parameters())
     with pytest.raises(TrainingDivergedError, match=r"hold NaN/inf: optimizer state of group geometry\. "):
         system.check_state_after_step(optimizer)
+
+
+# --------------------------------------------------------------------------- host syncs (issue 31, 9)
+class ManyLoRATensors(DivergenceGuard, pl.LightningModule):
+    """Hundreds of small parameter tensors, as a LoRA critic has; ``step`` runs one optimiser step
+    in Lightning's order: the closure renders, checks the render and loss, backpropagates, then
+    ``on_before_optimizer_step``; after the step ``check_state_after_step``."""
+
+    def __init__(self, n: int = 300) -> None:
+        super().__init__()
+        self.lora = torch.nn.ParameterList(torch.nn.Parameter(torch.full((4, 4), 0.01)) for _ in range(n))
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = torch.sigmoid(torch.stack([p.sum() for p in self.lora]).sum())
+            out = {"comp_rgb": value.expand(1, 2, 2, 3), "opacity": value.expand(1, 2, 2, 1)}
+            self.check_render(out)
+            loss = (out["comp_rgb"] - 0.3).pow(2).mean()
+            self.check_loss(loss, {"loss_fit": loss})
+            loss.backward()
+            self.on_before_optimizer_step(optimizer)
+            return loss
+
+        self.optimizer_step(0, 0, optimizer, closure)
+
+
+@pytest.fixture
+def host_syncs(monkeypatch):
+    """Counts the calls that read a tensor's value on the host (each a device sync on a GPU) and the
+    per-tensor ``torch.isfinite`` checks."""
+    counts = {"sync": 0, "isfinite": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["sync"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    isfinite = torch.isfinite
+
+    def counted_isfinite(*args, **kwargs):
+        counts["isfinite"] += 1
+        return isfinite(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "isfinite", counted_isfinite)
+    return counts
+
+
+def test_a_step_checks_hundreds_of_tensors_with_one_host_sync(host_syncs):
+    # before: one sync each for the render, the loss, the gradients and the state (4 per step),
+    # and one isfinite per tensor (~900 here: 300 weights, 300 gradients, 300 momentum buffers)
+    module = ManyLoRATensors()
+    # SGD with momentum: optimiser state to check, and no syncs of its own (CPU Adam reads its step count)
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
+    module.step(optimizer)  # the momentum buffers appear at the first step
+    host_syncs.update(sync=0, isfinite=0)
+    module.step(optimizer)
+    assert host_syncs["sync"] == 1
+    assert host_syncs["isfinite"] < 10
+
+
+def test_a_nan_in_one_lora_tensor_is_still_found_and_named():
+    module = ManyLoRATensors()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.step(optimizer)
+    # a NaN gradient in one tensor, found in the step (before the checkpoint)
+    hook = module.lora[137].register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"the gradients of lora\.137 became NaN/inf"):
+        module.step(optimizer)
+    hook.remove()
+    # a NaN weight in one tensor, after a step
+    with torch.no_grad():
+        for p in module.lora:
+            p.fill_(0.01)
+        module.lora[211][1, 2] = float("nan")
+    with pytest.raises(TrainingDivergedError, match=r"hold NaN/inf: lora\.211(,|$)"):
+        module.check_state_after_step(optimizer)
+
+
+def test_finite_flags_tell_huge_values_from_nan_and_inf():
+    from threestudio_like.systems.divergence import finite_flags
+
+    tensors = [
+        torch.full((1000,), 3e38),  # finite; its 2-norm overflows to inf
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("-inf"), 0.0]),
+        torch.zeros(0),  # empty: finite
+        torch.tensor([1.0, float("nan")], dtype=torch.float16),
+        torch.full((3,), 6e4, dtype=torch.float16),  # finite fp16 whose 2-norm overflows
+    ]
+    order, flags = finite_flags(tensors)
+    found = dict(zip(order, flags.tolist()))
+    assert found == {0: True, 1: False, 2: False, 4: False, 5: True}

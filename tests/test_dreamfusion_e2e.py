@@ -13,6 +13,7 @@ import pytest
 import torch
 import trimesh
 
+from cpu_only import cuda_hidden
 from recipe_overrides import RECIPE, tiny_recipe
 from threestudio_like.cli import main
 
@@ -20,9 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(model_dir: str, out_dir: str, **extra: object) -> str:
-    """Run ``--train``; returns the trial directory."""
+    """Run ``--train`` on the CPU (runs here are compared bit for bit: ``cuda_hidden``); returns the trial directory."""
     args = tiny_recipe(model_dir, out_dir, **extra)
-    assert main(["--config", os.path.join(ROOT, RECIPE), "--train", *args]) == 0
+    with cuda_hidden():
+        assert main(["--config", os.path.join(ROOT, RECIPE), "--train", *args]) == 0
     return os.path.join(out_dir, "outputs", "dreamfusion-sd", "a_red_cube")
 
 

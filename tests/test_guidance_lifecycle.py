@@ -42,7 +42,7 @@ def used_timesteps(monkeypatch) -> dict[int, tuple[int, int]]:
     return used
 
 
-def test_resumed_run_uses_the_timestep_schedule_of_its_step(tiny_model_dir, tmp_path, used_timesteps):
+def test_resumed_run_uses_the_timestep_schedule_of_its_step(tiny_model_dir, tmp_path, used_timesteps, on_the_cpu):
     train(tiny_model_dir, str(tmp_path / "straight"), **{"trainer.max_steps": 4})
     straight = dict(used_timesteps)
     assert [straight[k][1] for k in range(4)] == [980, 920, 860, 800]

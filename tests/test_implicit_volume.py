@@ -203,3 +203,56 @@ def test_ignored_threestudio_isosurface_options_warn_once(monkeypatch):
         make(isosurface_method="mt", isosurface_deformable_grid=True)  # once per process
         make()  # the defaults describe what is done: no warning
     assert make().cfg.isosurface_method == "mc-cpu"
+
+
+def test_vanilla_mlp_stays_in_pytorch_when_tcnn_is_present_and_reports_it(monkeypatch):
+    """threestudio runs otype VanillaMLP in PyTorch; only FullyFusedMLP / CutlassMLP go to tiny-cuda-nn
+    (whose fp16 MLPs carry a loss scale of their own, stacking on 16-mixed's GradScaler)."""
+    import types
+
+    from threestudio_like.representations.networks import MLPLayout
+    from threestudio_like.utils import backends
+
+    built: list[str] = []
+
+    class Network(torch.nn.Module):  # a stand-in tcnn.Network: records what was built and run
+        def __init__(self, n_in: int, n_out: int, config: dict) -> None:
+            super().__init__()
+            built.append(config["otype"])
+            self.n_out = n_out
+            layout = MLPLayout(n_in, n_out, config["n_neurons"], config["n_hidden_layers"])
+            self.params = torch.nn.Parameter(torch.zeros(layout.n_params, dtype=torch.float16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.new_zeros(x.shape[0], self.n_out) + 0.0 * self.params.float().sum()
+
+    fake = types.SimpleNamespace(Network=Network)
+    real = backends.optional_import
+    monkeypatch.setattr(backends, "optional_import", lambda name: fake if name == "tinycudann" else real(name))
+    monkeypatch.setattr(backends, "is_cuda_device", lambda device: True)  # every tensor "on CUDA"
+    reports: list[tuple[str, str, str]] = []
+
+    def report(part: str, backend: str, why: str = "") -> None:
+        if part.startswith("MLP"):  # the encoding reports too
+            reports.append((part, backend, why))
+
+    monkeypatch.setattr(backends, "report_backend", report)
+    grid = {**SMALL_GRID, "backend": "torch"}  # the stand-in has no Encoding
+    points = shell_points()
+
+    geo = make(backend="auto", pos_encoding_config=grid, normal_type="finite_difference")
+    for _ in range(3):
+        out = geo(points, output_normal=True)
+    assert built == []  # no tcnn.Network was built: the VanillaMLP heads ran in PyTorch
+    assert geo.density_network.backend_for("cuda") == geo.feature_network.backend_for("cuda") == "torch"
+    torch.testing.assert_close(out["features"], geo.feature_network.forward_torch(geo.encoding(geo.to_unit(points))))
+    assert sorted(r[:2] for r in reports) == [("MLP 12->1", "torch"), ("MLP 12->3", "torch")]  # once each
+    assert all("VanillaMLP" in why for _, _, why in reports)
+
+    reports.clear()
+    fused = make(backend="auto", pos_encoding_config=grid, normal_type="finite_difference",
+                 mlp_network_config={**SMALL_MLP, "otype": "FullyFusedMLP"})
+    fused(points, output_normal=True)
+    assert built == ["FullyFusedMLP", "FullyFusedMLP"]  # density and features
+    assert fused.feature_network.backend_for("cuda") == "tinycudann"
+    assert sorted(r[:2] for r in reports) == [("MLP 12->1", "tinycudann"), ("MLP 12->3", "tinycudann")]

@@ -142,7 +142,7 @@ def edit_run(capture: Path, editor: str, out: Path, *overrides: str) -> Path:
 
 
 @pytest.mark.slow  # three short runs through the CLI
-def test_resuming_mid_edit_matches_the_uninterrupted_run(capture, tmp_path) -> None:
+def test_resuming_mid_edit_matches_the_uninterrupted_run(capture, tmp_path, on_the_cpu) -> None:
     editor = build_tiny_diffusion_model(str(tmp_path / "editor"), sample_size=8, image_condition=True)
     straight = edit_run(capture, editor, tmp_path / "straight", "trainer.max_steps=6")
     first = edit_run(capture, editor, tmp_path / "resumed", "trainer.max_steps=4")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from threestudio_like.backgrounds import SolidColorBackground
@@ -171,3 +172,114 @@ def test_nvdiffrast_wrapper_answers_empty_triangle_arrays_itself(monkeypatch) ->
     assert torch.equal(r.antialias(color, rast, pos, no_tri), color)
     rast, _ = r.rasterize(pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (6, 7))  # non-empty: the library
     assert rast.shape == (2, 6, 7, 4)
+
+
+# --------------------------------------------------------------------------- nvdiffrast contexts
+def _fake_nvdiffrast(failing: tuple[str, ...], created: list[str]):
+    """nvdiffrast.torch whose contexts in ``failing`` cannot be created (a headless machine's GL);
+    its rasterize / interpolate / antialias are the built-in rasteriser's."""
+    import types
+
+    from threestudio_like.mesh.rasterize import TorchRasterizer
+
+    inner = TorchRasterizer()
+
+    def context(kind: str):
+        def make(device=None):
+            if kind in failing:
+                raise RuntimeError(f"{kind}: eglGetDisplay() failed")
+            created.append(kind)
+            return kind
+
+        return make
+
+    return types.SimpleNamespace(
+        RasterizeCudaContext=context("cuda"),
+        RasterizeGLContext=context("gl"),
+        rasterize=lambda ctx, pos, tri, resolution, ranges=None, grad_db=True: inner.rasterize(pos, tri, resolution),
+        # nvdiffrast gives an empty derivative tensor where the built-in rasteriser gives None
+        interpolate=lambda attr, rast, tri, rast_db=None, diff_attrs=None: (inner.interpolate(attr, rast, tri)[0], rast.new_zeros(*rast.shape[:3], 0)),
+        antialias=lambda color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0: inner.antialias(color, rast, pos, tri),
+        antialias_construct_topology_hash=lambda tri: None,
+    )
+
+
+def _patch_nvdiffrast(monkeypatch, failing: tuple[str, ...]) -> list[str]:
+    from threestudio_like.utils import backends
+
+    created: list[str] = []
+    fake = _fake_nvdiffrast(failing, created)
+    real = backends.optional_import
+    monkeypatch.setattr(backends, "optional_import", lambda name: fake if name.startswith("nvdiffrast") else real(name))
+    monkeypatch.setattr(backends, "is_cuda_device", lambda device: True)  # every tensor "on CUDA"
+    monkeypatch.setattr(backends, "_REPORTED", set())
+    return created
+
+
+def test_nvdiffrast_defaults_to_its_cuda_context_everywhere() -> None:
+    import glob
+    import inspect
+    import os
+
+    import yaml
+
+    from threestudio_like.export.exporter import MeshExporter
+    from threestudio_like.mesh.rasterize import make_rasterizer
+
+    assert MeshRasterizer.Config().context_type == "cuda"
+    assert MeshExporter.Config().context_type == "cuda"
+    assert inspect.signature(make_rasterizer).parameters["context_type"].default == "cuda"
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "threestudio_like", "configs")
+    contexts = {}
+    for path in glob.glob(os.path.join(configs, "*.yaml")):
+        with open(path) as f:
+            system = (yaml.safe_load(f) or {}).get("system", {})
+        for section in ("renderer", "exporter"):
+            if "context_type" in (system.get(section) or {}):
+                contexts[f"{os.path.basename(path)}:{section}"] = system[section]["context_type"]
+    assert contexts and set(contexts.values()) == {"cuda"}, contexts
+
+
+def test_a_gl_context_that_cannot_be_created_falls_back_to_cuda_with_one_warning(monkeypatch, capsys) -> None:
+    import warnings
+
+    from threestudio_like.mesh.rasterize import NvdiffrastRasterizer
+
+    created = _patch_nvdiffrast(monkeypatch, failing=("gl",))
+    geometry, material, background = _parts()
+    renderer = MeshRasterizer({"context_type": "gl", "backend": "auto"}, geometry=geometry, material=material, background=background)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = renderer(**_views(2, 32))
+        renderer(**_views(2, 32))  # the rasteriser is kept: no second warning
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == [
+        "nvdiffrast: gl context: RuntimeError: gl: eglGetDisplay() failed; using its cuda context instead."
+    ]
+    assert isinstance(renderer.rasterizer(torch.device("cpu")), NvdiffrastRasterizer) and created == ["cuda"]
+    assert 0.05 < float(out["opacity"].mean()) < 0.95  # it still draws the ball
+    reports = [line for line in capsys.readouterr().err.splitlines() if line.startswith("backend: ")]
+    assert reports == ["backend: mesh rasteriser -> nvdiffrast (cuda context; gl context: RuntimeError: gl: eglGetDisplay() failed)"]
+
+
+def test_no_nvdiffrast_context_falls_back_to_the_torch_rasteriser_under_auto_only(monkeypatch) -> None:
+    from threestudio_like.mesh.rasterize import TorchRasterizer, make_rasterizer
+
+    _patch_nvdiffrast(monkeypatch, failing=("gl", "cuda"))
+    with pytest.warns(RuntimeWarning, match="gl context: .*cuda context: .*using the built-in PyTorch rasteriser") as caught:
+        rasterizer = make_rasterizer("auto", "cpu", "gl")
+    assert len(caught) == 1 and isinstance(rasterizer, TorchRasterizer)
+    pos = torch.tensor([[[-0.5, -0.5, 0.0, 1.0], [0.5, -0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 1.0]]])
+    rast, _ = rasterizer.rasterize(pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (16, 16))
+    assert int((rast[..., 3] > 0).sum()) > 20
+    with pytest.raises(RuntimeError, match="backend 'nvdiffrast' was requested but no nvdiffrast context could be created"):
+        make_rasterizer("nvdiffrast", "cpu", "cuda")
+
+
+def test_the_mesh_renderer_sets_nvdiffrast_up_when_moved_to_cuda(monkeypatch) -> None:
+    created = _patch_nvdiffrast(monkeypatch, failing=())
+    geometry, material, background = _parts()
+    renderer = MeshRasterizer({"backend": "auto"}, geometry=geometry, material=material, background=background)
+    assert created == []
+    renderer.to("cpu")  # stands for .to("cuda"): every device counts as CUDA here
+    assert created == ["cuda"]  # the context (and nvdiffrast's plugin build) exists before the first step
+    assert "_device_probe" not in renderer.state_dict()

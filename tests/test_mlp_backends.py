@@ -27,7 +27,7 @@ SMALL_GRID = {
     "per_level_scale": 1.5,
     "backend": "torch",  # the fake library has no Encoding
 }
-SMALL_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+SMALL_MLP = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
 
 
 # --------------------------------------------------------------------------- tcnn's layout, written out

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 from threestudio_like.config import ConfigError
 from threestudio_like.data.random_multiview import MultiviewCameraDataModule, MultiviewCameraSampler
-from threestudio_like.guidance.models import load_diffusion_components
+from threestudio_like.guidance.models import clear_component_cache, load_diffusion_components
 from threestudio_like.guidance.multiview import MultiviewDiffusionGuidance, rescale_to_group_std
-from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel, mvdream_camera
+from threestudio_like.guidance.multiview_unet import MultiViewAttnProcessor, MultiViewUNet2DConditionModel, mvdream_camera
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
 from threestudio_like.priors.tiny import build_tiny_diffusion_model
 
@@ -192,6 +192,49 @@ def test_guidance_refuses_partial_groups_and_2d_models(multiview_model_dir, tiny
         _guidance(tiny_model_dir)
     with pytest.raises(ConfigError, match="needs a multi-view model"):
         MultiviewDiffusionGuidance(OmegaConf.create({}))
+
+
+def test_attention_slicing_keeps_the_views_attending_to_each_other(multiview_model_dir, unet) -> None:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    x, text, camera = _inputs(8)
+    with torch.no_grad():
+        expected = unet(x, 500, encoder_hidden_states=text, camera=camera, num_frames=4).sample
+    clear_component_cache()  # the guidance gets a UNet of its own, not the one the other tests share
+    try:
+        sliced = _guidance(multiview_model_dir, enable_attention_slicing=True).components.unet
+        assert sliced is not unet
+        processors = list(sliced.attn_processors.values())
+        # slicing is on, inside the multi-view processor
+        assert processors and all(
+            isinstance(p, MultiViewAttnProcessor) and isinstance(p.inner, SlicedAttnProcessor) for p in processors
+        )
+        with torch.no_grad():
+            out = sliced(x, 500, encoder_hidden_states=text, camera=camera, num_frames=4).sample
+            x[1] += 0.5  # a view of the first group
+            after = sliced(x, 500, encoder_hidden_states=text, camera=camera, num_frames=4).sample
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # what it computed without the option
+        change = (after - out).flatten(1).abs().amax(dim=1)
+        assert (change[[0, 2, 3]] > 1e-5).all(), "3D self-attention: the other views of the group see the change"
+        assert (change[4:] == 0).all()
+    finally:
+        clear_component_cache()
+
+
+def test_xformers_attention_is_kept_inside_the_multiview_processor(multiview_model_dir, unet, monkeypatch) -> None:
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    # what diffusers' xformers switch does to each Attention (xformers itself needs CUDA): a plain processor
+    monkeypatch.setattr(Attention, "set_use_memory_efficient_attention_xformers", lambda self, valid, op=None: self.set_processor(AttnProcessor()))
+    x, text, camera = _inputs(8)
+    fresh = MultiViewUNet2DConditionModel.from_pretrained(multiview_model_dir, subfolder="unet")
+    fresh.enable_xformers_memory_efficient_attention()
+    processors = list(fresh.attn_processors.values())
+    assert processors and all(isinstance(p, MultiViewAttnProcessor) and isinstance(p.inner, AttnProcessor) for p in processors)
+    with torch.no_grad():
+        expected = unet(x, 500, encoder_hidden_states=text, camera=camera, num_frames=4).sample
+        out = fresh(x, 500, encoder_hidden_states=text, camera=camera, num_frames=4).sample
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_the_extensions_ckpt_path_names_the_model_without_rewriting_the_config(multiview_model_dir) -> None:

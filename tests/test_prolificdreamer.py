@@ -93,7 +93,7 @@ def test_particles_train_independently_and_each_is_saved(tiny_model_dir, tmp_pat
     assert sum(k.startswith("guidance.camera_embedding.") for k in state) == 4
 
 
-def test_resume_with_a_lora_critic_matches_the_uninterrupted_run(tiny_model_dir, tmp_path):
+def test_resume_with_a_lora_critic_matches_the_uninterrupted_run(tiny_model_dir, tmp_path, on_the_cpu):
     extra = {**CPU_TINY, **run_length(**{"trainer.max_steps": 4, "checkpoint.every_n_train_steps": 2}), "system.n_particles": 2}
     straight = stage("prolificdreamer-cpu.yaml", tiny_model_dir, str(tmp_path / "a"), **extra)
     first = stage("prolificdreamer-cpu.yaml", tiny_model_dir, str(tmp_path / "b"), **{**extra, "trainer.max_steps": 2})

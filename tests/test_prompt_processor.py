@@ -221,3 +221,32 @@ def test_unknown_words_warn_and_list_the_vocabulary(tiny_model_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         StableDiffusionPromptProcessor({**cfg, "prompt": "a red cube"})  # known words: no warning
+
+
+# --------------------------------------------------------------------------- host transfers (issue 31, 9)
+def test_a_step_picks_its_embeddings_without_copies_between_host_and_device(monkeypatch):
+    # before: every call copied elevation and azimuth to the host (a device sync on a GPU) and the
+    # picked rows back to the device; now the tables go to the device once and the rows are picked there
+    out = synthetic_output()
+    elevation, azimuth, distance = torch.tensor([0.0, 70.0, 10.0]), torch.tensor([0.0, 180.0, 100.0]), torch.full((3,), 2.0)
+    first = out.get_text_embeddings(elevation, azimuth, distance)  # the one copy of the tables
+    first_perp_neg = out.get_text_embeddings_perp_neg(elevation, azimuth, distance)
+    calls = []
+    for name in ("cpu", "to", "item", "tolist", "__bool__", "__float__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    again = out.get_text_embeddings(elevation, azimuth, distance)
+    again_perp_neg = out.get_text_embeddings_perp_neg(elevation, azimuth, distance)
+    plain = out.get_text_embeddings(elevation, azimuth, distance, view_dependent_prompting=False)
+    assert calls == []
+    monkeypatch.undo()
+    assert torch.equal(again, first) and all(torch.equal(a, b) for a, b in zip(again_perp_neg, first_perp_neg))
+    # the rows are the views' directions: front, overhead, side (then the negative prompt's rows)
+    rows = [DIRECTION_NAMES.index(n) for n in ("front", "overhead", "side")]
+    torch.testing.assert_close(again[:3], out.text_embeddings_vd[rows], rtol=0, atol=0)
+    torch.testing.assert_close(plain[:3], out.text_embeddings.expand(3, -1, -1), rtol=0, atol=0)

@@ -198,7 +198,9 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
     state.phase = "training" if args.train else "the turntable"
 
     resumed_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
-    trainer, interrupt = build_trainer(exp, accelerator, devices, handler, mode, resumed_step)
+    # several particles: each step trains one, so the others' parameters go unused (DDP must know)
+    unused = bool(getattr(system, "leaves_parameters_unused", False))
+    trainer, interrupt = build_trainer(exp, accelerator, devices, handler, mode, resumed_step, unused_parameters=unused)
     state.checkpoint_io = trainer.strategy.checkpoint_io
     del checkpoint  # Lightning reads the file again to restore the full training state
     if args.validate:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from tqdm import tqdm
 
 from threestudio_like.experiment import ExperimentConfig
@@ -86,6 +87,26 @@ class GracefulInterrupt(Callback):
         self.handler.graceful = False
 
 
+def device_count(devices: Any) -> int:
+    """How many devices (ranks on one node) ``devices`` names: a list of indices or a count."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        return int(devices)
+    return 1  # "auto" and the like: Lightning decides, with its default strategy
+
+
+def choose_strategy(devices: Any, unused_parameters: bool, start_method: str = "popen") -> Optional[DDPStrategy]:
+    """The strategy for ``devices``: DDP that tolerates parameters without a gradient in a step
+    (``find_unused_parameters``) when several ranks train a system that may leave some unused,
+    e.g. particles (each step trains one); None (Lightning's default) otherwise."""
+    if device_count(devices) > 1 and unused_parameters:
+        return DDPStrategy(find_unused_parameters=True, start_method=start_method)  # type: ignore[arg-type]
+    return None
+
+
 def build_trainer(
     exp: ExperimentConfig,
     accelerator: str,
@@ -93,10 +114,17 @@ def build_trainer(
     handler: Optional[InterruptHandler] = None,
     mode: str = "train",
     resumed_step: Optional[int] = None,
+    unused_parameters: bool = False,
 ) -> tuple[Trainer, GracefulInterrupt]:
     """The trainer of a run in ``mode`` (train | validate | test): its logs, checkpoints and Ctrl-C.
-    ``resumed_step``: the step of the checkpoint a training run continues from."""
+    ``resumed_step``: the step of the checkpoint a training run continues from. ``unused_parameters``:
+    the system may leave parameters without a gradient in a step (several devices then need DDP's
+    ``find_unused_parameters``; a ``trainer.strategy`` in the config wins)."""
     kwargs = dict(exp.trainer)
+    if "strategy" not in kwargs:
+        strategy = choose_strategy(devices, unused_parameters)
+        if strategy is not None:
+            kwargs["strategy"] = strategy
     show_progress = kwargs.pop("enable_progress_bar", True)
     if accelerator == "cpu" and str(kwargs.get("precision", "32")) in ("16", "16-mixed", "bf16-mixed", "bf16"):
         # Half precision is a GPU speed-up; on the CPU it is slower and less accurate.

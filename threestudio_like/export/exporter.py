@@ -18,7 +18,7 @@ from threestudio_like.export.decimate import decimate
 from threestudio_like.export.texture import textured_mesh
 from threestudio_like.export.writers import write_glb, write_obj
 from threestudio_like.mesh.isosurface import LEVEL_NAMES
-from threestudio_like.mesh.rasterize import make_rasterizer
+from threestudio_like.mesh.rasterize import CONTEXT_TYPES, make_rasterizer
 from threestudio_like.mesh.types import Mesh
 from threestudio_like.registry import register
 from threestudio_like.representations.base import BaseGeometry
@@ -51,7 +51,7 @@ class MeshExporter(BaseObject):
         texture_format: str = "png"  # png | jpg (the OBJ's map_Kd; the GLB always embeds PNG)
         xatlas_chart_options: dict = field(default_factory=dict)
         xatlas_pack_options: dict = field(default_factory=dict)
-        context_type: str = "gl"  # nvdiffrast context for baking on CUDA
+        context_type: str = "cuda"  # nvdiffrast context for baking on CUDA: cuda | gl (falls back to cuda, then torch)
         backend: str = "auto"  # rasteriser for baking: auto | torch | nvdiffrast
         # the level / grid geometry.isosurface meshes a field at; None: the geometry's own
         # (isosurface_threshold / isosurface_resolution); "opacity": the level whose solid looks
@@ -70,6 +70,8 @@ class MeshExporter(BaseObject):
         self.formats = sorted({_FORMATS[f] for f in formats})
         if self.cfg.save_texture and not self.cfg.save_uv:
             raise ConfigError("system.exporter: save_texture needs save_uv: true (a texture is addressed by UVs).")
+        if self.cfg.context_type not in CONTEXT_TYPES:
+            raise ConfigError(f"system.exporter.context_type: expected one of {CONTEXT_TYPES}, got {self.cfg.context_type!r}")
         if self.cfg.texture_format not in _TEXTURE_FORMATS:
             raise ConfigError(f"system.exporter.texture_format: expected one of {_TEXTURE_FORMATS}, got {self.cfg.texture_format!r}")
         if isinstance(self.cfg.isosurface_threshold, str) and self.cfg.isosurface_threshold not in LEVEL_NAMES:
@@ -95,7 +97,7 @@ class MeshExporter(BaseObject):
         if not geometry.has_features:
             pass  # a geometry-only stage has no colour: the bare surface
         elif self.cfg.save_texture:
-            rasterizer = make_rasterizer(self.cfg.backend, device, self.cfg.context_type)
+            rasterizer = make_rasterizer(self.cfg.backend, device, self.cfg.context_type, part="texture-bake rasteriser")
             mesh, texture_t = textured_mesh(
                 mesh, albedo, rasterizer, self.cfg.texture_size, self.cfg.xatlas_chart_options, self.cfg.xatlas_pack_options
             )

@@ -100,12 +100,21 @@ def perp_neg_guidance(
     return classifier_free_guidance(cond, uncond, scale) + scale * away
 
 
+def autocast_off(device: torch.device) -> torch.autocast:
+    """Autocast disabled for tensors on ``device``: the frozen networks run in their own dtype
+    (fp16 weights on CUDA with ``half_precision_weights``, else fp32), not in Lightning's
+    ``16-mixed`` / ``bf16-mixed`` autocast (as threestudio's guidances)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def unet_output(
     unet: Any, sample: Float[Tensor, "N c_in h w"], t: Int[Tensor, "N"], text: Float[Tensor, "N L D"], **conditions: Any
 ) -> Float[Tensor, "N c_out h w"]:
-    """One UNet call in the UNet's dtype, the output back in float32."""
+    """One UNet call in the UNet's dtype with autocast off, the output back in float32."""
     dtype = unet.dtype
-    return unet(sample.to(dtype), t, encoder_hidden_states=text.to(device=sample.device, dtype=dtype), **conditions).sample.float()
+    with autocast_off(sample.device):
+        output = unet(sample.to(dtype), t, encoder_hidden_states=text.to(device=sample.device, dtype=dtype), **conditions)
+    return output.sample.float()
 
 
 def resize(images: Float[Tensor, "B C H W"], size: tuple[int, int]) -> Float[Tensor, "B C h w"]:
@@ -224,14 +233,17 @@ class FrozenDiffusion:
         x = images * 2.0 - 1.0
         if parts.vae is None:
             return x, images
-        posterior = parts.vae.encode(x.to(parts.vae.dtype)).latent_dist
-        return (posterior.sample() * parts.vae.config.scaling_factor).float(), images
+        with autocast_off(x.device):
+            posterior = parts.vae.encode(x.to(parts.vae.dtype)).latent_dist
+            latents = posterior.sample() * parts.vae.config.scaling_factor
+        return latents.float(), images
 
     def decode(self, latents: Float[Tensor, "B c h w"]) -> Float[Tensor, "B 3 H W"]:
         """Model space -> image in [0, 1]."""
         vae = self.components.vae
         if vae is not None:
-            latents = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+            with autocast_off(latents.device):
+                latents = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
         return (latents * 0.5 + 0.5).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ noise

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError
-from threestudio_like.guidance.diffusion import MemoryOptions, denoised_from_epsilon, resize, unet_output
+from threestudio_like.guidance.diffusion import MemoryOptions, autocast_off, denoised_from_epsilon, resize, unet_output
 from threestudio_like.guidance.distillation import Noised, ScoreDistillation, sds_weighting
 from threestudio_like.guidance.models import load_diffusion_components
 from threestudio_like.guidance.prompt_processor import PromptProcessorOutput
@@ -114,7 +114,8 @@ class InstructPix2PixGuidance(ScoreDistillation):
         vae = self.components.vae
         if vae is None:
             return x
-        return vae.encode(x.to(vae.dtype)).latent_dist.mode().float()
+        with autocast_off(x.device):
+            return vae.encode(x.to(vae.dtype)).latent_dist.mode().float()
 
     def three_way_text(self, prompt_utils: PromptProcessorOutput, batch: int, device: torch.device) -> Float[Tensor, "3*{batch} L D"]:
         """[instruction x B; negative x B; negative x B] (the negative prompt is "" by default)."""
@@ -153,7 +154,7 @@ class InstructPix2PixGuidance(ScoreDistillation):
     def __call__(
         self,
         rgb: Float[Tensor, "B H W 3"],
-        cond_rgb: Float[Tensor, "B H W 3"],
+        cond_rgb: Float[Tensor, "B Hc Wc 3"],  # any size: resized to the edit size
         prompt_utils: PromptProcessorOutput,
         generator: Optional[torch.Generator] = None,
         **kwargs: Any,

@@ -10,7 +10,10 @@ Stable Diffusion UNet, and this module changes exactly those in ``UNet2DConditio
 - **3D self-attention.** Every self-attention layer attends across all views of a group: the
   tokens are folded ``(b f) l c -> b (f l) c`` around the self-attention only. Cross-attention
   and the feed-forward layers stay per view. It is an attention processor, so the weights are
-  the 2D model's and a 2D checkpoint fine-tunes into a multi-view one.
+  the 2D model's and a 2D checkpoint fine-tunes into a multi-view one. Attention slicing and
+  xformers (``set_attention_slice``, ``enable_xformers_memory_efficient_attention``) replace every
+  processor; here they become the inner attention of the multi-view processor, so the views still
+  see each other.
 
 With ``num_frames=1`` and no camera it computes what a ``UNet2DConditionModel`` with the same
 weights computes. ``save_pretrained`` / ``from_pretrained`` round-trip it like any diffusers model.
@@ -35,11 +38,12 @@ class MultiViewAttnProcessor:
     """Scaled dot-product attention; self-attention sees every view of its group.
 
     ``num_frames`` arrives through ``cross_attention_kwargs``. Cross-attention (a layer given
-    ``encoder_hidden_states``) is left per view.
+    ``encoder_hidden_states``) is left per view. ``inner`` computes the attention itself (torch's
+    scaled dot product by default; a sliced or xformers processor when those options are on).
     """
 
-    def __init__(self) -> None:
-        self.inner = AttnProcessor2_0()
+    def __init__(self, inner: Optional[Any] = None) -> None:
+        self.inner = inner if inner is not None else AttnProcessor2_0()
 
     def __call__(
         self,
@@ -51,11 +55,19 @@ class MultiViewAttnProcessor:
         num_frames: int = 1,
     ) -> Float[Tensor, "BF L C"]:
         if encoder_hidden_states is not None or num_frames == 1 or hidden_states.ndim != 3:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         views, tokens, channels = hidden_states.shape
         grouped = hidden_states.reshape(views // num_frames, num_frames * tokens, channels)
-        out = self.inner(attn, grouped, None, attention_mask, temb)
+        out = self._attend(attn, grouped, None, attention_mask, temb)
         return out.reshape(views, tokens, channels)
+
+    def _attend(
+        self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor],
+        attention_mask: Optional[Tensor], temb: Optional[Tensor],
+    ) -> Tensor:
+        if temb is None:  # diffusers' sliced processor takes no temb
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask)
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 class MultiViewUNet2DConditionModel(UNet2DConditionModel):
@@ -73,6 +85,23 @@ class MultiViewUNet2DConditionModel(UNet2DConditionModel):
 
     # diffusers reads a model's config keys from its __init__ signature: keep the parent's.
     __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__)  # type: ignore[attr-defined]
+
+    def set_attention_slice(self, slice_size: Any = "auto") -> None:
+        """diffusers' attention slicing, inside the multi-view processor (slicing alone would make
+        every self-attention per view)."""
+        super().set_attention_slice(slice_size)
+        self._keep_multiview_attention()
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Any = None) -> None:
+        """xformers' attention (``enable_xformers_memory_efficient_attention``), inside the multi-view processor."""
+        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
+        self._keep_multiview_attention()
+
+    def _keep_multiview_attention(self) -> None:
+        # the options set a plain processor on every Attention: it becomes the multi-view one's inner
+        for module in self.modules():
+            if isinstance(module, Attention) and not isinstance(module.processor, MultiViewAttnProcessor):
+                module.set_processor(MultiViewAttnProcessor(module.processor))
 
     @property
     def camera_embedding(self) -> Optional[torch.nn.Module]:

@@ -49,13 +49,13 @@ def wrap_azimuth(azimuth: Tensor) -> Tensor:
 def view_direction_index(
     elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], thresholds: ViewThresholds
 ) -> Int[Tensor, "B"]:
-    """Index into ``DIRECTION_NAMES`` for each view; side unless a later rule matches."""
+    """Index into ``DIRECTION_NAMES`` for each view; side unless a later rule matches. On the
+    views' device, without a host sync (``torch.where``, not masked assignment)."""
     azimuth = wrap_azimuth(azimuth)
     index = torch.zeros_like(azimuth, dtype=torch.long)  # side
-    index[azimuth.abs() < thresholds.front] = DIRECTION_NAMES.index("front")
-    index[azimuth.abs() > 180.0 - thresholds.back] = DIRECTION_NAMES.index("back")
-    index[elevation > thresholds.overhead] = DIRECTION_NAMES.index("overhead")
-    return index
+    index = torch.where(azimuth.abs() < thresholds.front, DIRECTION_NAMES.index("front"), index)
+    index = torch.where(azimuth.abs() > 180.0 - thresholds.back, DIRECTION_NAMES.index("back"), index)
+    return torch.where(elevation > thresholds.overhead, DIRECTION_NAMES.index("overhead"), index)
 
 
 # Perp-Neg weight functions f(r) = a exp(-b r) + c, coefficients (a, b, c); threestudio's defaults.
@@ -118,6 +118,16 @@ class PromptProcessorOutput:
     perp_neg_f_fsb: Sequence[float] = PERP_NEG_F_FSB
     perp_neg_f_fs: Sequence[float] = PERP_NEG_F_FS
     perp_neg_f_sf: Sequence[float] = PERP_NEG_F_SF
+    # the four embedding tables per device, copied there once (not at every step)
+    _on_device: dict[str, dict[str, Tensor]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def tables(self, device: torch.device) -> dict[str, Tensor]:
+        """``text_embeddings``, ``uncond_text_embeddings`` and their ``_vd`` tables on ``device``."""
+        key = str(device)
+        if key not in self._on_device:
+            names = ("text_embeddings", "uncond_text_embeddings", "text_embeddings_vd", "uncond_text_embeddings_vd")
+            self._on_device[key] = {name: getattr(self, name).to(device) for name in names}
+        return self._on_device[key]
 
     def get_text_embeddings(
         self,
@@ -126,16 +136,18 @@ class PromptProcessorOutput:
         camera_distances: Float[Tensor, "B"],
         view_dependent_prompting: bool = True,
     ) -> Float[Tensor, "2*B L D"]:
-        """Conditional rows for the B views, then the B unconditional rows; on ``elevation``'s device."""
+        """Conditional rows for the B views, then the B unconditional rows; on ``elevation``'s device
+        (picked there: no copy between host and device per call)."""
         batch = elevation.shape[0]
+        tables = self.tables(elevation.device)
         if view_dependent_prompting:
-            index = view_direction_index(elevation.detach().cpu(), azimuth.detach().cpu(), self.thresholds)
-            cond = self.text_embeddings_vd[index]
-            uncond = self.uncond_text_embeddings_vd[index]
+            index = view_direction_index(elevation.detach(), azimuth.detach(), self.thresholds)
+            cond = tables["text_embeddings_vd"][index]
+            uncond = tables["uncond_text_embeddings_vd"][index]
         else:
-            cond = self.text_embeddings.expand(batch, -1, -1)
-            uncond = self.uncond_text_embeddings.expand(batch, -1, -1)
-        return torch.cat([cond, uncond], dim=0).to(elevation.device)
+            cond = tables["text_embeddings"].expand(batch, -1, -1)
+            uncond = tables["uncond_text_embeddings"].expand(batch, -1, -1)
+        return torch.cat([cond, uncond], dim=0)
 
     def get_text_embeddings_perp_neg(
         self,
@@ -161,9 +173,10 @@ class PromptProcessorOutput:
                 "Perp-Neg needs view-dependent prompting: set system.guidance.view_dependent_prompting: true "
                 "or system.prompt_processor.use_perp_neg: false."
             )
-        index = view_direction_index(elevation.detach().cpu(), azimuth.detach().cpu(), self.thresholds)
-        a = wrap_azimuth(azimuth.detach().cpu().float()).abs()
-        rows = {name: self.text_embeddings_vd[i] for i, name in enumerate(DIRECTION_NAMES)}
+        tables = self.tables(elevation.device)
+        index = view_direction_index(elevation.detach(), azimuth.detach(), self.thresholds)
+        a = wrap_azimuth(azimuth.detach().float()).abs()
+        rows = {name: tables["text_embeddings_vd"][i] for i, name in enumerate(DIRECTION_NAMES)}
         side, front, back, overhead = rows["side"], rows["front"], rows["back"], rows["overhead"]
         front_half = a < 90.0
         r = torch.where(front_half, 1.0 - a / 90.0, 2.0 - a / 90.0)
@@ -178,13 +191,13 @@ class PromptProcessorOutput:
             ],
             dim=1,
         )
-        uncond = self.uncond_text_embeddings_vd[index]
+        uncond = tables["uncond_text_embeddings_vd"][index]
         is_overhead = index == DIRECTION_NAMES.index("overhead")
         positive = _pick(is_overhead, overhead[None], positive)
         first, second = _pick(is_overhead, uncond, first), _pick(is_overhead, uncond, second)
         weights = torch.where(is_overhead.view(-1, 1), torch.zeros_like(weights), weights)
         embeddings = torch.cat([positive, uncond, first, second], dim=0)
-        return embeddings.to(elevation.device), weights.to(elevation.device)
+        return embeddings, weights
 
 
 @register("stable-diffusion-prompt-processor", "prompt-processor")

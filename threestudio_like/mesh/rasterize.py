@@ -7,7 +7,10 @@ Two backends with the same three methods, so renderer code never asks which one 
 - :class:`NvdiffrastRasterizer`: a thin wrapper over ``nvdiffrast.torch`` (CUDA only).
 
 :func:`make_rasterizer` picks one (``backend: auto | torch | nvdiffrast``); ``auto`` uses
-nvdiffrast when it imports and the device is CUDA.
+nvdiffrast when it imports and the device is CUDA. nvdiffrast's context defaults to ``cuda``
+(its OpenGL context needs a display / EGL, which a headless machine lacks); a context that
+cannot be created falls back, with one warning, ``gl -> cuda -> the PyTorch rasteriser`` (the
+last step only under ``auto``: a recipe naming ``nvdiffrast`` fails loudly without it).
 
 Conventions (the same as nvdiffrast's):
 
@@ -23,13 +26,13 @@ Conventions (the same as nvdiffrast's):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from threestudio_like.utils import backends
-from threestudio_like.utils.backends import choose_backend
 from threestudio_like.utils.typing import Float, Int
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -526,7 +529,7 @@ class NvdiffrastRasterizer:
         dr = backends.optional_import("nvdiffrast.torch")
         if dr is None:
             raise RuntimeError(
-                "nvdiffrast is not installed (pip install git+https://github.com/NVlabs/nvdiffrast); "
+                f"nvdiffrast is not installed ({backends.install_hint('nvdiffrast')}); "
                 "use backend: torch for the built-in rasterizer."
             )
         self.dr = dr
@@ -585,8 +588,40 @@ class NvdiffrastRasterizer:
 Rasterizer = Union[TorchRasterizer, NvdiffrastRasterizer]
 
 
-def make_rasterizer(backend: str = "auto", device: Union[str, torch.device] = "cpu", context_type: str = "cuda") -> Rasterizer:
-    """``backend``: ``auto`` (nvdiffrast on CUDA when installed, else torch), ``torch`` or ``nvdiffrast``."""
-    if choose_backend(backend, "nvdiffrast", device) == "nvdiffrast":
-        return NvdiffrastRasterizer(device=device, context_type=context_type)
+CONTEXT_TYPES = ("cuda", "gl")
+
+
+def make_rasterizer(
+    backend: str = "auto", device: Union[str, torch.device] = "cpu", context_type: str = "cuda", part: str = "rasteriser"
+) -> Rasterizer:
+    """``backend``: ``auto`` (nvdiffrast on CUDA when installed, else torch), ``torch`` or ``nvdiffrast``.
+
+    ``context_type`` (``cuda`` or ``gl``) is nvdiffrast's first choice: when it cannot be created
+    (``gl`` on a headless machine) the CUDA context is tried, then, under ``auto``, the built-in
+    rasteriser, with one warning saying what failed. The backend used is reported as ``part``.
+    """
+    if context_type not in CONTEXT_TYPES:
+        raise ValueError(f"context_type must be 'cuda' or 'gl', got {context_type!r}")
+    chosen, why = backends.resolve_backend(backend, "nvdiffrast", device)
+    if chosen == "torch":
+        backends.report_backend(part, "torch", why)
+        return TorchRasterizer()
+    failures = []
+    for context in dict.fromkeys([context_type, "cuda"]):  # gl -> cuda; cuda alone
+        try:
+            rasterizer = NvdiffrastRasterizer(device=device, context_type=context)
+        except Exception as error:  # no display / EGL, a plugin that fails to build, ...
+            failures.append(f"{context} context: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}")
+            continue
+        if failures:
+            warnings.warn(f"nvdiffrast: {'; '.join(failures)}; using its {context} context instead.", RuntimeWarning, stacklevel=2)
+        backends.report_backend(part, "nvdiffrast", "; ".join([f"{context} context", *failures]))
+        return rasterizer
+    if backend == "nvdiffrast":
+        raise RuntimeError(
+            f"backend 'nvdiffrast' was requested but no nvdiffrast context could be created ({'; '.join(failures)}). "
+            "Set backend: auto (or torch) to use the built-in PyTorch rasteriser."
+        )
+    warnings.warn(f"nvdiffrast: {'; '.join(failures)}; using the built-in PyTorch rasteriser instead.", RuntimeWarning, stacklevel=2)
+    backends.report_backend(part, "torch", "no nvdiffrast context: " + "; ".join(failures))
     return TorchRasterizer()

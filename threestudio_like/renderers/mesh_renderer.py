@@ -3,8 +3,11 @@ backgrounds as the volume renderer.
 
 Registered as ``nvdiff-rasterizer`` (threestudio's name, so its configs load unchanged) and
 ``mesh-rasterizer``. ``backend: auto`` uses nvdiffrast when it imports and the device is
-CUDA (``context_type`` picks its GL or CUDA rasteriser); otherwise the built-in PyTorch
-rasteriser, whose antialiasing gives silhouette gradients just like nvdiffrast's.
+CUDA (``context_type`` picks its CUDA rasteriser, the default, or its OpenGL one, which needs a
+display / EGL: when a context cannot be created it falls back ``gl -> cuda -> PyTorch`` with one
+warning); otherwise the built-in PyTorch rasteriser, whose antialiasing gives silhouette
+gradients just like nvdiffrast's. Moving the renderer to a CUDA device sets the rasteriser up
+(nvdiffrast builds its plugin on first use), so that happens before training, not in step 0.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like.config import ConfigError
-from threestudio_like.mesh.rasterize import clip_positions, make_rasterizer
+from threestudio_like.mesh.rasterize import CONTEXT_TYPES, clip_positions, make_rasterizer
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.representations.base import BaseGeometry
+from threestudio_like.utils import backends
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
 
@@ -27,15 +31,15 @@ from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 class MeshRasterizer(BaseRenderer):
     @dataclass
     class Config(BaseRenderer.Config):
-        context_type: str = "gl"  # nvdiffrast context when nvdiffrast is used: gl | cuda
+        context_type: str = "cuda"  # nvdiffrast context when nvdiffrast is used: cuda | gl (falls back to cuda)
         backend: str = "auto"  # auto | torch | nvdiffrast
 
     cfg: Config
 
     def configure(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
         super().configure(geometry=geometry, material=material, background=background)
-        if self.cfg.context_type not in ("gl", "cuda"):
-            raise ConfigError(f"renderer.context_type: expected 'gl' or 'cuda', got {self.cfg.context_type!r}")
+        if self.cfg.context_type not in CONTEXT_TYPES:
+            raise ConfigError(f"renderer.context_type: expected 'cuda' or 'gl', got {self.cfg.context_type!r}")
         # every geometry has the method; the base class's only says it has no surface
         if not hasattr(geometry, "isosurface") or type(geometry).isosurface is BaseGeometry.isosurface:
             raise ConfigError(
@@ -43,11 +47,19 @@ class MeshRasterizer(BaseRenderer):
                 "cannot produce one (no isosurface()); use tetrahedra-sdf-grid or an implicit geometry."
             )
         self._rasterizers: dict[str, Any] = {}  # per device; plain dict, never in the state dict
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)  # where .to() put the renderer
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MeshRasterizer":
+        module = super()._apply(fn, *args, **kwargs)
+        device = self._device_probe.device
+        if self.cfg.backend != "torch" and backends.is_cuda_device(device):
+            self.rasterizer(device)  # create (and build) nvdiffrast's context now, not inside a training step
+        return module
 
     def rasterizer(self, device: torch.device) -> Any:
         key = str(device)
         if key not in self._rasterizers:
-            self._rasterizers[key] = make_rasterizer(self.cfg.backend, device, self.cfg.context_type)
+            self._rasterizers[key] = make_rasterizer(self.cfg.backend, device, self.cfg.context_type, part="mesh rasteriser")
         return self._rasterizers[key]
 
     def forward(

@@ -9,8 +9,10 @@ to ``far_plane``: what a real capture shows around the object is drawn there, no
 inside the box.
 
 ``backend: auto`` uses nerfacc's occupancy-grid sampler and rendering functions when
-nerfacc imports and the rays are on CUDA; the built-in PyTorch path runs anywhere. The
-grid state lives in the built-in ``OccupancyGrid`` either way, so checkpoints do not
+nerfacc (0.5 API) imports with its compiled CUDA code and the rays are on CUDA; the built-in
+PyTorch path runs anywhere. Moving the renderer to a CUDA device loads (on first use: builds)
+nerfacc's kernels, so a slow build or a missing backend shows before training, not in step 0.
+The grid state lives in the built-in ``OccupancyGrid`` either way, so checkpoints do not
 depend on the backend.
 """
 
@@ -29,6 +31,7 @@ from threestudio_like.renderers import packed
 from threestudio_like.renderers.base import BaseRenderer
 from threestudio_like.renderers.occupancy import OccupancyGrid, march_rays, nan_as_opaque, ray_box_intersection
 from threestudio_like.renderers.packed import PackedSamples
+from threestudio_like.utils import backends
 from threestudio_like.utils.backends import choose_backend, optional_import
 from threestudio_like.utils.typing import Float, RenderOutput, Tensor
 
@@ -39,6 +42,7 @@ OCCUPANCY_EMA_DECAY = 0.95
 OCCUPANCY_WARMUP_STEPS = 256
 BACKENDS = ("auto", "torch", "nerfacc")
 NORMAL_PERTURB_STD = 1e-2
+PART = "volume renderer"  # as report_backend names it
 
 
 @register("nerf-volume-renderer")
@@ -90,6 +94,15 @@ class NeRFVolumeRenderer(BaseRenderer):
         self.occupancy = OccupancyGrid(torch.tensor([[-r, -r, -r], [r, r, r]]), self.cfg.occupancy_grid_resolution)
         self.render_step_size = math.sqrt(3.0) * 2.0 * r / self.cfg.num_samples_per_ray
         self._nerfacc_cache: dict[str, Any] = {}  # plain dict: never part of the state dict
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "NeRFVolumeRenderer":
+        module = super()._apply(fn, *args, **kwargs)
+        device = self.occupancy.bbox.device
+        if self.cfg.backend != "torch" and backends.is_cuda_device(device):
+            # loads nerfacc's compiled code now (a JIT build the first time), or fails now if
+            # backend: nerfacc names a library that cannot run; auto reports the fallback
+            choose_backend(self.cfg.backend, "nerfacc", device, part=PART)
+        return module
 
     # ------------------------------------------------------------------ training hooks
     def update_step(self, global_step: int) -> None:
@@ -159,7 +172,7 @@ class NeRFVolumeRenderer(BaseRenderer):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-ray composites [N, C], and (if ``keep_samples``) packed per-sample values [S, C]."""
         n_rays = rays_o.shape[0]
-        backend = choose_backend(self.cfg.backend, "nerfacc", rays_o.device)
+        backend = choose_backend(self.cfg.backend, "nerfacc", rays_o.device, part=PART)
         samples = self._sample(rays_o, rays_d, backend)
         if getattr(self.geometry, "unbounded", False):
             samples = packed.concat_behind(samples, self._samples_beyond_box(rays_o, rays_d))

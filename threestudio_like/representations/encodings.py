@@ -223,7 +223,7 @@ class HashGrid(Encoding):
     # ----------------------------------------------------------------- forward
     def forward(self, x: Float[Tensor, "*N D"]) -> Float[Tensor, "*N L"]:
         flat, batch = self._flatten(x)
-        if choose_backend(self.cfg.backend, "tinycudann", flat.device) == "tinycudann":
+        if choose_backend(self.cfg.backend, "tinycudann", flat.device, part="hash grid") == "tinycudann":
             out = self._tcnn_forward(flat)
         else:
             out = self.encode_torch(flat)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,22 @@ class _TruncExp(torch.autograd.Function):
         return grad * torch.exp(x.clamp(-15.0, 15.0))
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` ("cuda", "cpu", ...)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: one flag per device kind
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def trunc_exp(x: Tensor) -> Tensor:
+    """``_TruncExp``; under autocast the input is cast to float32 and computed with autocast off
+    (threestudio's ``custom_fwd(cast_inputs=torch.float32)``): an fp16 / bf16 exp of a density
+    pre-activation near the clamp loses most of its digits, and so would its gradient."""
+    device_type = x.device.type
+    if autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            return _TruncExp.apply(x.float())
     return _TruncExp.apply(x)
 
 
@@ -174,19 +189,24 @@ class MLPLayout:
         return params
 
 
-@register_otype("network", "VanillaMLP", "FullyFusedMLP", "CutlassMLP")
+@register_otype("network", "VanillaMLP")
 class VanillaMLP(BaseModule):
     """``n_hidden_layers`` hidden layers of ``n_neurons`` without biases (as tcnn and threestudio).
 
-    ``n_hidden_layers: 1`` means input -> hidden -> output (two weight matrices). Both paths hold
+    ``n_hidden_layers: 1`` means input -> hidden -> output (two weight matrices). Every otype holds
     one flat ``params`` vector in tcnn's layout (:class:`MLPLayout`), so a checkpoint moves between
-    machines with and without tinycudann; the torch path computes exactly tcnn's function (input
-    padding of ones included). ``backend: auto`` picks ``tcnn.Network`` per call, for inputs on a
-    CUDA device when tinycudann imports, except when ``double_backward`` is set: tcnn's MLPs have
-    no second derivative, which analytic normals trained through (orientation loss) need.
-    Checkpoints of earlier versions and threestudio's (``layers.{0,2,...}.weight``,
+    otypes and machines with and without tinycudann; the torch path computes exactly tcnn's
+    function (input padding of ones included), in float32 with autocast off (as threestudio's).
+
+    ``VanillaMLP`` always runs in PyTorch, as threestudio's does: tiny-cuda-nn's MLPs compute in
+    fp16 with a loss scale of their own, which under Lightning's ``16-mixed`` stacks on the
+    GradScaler's. Its ``backend`` key is accepted (a geometry's ``backend`` fills it) and reported
+    as not applying. The otypes that may run in tiny-cuda-nn are :class:`FullyFusedMLP` /
+    ``CutlassMLP``. Checkpoints of earlier versions and threestudio's (``layers.{0,2,...}.weight``,
     ``tcnn_network.params``, ``network.params``) load too.
     """
+
+    uses_tcnn: ClassVar[bool] = False  # whether this otype may run as a tcnn.Network
 
     @dataclass
     class Config(BaseModule.Config):
@@ -208,12 +228,12 @@ class VanillaMLP(BaseModule):
             )
         if cfg.backend not in ("auto", "torch", "tinycudann"):
             raise ConfigError(f"backend: {cfg.backend!r} is not one of auto, torch, tinycudann")
-        if double_backward and cfg.backend == "tinycudann":
+        if self.uses_tcnn and double_backward and cfg.backend == "tinycudann":
             raise ConfigError(
                 "backend: tinycudann cannot serve this MLP: it needs second derivatives (normal_type: analytic) "
                 "and tiny-cuda-nn's MLPs have none. Use backend: auto or torch for it."
             )
-        if cfg.backend == "tinycudann" and backends.optional_import("tinycudann") is None:
+        if self.uses_tcnn and cfg.backend == "tinycudann" and backends.optional_import("tinycudann") is None:
             raise backends.unavailable_error("tinycudann", "it is not installed")  # now, not at the first forward
         self.n_input_dims, self.n_output_dims = n_input_dims, n_output_dims
         self.double_backward = double_backward
@@ -228,12 +248,33 @@ class VanillaMLP(BaseModule):
             weights.append(w)
         self.params = nn.Parameter(self.layout.pack(weights))
         self.__dict__["_tcnn_network"] = None  # built on the first CUDA call; not a submodule (one `params`)
+        self.__dict__["_reported"] = set()  # the backends already reported (once each)
 
     def backend_for(self, device: torch.device | str) -> str:
         """``torch`` or ``tinycudann`` for inputs on ``device``."""
-        if self.double_backward and self.cfg.backend == "auto":
+        if not self.uses_tcnn or (self.double_backward and self.cfg.backend == "auto"):
             return "torch"
         return choose_backend(self.cfg.backend, "tinycudann", device)
+
+    def backend_reason(self, backend: str, device: torch.device | str) -> str:
+        """Why ``backend`` serves inputs on ``device`` (for the backend report)."""
+        if backend == "tinycudann":
+            return f"tcnn {self.tcnn_config()['otype']}, fp16"
+        if not self.uses_tcnn:
+            return "otype VanillaMLP runs in PyTorch, as threestudio's (FullyFusedMLP / CutlassMLP for tiny-cuda-nn)"
+        if self.double_backward and self.cfg.backend == "auto":
+            return "needs second derivatives (normal_type: analytic), which tiny-cuda-nn's MLPs lack"
+        if self.cfg.backend == "torch":
+            return "backend: torch"
+        if not backends.is_cuda_device(device):
+            return f"inputs on {torch.device(device).type}, not CUDA"
+        return "tinycudann is not installed"
+
+    def _report(self, backend: str, device: torch.device) -> None:
+        if backend not in self._reported:
+            self._reported.add(backend)
+            part = f"MLP {self.n_input_dims}->{self.n_output_dims}"
+            backends.report_backend(part, backend, self.backend_reason(backend, device))
 
     def tcnn_config(self) -> dict:
         cfg = self.cfg
@@ -251,7 +292,9 @@ class VanillaMLP(BaseModule):
     def forward(self, x: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N Do"]:
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"MLP expects inputs [..., {self.n_input_dims}], got shape {tuple(x.shape)}")
-        if self.backend_for(x.device) == "tinycudann":
+        backend = self.backend_for(x.device)
+        self._report(backend, x.device)
+        if backend == "tinycudann":
             batch = x.shape[:-1]
             out = self._tcnn_forward(x.reshape(-1, self.n_input_dims)).reshape(*batch, self.n_output_dims)
         else:
@@ -259,7 +302,12 @@ class VanillaMLP(BaseModule):
         return self.output_activation(out)
 
     def forward_torch(self, x: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N Do"]:
-        """The built-in path on the tcnn layout (differentiable to any order)."""
+        """The built-in path on the tcnn layout (differentiable to any order); float32 with autocast
+        off under autocast, as threestudio's VanillaMLP."""
+        device_type = x.device.type
+        if autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self.forward_torch(x.float())
         matrices = self.layout.matrices(self.params)
         matrices[-1] = matrices[-1][: self.n_output_dims]  # padded output rows are never read
         first = matrices[0]
@@ -299,6 +347,16 @@ class VanillaMLP(BaseModule):
             weights = [state_dict.pop(k).float() for k in layer_keys]
             state_dict[prefix + "params"] = self.layout.pack(weights)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@register_otype("network", "FullyFusedMLP", "CutlassMLP")
+class FullyFusedMLP(VanillaMLP):
+    """The MLP that may run in tiny-cuda-nn (threestudio's ``TCNNNetwork`` otypes): ``backend: auto``
+    picks ``tcnn.Network`` per call, for inputs on a CUDA device when tinycudann imports, except
+    when ``double_backward`` is set: tcnn's MLPs have no second derivative, which analytic normals
+    trained through (orientation loss) need. Elsewhere the torch path computes the same function."""
+
+    uses_tcnn: ClassVar[bool] = True
 
 
 def get_mlp(n_input_dims: int, n_output_dims: int, config: Any, double_backward: bool = False) -> VanillaMLP:

@@ -23,7 +23,7 @@ from threestudio_like.guidance.models import check_model_folder
 from threestudio_like.mesh.isosurface import silhouette_matched_level
 from threestudio_like.mesh.regularisers import laplacian_smoothness_loss, normal_consistency_loss
 from threestudio_like.registry import find
-from threestudio_like.systems.divergence import DivergenceGuard, diverged
+from threestudio_like.systems.divergence import DivergenceGuard
 from threestudio_like.systems.optim import build_optimizer, build_scheduler
 from threestudio_like.trials import StageCheckpoint, check_state_matches, load_checkpoint, resolve_checkpoint
 from threestudio_like.utils.io import save_image, save_video
@@ -33,6 +33,14 @@ from threestudio_like.utils.typing import CameraBatch, RenderOutput, Tensor
 
 SHARED_REGULARISERS = ("orient", "sparsity", "opaque", "z_variance", "normal_consistency", "laplacian_smoothness")
 GUIDANCE_DIAGNOSTICS = ("min_step", "max_step", "grad_norm", "grad_nonfinite")  # logged when a guidance returns them
+
+
+def restore_cuda_rng_states(states: list[Tensor]) -> None:
+    """Each visible GPU's RNG from a checkpoint's per-device ``states``. A checkpoint written with
+    more GPUs than this run has (2 saved, 1 here) restores the first ones; the rest are dropped;
+    GPUs beyond the saved ones keep their seeded state."""
+    for index, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, index)
 
 
 @dataclass
@@ -229,6 +237,12 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
             return ParticleParts(self.geometry, self.material, self.background, self.renderer)
         return self.particles[str(index)].view()
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a training step may leave parameters without a gradient: with several particles
+        each step renders one, so multi-device runs need DDP's ``find_unused_parameters``."""
+        return self.cfg.n_particles > 1
+
     def parts(self) -> list[Any]:
         parts = [p for k in range(self.cfg.n_particles) for p in self.particle(k).parts()]
         return parts + ([self._modules["guidance"]] if "guidance" in self._modules else [])
@@ -238,7 +252,8 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
             part.update_step(global_step)
 
     def forward(self, batch: CameraBatch, **render_options: Any) -> RenderOutput:
-        """Render the active particle."""
+        """Render the active particle (a volume renderer renders evaluation views in chunks of
+        ``renderer.eval_chunk_size`` rays)."""
         out = self.particle(self.active_particle).renderer(**batch, **render_options)
         if self.training:
             self.check_render(out)
@@ -300,9 +315,7 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         if torch.is_grad_enabled() and not total.requires_grad:
             # nothing was drawn (every sample pruned, e.g. a few patches early on): a zero step, not a crash
             total = total + sum(0.0 * p.sum() for p in self.parameters() if p.requires_grad)
-        if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise diverged(self.global_step, f"the loss became {total.item()} ({terms})")
+        self.check_loss(total, losses)  # inside an optimiser step: read with the step's one sync
         return total
 
     def _check_loss_names(self) -> None:
@@ -362,7 +375,7 @@ class BaseLift3DSystem(DivergenceGuard, pl.LightningModule):
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             if torch.cuda.is_available() and rng.get("cuda"):
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                restore_cuda_rng_states(rng["cuda"])
             rank = global_rank()
             if rank > 0:  # the checkpoint holds rank 0's stream: give the other ranks their own again
                 torch.manual_seed(rank_seed(int(torch.randint(2**31, (1,))), rank))
