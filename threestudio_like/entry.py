@@ -7,6 +7,7 @@ imported inside ``main`` and nowhere else in the package is a module imported th
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -17,8 +18,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         from threestudio_like import cli  # inside the guard: see the module docstring
     except KeyboardInterrupt:
-        print("\nInterrupted during start-up: nothing was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print("\nInterrupted during start-up: nothing was written.", file=sys.stderr, flush=True)
+        # Out at once: an import cut short (torch's, mid-way) can make the interpreter's shutdown die
+        # of the same SIGINT (exit -2, not 130); nothing was written, so skipping it loses nothing.
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
     return cli.main(argv)
 
 
