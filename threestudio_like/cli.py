@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="check everything the run would use (config, parts, data, model folders, checkpoints), "
                              "say what it would run, and write nothing (alone: checks --train)")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --train: count the first step's FLOPs by phase, time the later steps, record peak "
+                             "memory; printed and written to <trial>/profile.json")
     parser.add_argument("--verbose", action="store_true", help="show library logs and full tracebacks")
     parser.add_argument("--typecheck", action="store_true", help="accepted for threestudio compatibility")
     return parser
@@ -200,7 +203,9 @@ def run(args: argparse.Namespace, overrides: list[str], handler: InterruptHandle
     resumed_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
     # several particles: each step trains one, so the others' parameters go unused (DDP must know)
     unused = bool(getattr(system, "leaves_parameters_unused", False))
-    trainer, interrupt = build_trainer(exp, accelerator, devices, handler, mode, resumed_step, unused_parameters=unused)
+    trainer, interrupt = build_trainer(
+        exp, accelerator, devices, handler, mode, resumed_step, unused_parameters=unused, profile=args.profile
+    )
     state.checkpoint_io = trainer.strategy.checkpoint_io
     del checkpoint  # Lightning reads the file again to restore the full training state
     if args.validate:

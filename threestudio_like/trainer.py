@@ -15,6 +15,7 @@ from tqdm import tqdm
 from threestudio_like.experiment import ExperimentConfig
 from threestudio_like.interrupts import InterruptHandler
 from threestudio_like.loggers import build_loggers
+from threestudio_like.profiling import StepProfiler
 from threestudio_like.trials import load_checkpoint, save_checkpoint
 
 
@@ -115,11 +116,13 @@ def build_trainer(
     mode: str = "train",
     resumed_step: Optional[int] = None,
     unused_parameters: bool = False,
+    profile: bool = False,
 ) -> tuple[Trainer, GracefulInterrupt]:
     """The trainer of a run in ``mode`` (train | validate | test): its logs, checkpoints and Ctrl-C.
     ``resumed_step``: the step of the checkpoint a training run continues from. ``unused_parameters``:
     the system may leave parameters without a gradient in a step (several devices then need DDP's
-    ``find_unused_parameters``; a ``trainer.strategy`` in the config wins)."""
+    ``find_unused_parameters``; a ``trainer.strategy`` in the config wins). ``profile``: count and time
+    the training steps (``profiling.StepProfiler``)."""
     kwargs = dict(exp.trainer)
     if "strategy" not in kwargs:
         strategy = choose_strategy(devices, unused_parameters)
@@ -140,6 +143,8 @@ def build_trainer(
     ]
     if show_progress:
         callbacks.append(StepProgressBar())
+    if profile:
+        callbacks.append(StepProfiler(exp.trial_dir))
     trainer = Trainer(
         accelerator=accelerator,
         devices=devices,
