@@ -36,6 +36,7 @@ from threestudio_like.guidance.models import (
     load_diffusion_components,
 )
 from threestudio_like.guidance.multiview_unet import MultiViewUNet2DConditionModel
+from threestudio_like.priors.ldm_layout import ldm_vae_shapes
 
 CONTEXT_DIM, CAMERA_DIM, LATENT = 32, 16, 8
 
@@ -287,52 +288,6 @@ def ldm_schedule() -> dict[str, torch.Tensor]:
     betas = torch.linspace(0.00085**0.5, 0.0120**0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
     return {"betas": betas.float(), "alphas_cumprod": alphas_cumprod.float(), "sqrt_alphas_cumprod": alphas_cumprod.sqrt().float()}
-
-
-def ldm_vae_shapes(ch: int = 32, ch_mult: tuple[int, ...] = (1, 2), blocks: int = 1, z: int = 4) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of ldm's AutoencoderKL (encoder / decoder / quant convs), by MVDream's layout."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name: str, cin: int, cout: int, k: int) -> None:
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
-
-    def norm(name: str, c: int) -> None:
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
-
-    def resnet(name: str, cin: int, cout: int) -> None:
-        norm(f"{name}.norm1", cin), conv(f"{name}.conv1", cin, cout, 3), norm(f"{name}.norm2", cout), conv(f"{name}.conv2", cout, cout, 3)
-        if cin != cout:
-            conv(f"{name}.nin_shortcut", cin, cout, 1)
-
-    def middle(prefix: str, c: int) -> None:
-        resnet(f"{prefix}.mid.block_1", c, c)
-        norm(f"{prefix}.mid.attn_1.norm", c)
-        for part in ("q", "k", "v", "proj_out"):
-            conv(f"{prefix}.mid.attn_1.{part}", c, c, 1)
-        resnet(f"{prefix}.mid.block_2", c, c)
-
-    conv("encoder.conv_in", 3, ch, 3)
-    cin = ch
-    for level, mult in enumerate(ch_mult):
-        for b in range(blocks):
-            resnet(f"encoder.down.{level}.block.{b}", cin, ch * mult)
-            cin = ch * mult
-        if level != len(ch_mult) - 1:
-            conv(f"encoder.down.{level}.downsample.conv", cin, cin, 3)
-    middle("encoder", cin)
-    norm("encoder.norm_out", cin), conv("encoder.conv_out", cin, 2 * z, 3)
-    conv("quant_conv", 2 * z, 2 * z, 1), conv("post_quant_conv", z, z, 1)
-    cin = ch * ch_mult[-1]
-    conv("decoder.conv_in", z, cin, 3)
-    middle("decoder", cin)
-    for level in reversed(range(len(ch_mult))):
-        for b in range(blocks + 1):
-            resnet(f"decoder.up.{level}.block.{b}", cin, ch * ch_mult[level])
-            cin = ch * ch_mult[level]
-        if level:
-            conv(f"decoder.up.{level}.upsample.conv", cin, cin, 3)
-    norm("decoder.norm_out", cin), conv("decoder.conv_out", cin, 3, 3)
-    return shapes
 
 
 # --------------------------------------------------------------------------- fixtures

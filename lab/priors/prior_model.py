@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from lab.priors.procedural import CAPTION_WORDS, IMAGE_SIZE
-from threestudio_like.priors.tiny import BOS_TOKEN, EOS_TOKEN, _write_model_index, write_tiny_clip_tokenizer
+from threestudio_like.priors.tiny import BOS_TOKEN, EOS_TOKEN, write_model_index, write_tiny_clip_tokenizer
 from threestudio_like.utils.typing import Float, Int, Tensor
 
 KNOWN_WORDS_FILE = "known_words.json"
@@ -245,7 +245,7 @@ class PriorModel(nn.Module):
         self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(folder, "scheduler"))
         pipeline = "StableDiffusionInstructPix2PixPipeline" if self.arch.image_condition else "StableDiffusionPipeline"
-        _write_model_index(folder, with_vae=False, pipeline=pipeline)
+        write_model_index(folder, with_vae=False, pipeline=pipeline)
         with open(os.path.join(folder, KNOWN_WORDS_FILE), "w") as f:
             json.dump(sorted(set(self.arch.words)), f, indent=2)
         with open(os.path.join(folder, ARCHITECTURE_FILE), "w") as f:

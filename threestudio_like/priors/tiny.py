@@ -85,28 +85,26 @@ def tiny_clip_vocabulary(words: Sequence[str] = TINY_VOCAB_WORDS) -> tuple[dict[
 
 
 def write_tiny_clip_tokenizer(folder: str, words: Sequence[str] = TINY_VOCAB_WORDS) -> dict[str, int]:
-    """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` (CLIP format); returns the vocab."""
+    """Write the tiny vocabulary as a CLIP tokenizer folder; returns the vocab."""
     vocab, merges = tiny_clip_vocabulary(words)
+    write_clip_tokenizer_files(folder, vocab, merges)
+    return vocab
+
+
+def write_clip_tokenizer_files(folder: str, vocab: dict[str, int], merges: Sequence[str], pad_token: str = EOS_TOKEN) -> None:
+    """``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and ``special_tokens_map.json`` (CLIP format)."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         # CLIP's merges file starts with a version line that readers skip.
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": TOKENIZER_MAX_LENGTH,
-        "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
-        "do_lower_case": True,
-    }
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": pad_token}
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": TOKENIZER_MAX_LENGTH, "do_lower_case": True, **special}
     with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
-        json.dump({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, f, indent=2)
-    return vocab
+        json.dump(special, f, indent=2)
 
 
 # --------------------------------------------------------------------------- model folder
@@ -194,11 +192,11 @@ def build_tiny_diffusion_model(
         prediction_type="epsilon",
     )
     scheduler.save_pretrained(os.path.join(path, "scheduler"))
-    _write_model_index(path, with_vae, "StableDiffusionInstructPix2PixPipeline" if image_condition else "StableDiffusionPipeline")
+    write_model_index(path, with_vae, "StableDiffusionInstructPix2PixPipeline" if image_condition else "StableDiffusionPipeline")
     return path
 
 
-def _write_model_index(path: str, with_vae: bool, pipeline: str = "StableDiffusionPipeline") -> None:
+def write_model_index(path: str, with_vae: bool, pipeline: str = "StableDiffusionPipeline") -> None:
     import diffusers
 
     index = {

@@ -52,6 +52,9 @@ class NeRFVolumeRenderer(BaseRenderer):
         num_samples_per_ray: Annotated[int, Range(1)] = 512  # marching steps along the box diagonal
         randomized: bool = True  # jitter sample positions in training
         eval_chunk_size: int = 160000  # rays per chunk in eval mode (<= 0: no chunking)
+        # and at most this many ray samples per eval chunk (rays x samples per ray), so a 512-px
+        # evaluation render at 512 samples per ray stays within a few GB on any machine (<= 0: no bound)
+        eval_chunk_samples: int = 1 << 21
         grid_prune: bool = True  # skip empty cells of the occupancy grid
         prune_alpha_threshold: bool = True  # also skip invisible samples (transparent or occluded)
         return_comp_normal: bool = False  # composite normals in training too
@@ -154,8 +157,16 @@ class NeRFVolumeRenderer(BaseRenderer):
         out.update(per_sample)
         return out  # type: ignore[return-value]
 
+    def eval_chunk_rays(self, n_rays: int) -> int:
+        """Rays per evaluation chunk: ``eval_chunk_size``, fewer where the sample bound asks for it."""
+        chunk = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else n_rays
+        if self.cfg.eval_chunk_samples > 0:
+            outside = self.cfg.num_samples_per_ray_outside if getattr(self.geometry, "unbounded", False) else 0
+            chunk = min(chunk, max(1, self.cfg.eval_chunk_samples // (self.cfg.num_samples_per_ray + outside)))
+        return chunk
+
     def _render_in_chunks(self, rays_o: Tensor, rays_d: Tensor, lights: Tensor, **kwargs: Any) -> dict[str, Tensor]:
-        chunk = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else rays_o.shape[0]
+        chunk = self.eval_chunk_rays(rays_o.shape[0])
         pieces = [
             self._render_rays(rays_o[i : i + chunk], rays_d[i : i + chunk], lights[i : i + chunk], False, **kwargs)[0]
             for i in range(0, rays_o.shape[0], chunk)
