@@ -306,20 +306,24 @@ def test_exclusive_cumsum_stays_accurate_after_many_samples():
 # --------------------------------------------------------------------------- renderer behaviour
 def test_chunked_eval_equals_unchunked():
     rays_o, rays_d = perspective_rays(12)
-    outs = []
-    for chunk in (0, 13):  # the first chunks hold only rays that miss the ball
+    outs, rays_per_chunk = [], []
+    # unchunked; 13 rays a chunk; at most 13 rays' worth of samples a chunk (the memory bound)
+    for chunk, samples in ((0, 0), (13, 0), (0, 13 * 128)):
         torch.manual_seed(0)
         renderer = make_renderer(
-            ToyGeometry(ball_density(0.5, 5.0)), ToyNormalMaterial(), num_samples_per_ray=128, eval_chunk_size=chunk
+            ToyGeometry(ball_density(0.5, 5.0)), ToyNormalMaterial(), num_samples_per_ray=128, eval_chunk_size=chunk, eval_chunk_samples=samples
         )
         renderer.train()
         renderer.update_step(0)
         renderer.eval()
         outs.append(renderer(rays_o, rays_d, LIGHT))
+        rays_per_chunk.append(renderer.eval_chunk_rays(rays_o[..., 0].numel()))
     assert outs[0].keys() == outs[1].keys() and "comp_normal" in outs[0]
     assert (outs[0]["opacity"].reshape(-1)[:13] == 0).all()
-    for key in outs[0]:
-        torch.testing.assert_close(outs[0][key], outs[1][key], atol=1e-6, rtol=0)
+    for out in outs[1:]:
+        for key in outs[0]:
+            torch.testing.assert_close(outs[0][key], out[key], atol=1e-6, rtol=0)
+    assert rays_per_chunk == [144, 13, 13]  # rays x samples per ray within the bound
 
 
 def test_training_outputs_gradients_and_background():
