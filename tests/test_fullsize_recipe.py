@@ -53,7 +53,7 @@ def test_dreamfusion_sd_runs_a_full_size_step(tmp_path, on_the_cpu) -> None:
     spec = fullsize_spec("sd21-base")
     unet = lambda: UNet2DConditionModel.from_config(spec["unet"])(  # noqa: E731
         torch.empty(2, 4, 64, 64), torch.tensor([500, 500]), encoder_hidden_states=torch.empty(2, 77, 1024))
-    encoder = lambda: AutoencoderKL.from_config(spec["vae"]).encode(torch.empty(1, 3, 512, 512))  # noqa: E731
+    encoder = lambda: AutoencoderKL.from_config(spec["vae"]).encoder(torch.empty(1, 3, 512, 512))  # noqa: E731
     assert profile["forward_flops"]["unet"] == meta_flops(unet) > 1e12  # ~1.6 TFLOP: the real UNet, twice
     assert profile["forward_flops"]["vae encode"] == meta_flops(encoder)
     assert profile["backward_flops"]["vae encode"] > profile["forward_flops"]["vae encode"]  # back to the render's pixels

@@ -23,13 +23,38 @@ from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 H100_DENSE_FP16_FLOPS = 989.4e12
 PROJECTION_EFFICIENCY = 0.4
 UNET_CLASSES = ("UNet2DConditionModel", "MultiViewUNet2DConditionModel")
 VAE_CLASS = "AutoencoderKL"
+# ``vae.encode`` / ``vae.decode`` call the VAE's halves without its own forward, so the counter
+# names them by their classes
+VAE_HALVES = {"Encoder": "vae encode", "Decoder": "vae decode"}
 TEXT_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+
+
+# torch counts the GPU attention kernels but not the CPU one (scaled_dot_product_attention on the
+# CPU would count 0): the same formulas for it, unless a torch release has them already
+_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+if _CPU_ATTENTION.default not in flop_registry and _CPU_ATTENTION not in flop_registry:
+
+    @register_flop_formula(_CPU_ATTENTION)
+    def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_attention_backward_flops(
+        grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+    ) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def phase_of(module_name: str) -> Optional[str]:
@@ -41,7 +66,7 @@ def phase_of(module_name: str) -> Optional[str]:
         return "text encoder"
     if root == VAE_CLASS:
         return "vae decode" if rest.startswith(("decoder", "post_quant_conv")) else "vae encode"
-    return None
+    return VAE_HALVES.get(root)
 
 
 def flops_by_phase(counts: dict[str, dict[Any, int]]) -> dict[str, int]:
@@ -49,7 +74,7 @@ def flops_by_phase(counts: dict[str, dict[Any, int]]) -> dict[str, int]:
     totals: dict[str, int] = defaultdict(int)
     for name, ops in counts.items():
         phase = phase_of(name)
-        # count each module once: the VAE's halves by their own outermost names, UNets / text as a whole
+        # count each module once: the VAE's halves by their own outermost names, the other networks as a whole
         outermost = name.count(".") == (1 if name.startswith(VAE_CLASS + ".") else 0)
         if phase is not None and outermost:
             totals[phase] += sum(ops.values())
@@ -123,8 +148,8 @@ class StepProfiler(Callback):
         self._marked = flops_by_phase(self._counter.get_flop_counts())
 
     def _vae_total(self) -> int:
-        return sum(sum(ops.values()) for name, ops in self._counter.get_flop_counts().items()  # type: ignore[union-attr]
-                   if name.count(".") == 1 and name.startswith(VAE_CLASS + "."))
+        phases = flops_by_phase(self._counter.get_flop_counts())  # type: ignore[union-attr]
+        return phases.get("vae encode", 0) + phases.get("vae decode", 0)
 
     def _stop_counting(self) -> None:
         if self._counter is not None:
