@@ -16,6 +16,7 @@ then projected to the recipe's size linearly in the number of rendered pixels, a
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -128,7 +129,7 @@ def run_cli(config: str, overrides: dict[str, str], root: str) -> dict[str, Any]
         "wall_seconds": time.perf_counter() - started,
         "log": log.name,
     }
-    trial = _newest_trial(os.path.join(root, os.path.basename(config).removesuffix(".yaml")))
+    trial = _newest_trial(root)
     if trial is not None:
         result["trial"] = trial
         profile = os.path.join(trial, "profile.json")
@@ -147,10 +148,9 @@ def resolve_stages(overrides: dict[str, Any], trials: dict[str, str]) -> dict[st
     return {k: value(v) for k, v in overrides.items()}
 
 
-def _newest_trial(folder: str) -> Optional[str]:
-    if not os.path.isdir(folder):
-        return None
-    trials = [os.path.join(folder, name) for name in os.listdir(folder)]
+def _newest_trial(root: str) -> Optional[str]:
+    """The newest trial folder under ``root`` (``<root>/<name>/<tag>@<time>``; a recipe's name may differ from its file)."""
+    trials = [path for path in glob.glob(os.path.join(root, "*", "*")) if os.path.isdir(path)]
     return max(trials, key=os.path.getmtime) if trials else None
 
 
