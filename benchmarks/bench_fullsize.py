@@ -77,32 +77,35 @@ def rows() -> list[Row]:
     ]
 
 
-RUN_LENGTH = {  # 2 steps, a 2-view test turntable at 64 px, a small texture; validation only at the end
-    "trainer.max_steps": 2,
-    "trainer.val_check_interval": 2,
-    "trainer.num_sanity_val_steps": 0,
-    "checkpoint.every_n_train_steps": 2,
-    "data.n_val_views": 1,
-    "data.n_test_views": 2,
-    "data.eval_height": 64,
-    "data.eval_width": 64,
-    "system.exporter.texture_size": 256,
-    "system.prompt_processor.prompt": PROMPT,
-}
+def run_length(steps: int = 2) -> dict[str, Any]:
+    """``steps`` training steps, validation only at the end, a 2-view test turntable at 64 px, a small texture."""
+    return {
+        "trainer.max_steps": steps,
+        "trainer.val_check_interval": steps,
+        "trainer.num_sanity_val_steps": 0,
+        "checkpoint.every_n_train_steps": steps,
+        "data.n_val_views": 1,
+        "data.n_test_views": 2,
+        "data.eval_height": 64,
+        "data.eval_width": 64,
+        "system.exporter.texture_size": 256,
+        "system.prompt_processor.prompt": PROMPT,
+    }
 
 
-def row_size_overrides(row: Row, size: Optional[int]) -> dict[str, Any]:
-    """The recipe's second (high-resolution) phase from the first step, rendering at ``size``."""
-    if size is None:
-        return {}
-    return {"data.width": f"[64,{size}]", "data.height": f"[64,{size}]", "data.resolution_milestones": "[0]"}
+def second_phase(size: int, views: Optional[int] = None) -> dict[str, Any]:
+    """A recipe's high-resolution phase from the first step, rendering at ``size`` (and ``views`` per step)."""
+    phase = {"data.width": f"[64,{size}]", "data.height": f"[64,{size}]", "data.resolution_milestones": "[0]"}
+    if views is not None:
+        phase["data.batch_size"] = f"[{views},{views}]"
+    return phase
 
 
 def run_recipe(row: Row, models: dict[str, str], data: str, out: str, trials: dict[str, str], size: Optional[int] = None) -> dict[str, Any]:
     """One row's CLI run (at render ``size`` when given); records its trial for later stages.
     ``models``: name -> folder of the full-size models (``{name}`` in the overrides)."""
     root = os.path.join(out, f"{row.name.replace(' ', '_').replace('(', '').replace(')', '')}-{size or 'own'}")
-    overrides = {**RUN_LENGTH, **row.overrides, **row_size_overrides(row, size)}
+    overrides = {**run_length(), **row.overrides, **(second_phase(size) if size else {})}
     if "data.dataroot" in overrides:
         overrides.pop("data.eval_height"), overrides.pop("data.eval_width")  # a capture's views keep their camera size
     places = {"{data}": data, **{f"{{{name}}}": path for name, path in models.items()}}

@@ -28,11 +28,8 @@ from typing import Any, Optional
 
 import torch
 
-from benchmarks.bench_fullsize import resolve_stages, run_cli
+from benchmarks.bench_fullsize import resolve_stages, run_cli, run_length, second_phase
 from threestudio_like.priors.fullsize import build_fullsize_models
-
-PROMPT = "a red cube"
-
 
 @dataclass
 class Scale:
@@ -52,25 +49,8 @@ def short_run(models: dict[str, str], steps: int = 2) -> dict[str, Any]:
     return {
         "system.prompt_processor.pretrained_model_name_or_path": models["sd21-base"],
         "system.guidance.pretrained_model_name_or_path": models["sd21-base"],
-        "system.prompt_processor.prompt": PROMPT,
-        "trainer.max_steps": steps,
-        "trainer.val_check_interval": steps,
-        "trainer.num_sanity_val_steps": 0,
-        "checkpoint.every_n_train_steps": steps,
-        "data.n_val_views": 1,
-        "data.n_test_views": 2,
-        "data.eval_height": 64,
-        "data.eval_width": 64,
-        "system.exporter.texture_size": 256,
+        **run_length(steps),
     }
-
-
-def second_phase(size: int, views: Optional[int] = None) -> dict[str, Any]:
-    """A recipe's high-resolution phase from the first step, at ``size`` (and ``views`` per step)."""
-    phase = {"data.width": f"[64,{size}]", "data.height": f"[64,{size}]", "data.resolution_milestones": "[0]"}
-    if views is not None:
-        phase["data.batch_size"] = f"[{views},{views}]"
-    return phase
 
 
 def recipe_stages(models: dict[str, str], scale: Scale) -> list[tuple[str, str, dict[str, Any]]]:
