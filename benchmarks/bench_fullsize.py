@@ -237,11 +237,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         results[row.name] = result
         table.append(table_row(row.name, result))
         print("  ".join(table[-1]), flush=True)
+        if args.results:  # after every row: an hour's run stopped midway keeps what it measured
+            with open(args.results, "w") as f:
+                json.dump(results, f, indent=2)
     print()
     print_table(table)
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
