@@ -101,16 +101,21 @@ def second_phase(size: int, views: Optional[int] = None) -> dict[str, Any]:
     return phase
 
 
-def run_recipe(row: Row, models: dict[str, str], data: str, out: str, trials: dict[str, str], size: Optional[int] = None) -> dict[str, Any]:
-    """One row's CLI run (at render ``size`` when given); records its trial for later stages.
-    ``models``: name -> folder of the full-size models (``{name}`` in the overrides)."""
-    root = os.path.join(out, f"{row.name.replace(' ', '_').replace('(', '').replace(')', '')}-{size or 'own'}")
+def row_overrides(row: Row, models: dict[str, str], data: str, trials: dict[str, str], size: Optional[int] = None) -> dict[str, str]:
+    """A row's CLI overrides, filled in: ``models`` (name -> folder) for ``{name}``, ``data`` for ``{data}``,
+    earlier rows' trials for ``{trial:ROW}``; at render ``size`` when given."""
     overrides = {**run_length(), **row.overrides, **(second_phase(size) if size else {})}
-    if "data.dataroot" in overrides:
-        overrides.pop("data.eval_height"), overrides.pop("data.eval_width")  # a capture's views keep their camera size
+    if "data.dataroot" in overrides:  # a capture's views are its photos': no evaluation camera to size
+        for key in ("data.eval_height", "data.eval_width", "data.n_val_views"):
+            overrides.pop(key)
     places = {"{data}": data, **{f"{{{name}}}": path for name, path in models.items()}}
-    filled = {k: places.get(v, v.replace("{data}", data)) for k, v in resolve_stages(overrides, trials).items()}
-    result = run_cli(row.config, filled, root)
+    return {k: places.get(v, v.replace("{data}", data)) for k, v in resolve_stages(overrides, trials).items()}
+
+
+def run_recipe(row: Row, models: dict[str, str], data: str, out: str, trials: dict[str, str], size: Optional[int] = None) -> dict[str, Any]:
+    """One row's CLI run (at render ``size`` when given); records its trial for later stages."""
+    root = os.path.join(out, f"{row.name.replace(' ', '_').replace('(', '').replace(')', '')}-{size or 'own'}")
+    result = run_cli(row.config, row_overrides(row, models, data, trials, size), root)
     if result.get("trial"):
         trials[row.name] = result["trial"]
     return result

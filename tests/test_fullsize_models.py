@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks.bench_fullsize import row_overrides, rows
+from threestudio_like.cli import main
+
 from test_convert_mvdream import TINY_UNETS, RefMVDreamUNet, tiny_unet_params
 from threestudio_like.guidance.convert_mvdream import RELEASED_CONFIGS, SCHEDULE_BUFFERS, load_checkpoint_state_dict
 from threestudio_like.guidance.models import clear_component_cache, load_diffusion_components
@@ -247,3 +250,15 @@ def test_cache_rebuilds_only_unfinished_or_changed_folders(tmp_path) -> None:
     assert (tmp_path / "sd21-base" / "mine.txt").read_text() == "kept"  # only what a build writes is replaced
     with pytest.raises(ValueError, match="unknown full-size model"):
         build_fullsize_models(str(tmp_path), ["sd15"])
+
+
+def test_every_full_size_benchmark_row_is_a_valid_run(reduced_models, shared_data, tmp_path) -> None:
+    """The benchmark's runs pass the CLI's --check (config keys, model folders, data) with the reduced models;
+    the stages that start from an earlier row's trial are checked by the benchmark itself."""
+    fox = shared_data("fox")
+    for row in rows():
+        if any(str(v).startswith("{trial:") for v in row.overrides.values()):
+            continue
+        for size in row.render_sizes or (None,):
+            overrides = {**row_overrides(row, reduced_models, str(fox.parent), {}, size), "exp_root_dir": str(tmp_path)}
+            assert main(["--config", row.config, "--check", *[f"{k}={v}" for k, v in overrides.items()]]) == 0, row.name
