@@ -8,7 +8,7 @@ everything else in the step is the render. The counter counts matrix products, c
 attention, not element-wise work or hash-grid lookups, so a render's FLOPs are its MLPs only.
 
 The figures go to ``<trial>/profile.json`` and are printed at the end of training; the projection is
-the time an H100 would take at 40% of its dense fp16 peak (989 TFLOP/s), the usual share for a
+the time an H100 would take at 40% of its dense fp16 peak (989 TFLOP/s), a common planning figure for a
 diffusion UNet step.
 """
 
